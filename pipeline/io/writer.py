@@ -1,0 +1,84 @@
+"""Refined mask outputs at deterministic URIs under the output prefix.
+
+Layout under ``output_prefix``:
+  ``masks/<safe_key>.png``  binary mask, 8-bit grey PNG in {0, 255}
+  ``soft/<safe_key>.png``   optional soft mask, 8-bit grey PNG in 0..255 (round(p * 255))
+The same key and mask always give the same URI and the same bytes, so a retried task just
+overwrites (idempotent). Writes are atomic per file (see :func:`pipeline.io.fs.write_bytes`).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .fs import join_uri, write_bytes
+from .keys import safe_key
+
+__all__ = ["write_mask", "mask_uri", "encode_png", "to_binary_u8", "to_soft_u8"]
+
+_KINDS = ("masks", "soft")
+
+
+def mask_uri(output_prefix: str, key: str, kind: str = "masks") -> str:
+    """``<output_prefix>/<kind>/<safe_key(key)>.png`` (kind ``masks`` or ``soft``)."""
+    if kind not in _KINDS:
+        raise ValueError(f"mask_uri: kind must be one of {_KINDS}, got {kind!r}")
+    return join_uri(output_prefix, kind, f"{safe_key(key)}.png")
+
+
+def to_binary_u8(mask: np.ndarray) -> np.ndarray:
+    """(H, W) mask -> uint8 in {0, 255}, with DESIGN §3's rule.
+
+    bool: True -> 255; uint8: ``> 128``; float probabilities in [0, 1]: ``p * 255 > 128``.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be (H, W), got shape {mask.shape}")
+    if mask.dtype == bool:
+        fg = mask
+    elif mask.dtype == np.uint8:
+        fg = mask > 128
+    elif np.issubdtype(mask.dtype, np.floating):
+        fg = mask * 255.0 > 128
+    else:
+        raise ValueError(f"mask dtype must be bool, uint8 or float, got {mask.dtype}")
+    return fg.astype(np.uint8) * 255
+
+
+def to_soft_u8(mask: np.ndarray) -> np.ndarray:
+    """(H, W) mask -> uint8 0..255: float p in [0, 1] -> round(p * 255); uint8 as is; bool 0/255."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be (H, W), got shape {mask.shape}")
+    if mask.dtype == np.uint8:
+        return mask
+    if mask.dtype == bool:
+        return mask.astype(np.uint8) * 255
+    if np.issubdtype(mask.dtype, np.floating):
+        return np.clip(np.rint(np.nan_to_num(mask) * 255.0), 0, 255).astype(np.uint8)
+    raise ValueError(f"mask dtype must be bool, uint8 or float, got {mask.dtype}")
+
+
+def encode_png(mask: np.ndarray) -> bytes:
+    """(H, W) uint8 -> PNG bytes (deterministic for equal input)."""
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(mask, dtype=np.uint8))
+    if not ok:
+        raise ValueError(f"PNG encoding failed for mask of shape {mask.shape}")
+    return buf.tobytes()
+
+
+def write_mask(output_prefix: str, key: str, mask: np.ndarray, *, soft: bool = False) -> str:
+    """Write the binary mask of ``key``; returns its URI ``<prefix>/masks/<safe_key>.png``.
+
+    mask: (H, W) bool, uint8 0..255 or float probabilities in [0, 1] (binarised with
+    :func:`to_binary_u8`). soft=True also writes :func:`to_soft_u8` to
+    ``<prefix>/soft/<safe_key>.png`` (URI from ``mask_uri(prefix, key, "soft")``).
+    Raises SampleError("bad_key") for keys :func:`safe_key` rejects.
+    """
+    uri = mask_uri(output_prefix, key)
+    binary = to_binary_u8(mask)
+    if soft:
+        write_bytes(mask_uri(output_prefix, key, "soft"), encode_png(to_soft_u8(mask)))
+    write_bytes(uri, encode_png(binary))
+    return uri
