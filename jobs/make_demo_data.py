@@ -1,0 +1,243 @@
+"""Build the training / held-out / demo data from Debian wallpaper photographs, reproducibly.
+
+    python -m jobs.make_demo_data --cache /work/cache/wallpapers --out /work/cache/demo_data \\
+        --train-count 800 --holdout-count 12 --demo-dir samples/demo
+
+Steps: ``apt-get download`` the wallpaper packages into ``CACHE/debs`` (skipped when present),
+``dpkg-deb -x`` them into ``CACHE/x/<package>``, pick one file per picture (largest variant,
+de-duplicated by content), read each file's copyright and licence from the package's DEP-5
+``copyright`` file, split the photos BY FILE into train / held-out (seeded), then write
+composites (:mod:`pipeline.train.composites`) in the prefix layout ``NAME_im.jpg`` /
+``NAME_seg.png`` (8x-downsampled ground truth) / ``NAME_gt.png``:
+
+- ``OUT/train``: ``--train-count`` composites at 0.5-1.5k px from the train photos;
+- ``OUT/holdout``: ``--holdout-count`` composites at 2k-4k px from the held-out photos only;
+- ``--demo-dir``: 3 small samples (1600x1200, JPEG q85) from held-out photos.
+
+``OUT/photos.json`` records every photo (package, path, size, sha256, copyright, licence, split)
+and ``OUT/LICENSES.md`` is the same as a table. Photos themselves are never committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import hashlib
+import json
+import os
+import re
+import subprocess
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from pipeline.train.composites import find_fonts, make_composite
+
+__all__ = ["PACKAGES", "fetch_packages", "parse_dep5", "collect_photos", "split_photos", "write_sets", "main"]
+
+PACKAGES = ("mate-backgrounds", "plasma-workspace-wallpapers", "ukui-wallpapers", "lomiri-wallpapers",
+            "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04")
+_EXTS = (".jpg", ".jpeg", ".png", ".webp")
+Image.MAX_IMAGE_PIXELS = 60_000_000
+
+
+def fetch_packages(cache: str, packages: Sequence[str] = PACKAGES) -> dict[str, str]:
+    """apt-get download + dpkg-deb -x each package into ``cache``; returns {package: extracted root}."""
+    debs, xdir = os.path.join(cache, "debs"), os.path.join(cache, "x")
+    os.makedirs(debs, exist_ok=True)
+    roots = {}
+    for pkg in packages:
+        root = os.path.join(xdir, pkg)
+        if not os.path.isdir(os.path.join(root, "usr")):
+            have = [f for f in os.listdir(debs) if f.startswith(pkg + "_") and f.endswith(".deb")]
+            if not have:
+                subprocess.run(["apt-get", "download", pkg], cwd=debs, check=True)
+                have = [f for f in os.listdir(debs) if f.startswith(pkg + "_") and f.endswith(".deb")]
+            if not have:
+                raise ValueError(f"apt-get download {pkg}: no .deb appeared in {debs}")
+            os.makedirs(root, exist_ok=True)
+            subprocess.run(["dpkg-deb", "-x", os.path.join(debs, sorted(have)[-1]), root], check=True)
+        roots[pkg] = root
+    return roots
+
+
+def parse_dep5(text: str) -> list[dict[str, str]]:
+    """Parse a DEP-5 copyright file into file stanzas [{files, copyright, license}] (file order)."""
+    stanzas, cur, field = [], {}, None
+    for line in text.splitlines() + [""]:
+        if not line.strip():
+            if "files" in cur:
+                stanzas.append(cur)
+            cur, field = {}, None
+            continue
+        m = re.match(r"^([A-Za-z-]+):\s*(.*)$", line)
+        if m and not line.startswith((" ", "\t")):
+            field = m.group(1).lower()
+            cur[field] = m.group(2).strip()
+        elif field in ("files", "copyright"):
+            cur[field] = (cur[field] + " " + line.strip()).strip()
+    for s in stanzas:
+        s["license"] = s.get("license", "").split("\n")[0].strip()
+    return stanzas
+
+
+def _licence_for(path: str, stanzas: list[dict[str, str]]) -> tuple[str, str]:
+    """(copyright, licence) of the last stanza whose pattern matches the path or its basename."""
+    found = ("", "")
+    base = os.path.basename(path)
+    for s in stanzas:
+        for pat in s["files"].split():
+            if pat.startswith("debian/"):
+                continue
+            if pat == "*" or fnmatch.fnmatch(path, "*" + pat) or fnmatch.fnmatch(base, os.path.basename(pat)):
+                found = (s.get("copyright", ""), s.get("license", ""))
+    return found
+
+
+def _group(pkg: str, rel: str) -> str:
+    if pkg == "plasma-workspace-wallpapers":
+        return pkg + ":" + rel.split("/")[3]  # usr/share/wallpapers/<Theme>/...
+    return pkg + ":" + re.sub(r"_\d+x\d+$", "", os.path.splitext(os.path.basename(rel))[0])
+
+
+def collect_photos(roots: dict[str, str], min_side: int = 1000) -> list[dict]:
+    """One record per distinct picture: the largest variant, deduplicated by sha256, with licence."""
+    best: dict[str, dict] = {}
+    seen: set[str] = set()
+    for pkg, root in sorted(roots.items()):
+        cfile = os.path.join(root, "usr/share/doc", pkg, "copyright")
+        stanzas = []
+        if os.path.exists(cfile):
+            stanzas = parse_dep5(open(cfile, encoding="utf-8", errors="replace").read())
+        for dirpath, _, files in sorted(os.walk(root)):
+            for name in sorted(files):
+                rel = os.path.relpath(os.path.join(dirpath, name), root)
+                if not name.lower().endswith(_EXTS) or "screenshot" in name or "images_dark" in rel:
+                    continue
+                if not rel.startswith("usr/share/"):
+                    continue
+                full = os.path.join(root, rel)
+                if os.path.islink(full):
+                    continue
+                with Image.open(full) as im:
+                    w, h = im.size
+                if min(w, h) < min_side:
+                    continue
+                sha = hashlib.sha256(open(full, "rb").read()).hexdigest()
+                if sha in seen:
+                    continue
+                seen.add(sha)
+                copyright_, licence = _licence_for(rel, stanzas)
+                rec = {"package": pkg, "path": rel, "file": full, "width": w, "height": h, "sha256": sha,
+                       "copyright": copyright_, "license": licence or "see package copyright"}
+                g = _group(pkg, rel)
+                if g not in best or w * h > best[g]["width"] * best[g]["height"]:
+                    best[g] = rec
+    return sorted(best.values(), key=lambda r: (r["package"], r["path"]))
+
+
+def split_photos(photos: list[dict], holdout_fraction: float, seed: int,
+                 min_holdout_side: int = 2000) -> None:
+    """Mark each record ``split`` = "train" / "holdout" (held-out photos have short side >= 2000)."""
+    rng = np.random.default_rng(seed)
+    eligible = [i for i, p in enumerate(photos) if min(p["width"], p["height"]) >= min_holdout_side]
+    n = max(2, int(round(len(photos) * holdout_fraction)))
+    hold = set(rng.choice(eligible, size=min(n, len(eligible)), replace=False).tolist())
+    for i, p in enumerate(photos):
+        p["split"] = "holdout" if i in hold else "train"
+
+
+def _load(path: str, max_side: int) -> np.ndarray:
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        s = max_side / max(im.size)
+        if s < 1:
+            im = im.resize((round(im.size[0] * s), round(im.size[1] * s)), Image.LANCZOS)
+        return np.asarray(im)
+
+
+def _write_sample(out_dir: str, key: str, img: np.ndarray, gt: np.ndarray, quality: int) -> None:
+    h, w = gt.shape
+    seg = cv2.resize(gt, (max(1, w // 8), max(1, h // 8)), interpolation=cv2.INTER_AREA)
+    cv2.imwrite(os.path.join(out_dir, f"{key}_im.jpg"), img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    cv2.imwrite(os.path.join(out_dir, f"{key}_seg.png"), seg)
+    cv2.imwrite(os.path.join(out_dir, f"{key}_gt.png"), gt)
+
+
+def write_sets(photos: list[dict], out: str, train_count: int, holdout_count: int, demo_dir: str | None,
+               seed: int) -> None:
+    """Write train / holdout composites (and the demo samples) in the prefix layout."""
+    fonts = find_fonts()
+    train = [p for p in photos if p["split"] == "train"]
+    hold = [p for p in photos if p["split"] == "holdout"]
+    if len(train) < 2 or len(hold) < 2:
+        raise ValueError(f"need >= 2 photos per split, got train={len(train)} holdout={len(hold)}")
+    jobs = [("train", train, train_count, (512, 1536), 1536, 92),
+            ("holdout", hold, holdout_count, (2048, 4096), 4096, 95)]
+    for name, pool, count, (lo, hi), max_side, q in jobs:
+        d = os.path.join(out, name)
+        os.makedirs(d, exist_ok=True)
+        cache: dict[str, np.ndarray] = {}
+        for i in range(count):
+            key = f"{name}{i:05d}"
+            if os.path.exists(os.path.join(d, f"{key}_gt.png")):
+                continue  # rerun: keep what exists
+            rng = np.random.default_rng([seed, 0 if name == "train" else 1, i])
+            a, b = rng.choice(len(pool), size=2, replace=False)
+            for j in (a, b):
+                if pool[j]["file"] not in cache:
+                    cache[pool[j]["file"]] = _load(pool[j]["file"], max_side)
+            fg, bg = cache[pool[a]["file"]], cache[pool[b]["file"]]
+            long = int(rng.integers(lo, hi + 1))
+            short = int(long * rng.uniform(0.6, 0.8))
+            h, w = (short, long) if bg.shape[1] >= bg.shape[0] else (long, short)
+            h, w = min(h, max(bg.shape[0], lo)), min(w, max(bg.shape[1], lo))
+            c = make_composite(rng, fg, bg, h, w, fonts=fonts)
+            _write_sample(d, key, c.image, c.gt, q)
+        print(f"{name}: {count} composites in {d}", flush=True)
+    if demo_dir:
+        os.makedirs(demo_dir, exist_ok=True)
+        order = np.random.default_rng([seed, 2]).permutation(len(hold))  # 6 distinct photos
+        for i, kind in enumerate(("branches", "glyph", "holes")):
+            rng = np.random.default_rng([seed, 2, i])
+            fg, bg = (_load(hold[order[(2 * i + k) % len(hold)]]["file"], 2400) for k in (0, 1))
+            c = make_composite(rng, fg, bg, 1200, 1600, kind=kind, fonts=fonts)
+            _write_sample(demo_dir, f"demo{i}", c.image, c.gt, 85)
+        print(f"demo: 3 samples in {demo_dir}", flush=True)
+
+
+def _write_licences(photos: list[dict], out: str) -> None:
+    with open(os.path.join(out, "photos.json"), "w") as f:
+        json.dump([{k: v for k, v in p.items() if k != "file"} for p in photos], f, indent=1)
+    lines = ["| split | package | file | size | copyright | licence |", "|---|---|---|---|---|---|"]
+    for p in photos:
+        lines.append(f"| {p['split']} | {p['package']} | {p['path']} | {p['width']}x{p['height']} | "
+                     f"{p['copyright'].replace('|', '/')} | {p['license']} |")
+    open(os.path.join(out, "LICENSES.md"), "w").write("\n".join(lines) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m jobs.make_demo_data", description=__doc__.split("\n")[0])
+    ap.add_argument("--cache", default="/work/cache/wallpapers", help="where .debs are downloaded/extracted")
+    ap.add_argument("--out", default="/work/cache/demo_data", help="output folder for composites + licences")
+    ap.add_argument("--packages", nargs="+", default=list(PACKAGES), help="Debian wallpaper packages")
+    ap.add_argument("--train-count", type=int, default=800, help="training composites (0.5-1.5k px)")
+    ap.add_argument("--holdout-count", type=int, default=12, help="held-out composites (2k-4k px)")
+    ap.add_argument("--holdout-fraction", type=float, default=0.2, help="fraction of photos held out")
+    ap.add_argument("--demo-dir", default=None, help="also write 3 demo samples here (e.g. samples/demo)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    photos = collect_photos(fetch_packages(args.cache, args.packages))
+    split_photos(photos, args.holdout_fraction, args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    _write_licences(photos, args.out)
+    print(f"{len(photos)} photos: {sum(p['split'] == 'train' for p in photos)} train, "
+          f"{sum(p['split'] == 'holdout' for p in photos)} held out", flush=True)
+    write_sets(photos, args.out, args.train_count, args.holdout_count, args.demo_dir, args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,193 @@
+"""SQL over refine manifests with DuckDB (in-process; local, S3 or any fsspec URL).
+
+    samsr query ./out/demo "SELECT key, iou_refined, mba_refined FROM manifest ORDER BY mba_refined LIMIT 5"
+    samsr query s3://bucket/runs/big --summary
+    samsr query s3://bucket/runs/big --worst 50            # worst 50 images by refined mBA
+    samsr query s3://bucket/runs/big --worst 20 --by iou
+    samsr query s3://bucket/runs/big --failures --format csv
+    python -m jobs.query ./out/demo --summary
+
+MANIFEST_PREFIX is the job's output prefix (or its ``manifest/`` folder). Tables:
+``manifest`` (every row: one per sample and attempt) and ``latest`` (one row per key: its
+newest ok row, else its newest row). Remote manifests are read through the fsspec filesystem
+registered with DuckDB (no httpfs extension is installed or needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from typing import Any
+
+__all__ = ["SUMMARY_SQL", "FAILURES_SQL", "worst_sql", "connect", "query", "main"]
+
+LATEST_SQL = """
+SELECT * FROM manifest
+QUALIFY row_number() OVER (PARTITION BY key ORDER BY (status = 'ok') DESC, finished_at DESC) = 1
+"""
+
+SUMMARY_SQL = """
+SELECT job_id, method,
+       count(*) AS samples,
+       count(*) FILTER (WHERE status = 'ok') AS ok,
+       count(*) FILTER (WHERE status = 'error') AS failed,
+       count(union_refined) AS with_gt,
+       round(100 * sum(intersection_coarse) / sum(union_coarse), 2) AS iou_coarse_pct,
+       round(100 * sum(intersection_refined) / sum(union_refined), 2) AS iou_refined_pct,
+       round(100 * avg(mba_coarse), 2) AS mba_coarse_pct,
+       round(100 * avg(mba_refined), 2) AS mba_refined_pct,
+       round(avg(t_total_ms), 1) AS mean_ms
+FROM latest GROUP BY ALL ORDER BY job_id, method
+"""
+
+FAILURES_SQL = """
+SELECT error_type, count(*) AS samples, min(key) AS example_key, any_value(error_message) AS example_message
+FROM latest WHERE status = 'error' GROUP BY error_type ORDER BY samples DESC, error_type
+"""
+
+_BY = {"mba": "mba_refined", "iou": "iou_refined", "biou": "biou_refined", "gain": "mba_refined - mba_coarse"}
+
+
+def worst_sql(n: int, by: str = "mba") -> str:
+    """The ``n`` ok samples with the lowest refined metric ``by`` (mba, iou, biou, or gain in mBA)."""
+    if by not in _BY:
+        raise ValueError(f"--by: must be one of {', '.join(_BY)} (got {by!r})")
+    if n < 1:
+        raise ValueError(f"--worst: must be >= 1 (got {n})")
+    expr = _BY[by]
+    return f"""
+SELECT key, round({expr}, 4) AS {by.replace("gain", "mba_gain")},
+       iou_coarse, iou_refined, mba_coarse, mba_refined, width, height, output_uri
+FROM latest WHERE status = 'ok' AND ({expr}) IS NOT NULL
+ORDER BY {expr} ASC, key LIMIT {int(n)}
+"""
+
+
+def _parts_glob(prefix: str) -> tuple[str, Any]:
+    """(glob URL of the manifest parts, filesystem to register or None for local paths)."""
+    from pipeline.io import is_local, join_uri, manifest_dir, open_fs
+
+    uri = prefix.rstrip("/")
+    fs, path = open_fs(uri)
+    if hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache()
+    if not uri.endswith("/manifest") and fs.isdir(path + "/manifest"):
+        uri = manifest_dir(uri)
+    glob = join_uri(uri, "part-*.parquet")
+    return glob, (None if is_local(uri) else fs)
+
+
+def connect(prefix: str):
+    """A DuckDB connection with views ``manifest`` and ``latest`` over the parts under ``prefix``."""
+    import duckdb
+
+    from pipeline.io import MANIFEST_SCHEMA, open_fs
+
+    con = duckdb.connect()
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    glob, fs = _parts_glob(prefix)
+    if fs is not None:
+        con.register_filesystem(fs)
+    fs_all, path = open_fs(glob)
+    if fs_all.glob(path):
+        con.execute(f"CREATE VIEW manifest AS SELECT * FROM read_parquet('{glob}', union_by_name = true)")
+    else:  # no parts yet: an empty table with the schema, so every query still works
+        con.register("manifest_empty", MANIFEST_SCHEMA.empty_table())
+        con.execute("CREATE VIEW manifest AS SELECT * FROM manifest_empty")
+    con.execute(f"CREATE VIEW latest AS {LATEST_SQL}")
+    return con
+
+
+def query(prefix: str, sql: str) -> tuple[list[str], list[tuple]]:
+    """Run ``sql`` against the manifest under ``prefix``; returns (column names, rows)."""
+    con = connect(prefix)
+    try:
+        cur = con.execute(sql)
+        return [d[0] for d in cur.description], cur.fetchall()
+    finally:
+        con.close()
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "NULL"
+    if isinstance(v, float):
+        return "NaN" if math.isnan(v) else f"{v:.6g}"
+    return str(v)
+
+
+def format_rows(columns: list[str], rows: list[tuple], fmt: str = "table", max_width: int = 60) -> str:
+    if fmt == "json":
+        return "\n".join(json.dumps(dict(zip(columns, r)), default=str) for r in rows)
+    if fmt == "csv":
+        out = _StringWriter()
+        w = csv.writer(out)
+        w.writerow(columns)
+        w.writerows([["" if v is None else v for v in r] for r in rows])
+        return out.text.rstrip("\n")
+    cells = [[_cell(v) for v in r] for r in rows]
+    cells = [[c if len(c) <= max_width else c[: max_width - 3] + "..." for c in r] for r in cells]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
+    body = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    return "\n".join([line, "-" * len(line), *body, f"({len(rows)} row{'s' if len(rows) != 1 else ''})"])
+
+
+class _StringWriter:
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, s: str) -> None:
+        self.text += s
+
+
+def build_parser(prog: str = "samsr query") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="SQL over a refine job's Parquet manifest with DuckDB. Tables: 'manifest' (one row per "
+        "sample and attempt) and 'latest' (one row per key). Local paths, s3:// and other fsspec URLs.",
+    )
+    p.add_argument(
+        "prefix", metavar="MANIFEST_PREFIX", help="the job's output prefix (or its manifest/ folder)"
+    )
+    p.add_argument("sql", nargs="?", help='a SQL query, e.g. "SELECT count(*) FROM manifest"')
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--summary", action="store_true", help="counts, dataset IoU and mean mBA per job and method"
+    )
+    g.add_argument("--worst", type=int, metavar="N", help="the N ok samples with the lowest refined metric")
+    g.add_argument("--failures", action="store_true", help="failed samples grouped by error type")
+    p.add_argument("--by", choices=sorted(_BY), default="mba", help="metric for --worst (default: mba)")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "samsr query") -> int:
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    chosen = [args.sql is not None, args.summary, args.worst is not None, args.failures]
+    if sum(chosen) != 1:
+        parser.error("give exactly one of: SQL, --summary, --worst N, --failures")
+    try:
+        if args.summary:
+            sql = SUMMARY_SQL
+        elif args.failures:
+            sql = FAILURES_SQL
+        elif args.worst is not None:
+            sql = worst_sql(args.worst, args.by)
+        else:
+            sql = args.sql
+        columns, rows = query(args.prefix, sql)
+    except Exception as e:  # noqa: BLE001 - DuckDB and storage errors are user-facing here
+        print(f"{prog}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(format_rows(columns, rows, args.format))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,453 @@
+"""Typed job configuration: YAML -> frozen dataclasses, validated before any work starts.
+
+A config file is a mapping of sections (``input``, ``output``, ``model``, ``sam``, ``v1``,
+``refine``, ``ray``) plus the top-level keys ``job_id`` and ``method``. Every key is optional
+except ``input.uri`` and ``output.prefix``; ``configs/default.yaml`` documents them all.
+
+An unknown key or a bad value raises ``ValueError`` whose message starts with the key path,
+e.g. ``refine.decode: must be one of 'full', 'strided', 'bbox', 'contour' (got 'fast')``.
+``check_runtime`` then checks what the chosen method needs (optional packages, checkpoint
+files, the refiner's input channels) so that a job fails before it touches any sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import os
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+__all__ = [
+    "METHODS",
+    "InputConfig",
+    "OutputConfig",
+    "ModelConfig",
+    "SamConfig",
+    "V1Config",
+    "RefineConfig",
+    "RayConfig",
+    "RefineJobConfig",
+    "load_config",
+    "config_from_dict",
+    "parse_override",
+    "apply_overrides",
+    "check_runtime",
+    "config_to_dict",
+    "default_job_id",
+    "read_yaml",
+    "with_absolute_paths",
+]
+
+METHODS = ("crm", "samsr-v1", "samsr-v2.1")
+Method = Literal["crm", "samsr-v1", "samsr-v2.1"]
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+def _non_negative(v: float) -> str | None:
+    return None if v >= 0 else "must be >= 0"
+
+
+def _unit(v: float) -> str | None:
+    return None if 0.0 <= v <= 1.0 else "must be in [0, 1]"
+
+
+def _nonempty(v: str) -> str | None:
+    return None if v.strip() else "must not be empty"
+
+
+def _f(default: Any, check=None, **kw) -> Any:
+    """A dataclass field with an optional value check ``check(value) -> error | None``."""
+    return field(default=default, metadata={"check": check} if check else {}, **kw)
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """Where the samples come from (any fsspec URL) and how they are laid out."""
+
+    uri: str = _f(None, _nonempty)
+    layout: Literal["prefix", "webdataset", "list"] = "prefix"
+    image_suffix: str | None = None  # None: the layout's default (prefix: "_im.jpg", wds: "jpg")
+    mask_suffix: str | None = None
+    gt_suffix: str | None = None
+    max_pixels: int = _f(60_000_000, _positive)  # per image; larger decodes become error rows
+    limit: int | None = _f(None, _positive)  # process only the first N listed samples
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    prefix: str = _f(None, _nonempty)
+    soft: bool = False  # also write the 8-bit soft probability map next to the binary mask
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "crm_mnv2"
+    checkpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class SamConfig:
+    model_type: Literal["vit_h", "vit_l", "vit_b", "tiny"] = "vit_h"
+    checkpoint: str | None = None
+    working_size: int = _f(1024, _positive)
+    points_per_side: int = _f(32, _positive)
+    points_per_batch: int = _f(64, _positive)
+    pred_iou_thresh: float = _f(0.88, _unit)
+    stability_score_thresh: float = _f(0.95, _unit)
+    box_nms_thresh: float = _f(0.7, _unit)
+    seed: int = _f(0, _non_negative)
+
+
+@dataclass(frozen=True)
+class V1Config:
+    """SAM-SR-v1 gates (DESIGN 2.3); None means the defaults of ``pipeline.sam.merge_v1``."""
+
+    cover_thresh: float | None = _f(None, _unit)
+    sparsity_thresh: float | None = _f(None, _unit)
+    deform_iou_thresh: float | None = _f(None, _unit)
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    decode: Literal["full", "strided", "bbox", "contour"] = "full"
+    stride: int = _f(4, _positive)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = _f(None, _positive)  # torch threads per refiner actor (None: its CPUs)
+    options: dict = field(default_factory=dict)  # extra pipeline.refine.RefineOptions fields
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str | None = None  # None: $RAY_ADDRESS if set, else a local Ray started in-process
+    num_cpus: int | None = _f(None, _positive)  # local Ray only
+    num_gpus: int | None = _f(None, _non_negative)  # local Ray only
+    object_store_memory: int | None = _f(None, _positive)  # bytes, local Ray only
+    batch_size: int = _f(1, _positive)  # images per batch in the image stages
+    refine_actors: int | None = _f(None, _positive)  # None: sized from the cluster
+    sam_actors: int | None = _f(None, _positive)
+    decode_tasks: int | None = _f(None, _positive)  # decode tasks in flight
+    cpus_per_actor: float | None = _f(None, _positive)
+    gpus_per_actor: float | None = _f(None, _non_negative)
+    actor_start_timeout_s: float = _f(600.0, _positive)  # wait this long for the model actors to start
+    manifest_rows_per_part: int = _f(256, _positive)
+    manifest_flush_s: float = _f(30.0, _positive)
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class RefineJobConfig:
+    """A whole ``samsr refine`` job. ``method`` is resolved (never None) after validation."""
+
+    input: InputConfig
+    output: OutputConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sam: SamConfig = field(default_factory=SamConfig)
+    v1: V1Config = field(default_factory=V1Config)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    method: Method | None = None  # None: samsr-v2.1 if sam.checkpoint is set, else crm
+    job_id: str | None = None  # None: derived from output.prefix (see default_job_id)
+
+    @property
+    def uses_sam(self) -> bool:
+        return self.method in ("samsr-v1", "samsr-v2.1")
+
+
+_SECTIONS = {
+    "input": InputConfig,
+    "output": OutputConfig,
+    "model": ModelConfig,
+    "sam": SamConfig,
+    "v1": V1Config,
+    "refine": RefineConfig,
+    "ray": RayConfig,
+}
+
+
+def _type_error(path: str, expected: str, value: Any) -> ValueError:
+    return ValueError(f"{path}: must be {expected} (got {value!r})")
+
+
+def _coerce(path: str, tp: Any, value: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints widen to float)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            shown = ", ".join(repr(c) for c in choices)
+            raise ValueError(f"{path}: must be one of {shown} (got {value!r})")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise _type_error(path, "set", value)
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(path, inner[0], value)
+    if value is None:
+        raise _type_error(path, "set", value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _type_error(path, "true or false", value)
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _type_error(path, "an integer", value)
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _type_error(path, "a number", value)
+        return float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise _type_error(path, "a string", value)
+    elif tp is dict or origin is dict:
+        if not isinstance(value, Mapping):
+            raise _type_error(path, "a mapping", value)
+        return dict(value)
+    return value
+
+
+def _build_section(cls: type, data: Any, path: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: must be a mapping of keys (got {type(data).__name__})")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            raise ValueError(f"{path}.{key}: unknown key (known: {', '.join(known)})")
+    kwargs = {}
+    for name, f in known.items():
+        key_path = f"{path}.{name}"
+        if name in data:
+            value = _coerce(key_path, hints[name], data[name])
+            check = f.metadata.get("check")
+            if check is not None and value is not None:
+                err = check(value)
+                if err:
+                    raise ValueError(f"{key_path}: {err} (got {value!r})")
+            kwargs[name] = value
+        elif f.default is None and f.metadata.get("check") is _nonempty:
+            raise ValueError(f"{key_path}: required")
+    return cls(**kwargs)
+
+
+def default_job_id(output_prefix: str) -> str:
+    """A job id derived from the output prefix, so reruns (resume) keep the same id.
+
+    ``s3://bucket/runs/big-test`` -> ``big-test-`` + 8 hex digits of the prefix's sha256.
+    """
+    prefix = output_prefix.rstrip("/")
+    if "://" not in prefix:
+        prefix = os.path.normpath(prefix)
+    name = prefix.rsplit("/", 1)[-1] or "job"
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:40].lstrip(".") or "job"
+    return f"{name}-{hashlib.sha256(prefix.encode()).hexdigest()[:8]}"
+
+
+def config_from_dict(data: Mapping[str, Any]) -> RefineJobConfig:
+    """Validate a config mapping (as loaded from YAML) into a ``RefineJobConfig``."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"config: must be a mapping (got {type(data).__name__})")
+    top = {"method", "job_id", *_SECTIONS}
+    for key in data:
+        if key not in top:
+            raise ValueError(f"{key}: unknown key (known: {', '.join(sorted(top))})")
+    sections = {name: _build_section(cls, data.get(name), name) for name, cls in _SECTIONS.items()}
+    method = data.get("method")
+    if method is not None and method not in METHODS:
+        shown = ", ".join(repr(m) for m in METHODS)
+        raise ValueError(f"method: must be one of {shown} (got {method!r})")
+    if method is None:
+        method = "samsr-v2.1" if sections["sam"].checkpoint else "crm"
+    job_id = data.get("job_id")
+    if job_id is None:
+        job_id = default_job_id(sections["output"].prefix)
+    elif not isinstance(job_id, str) or not job_id or not all(c.isalnum() or c in "._-" for c in job_id):
+        raise ValueError(f"job_id: must be a non-empty string of [A-Za-z0-9._-] (got {job_id!r})")
+    _check_refine_options(sections["refine"].options)
+    return RefineJobConfig(method=method, job_id=job_id, **sections)
+
+
+def _check_refine_options(options: Mapping[str, Any]) -> None:
+    """Check ``refine.options`` names against ``pipeline.refine.RefineOptions`` when it exists."""
+    if not options:
+        return
+    try:
+        from pipeline.refine import RefineOptions
+    except ImportError as e:  # pragma: no cover - the refiner package is part of the project
+        raise ValueError(f"refine.options: pipeline.refine is not importable ({e})") from e
+    names = {f.name for f in dataclasses.fields(RefineOptions)} - {"decode", "stride"}
+    for key in options:
+        if key not in names:
+            raise ValueError(f"refine.options.{key}: unknown key (known: {', '.join(sorted(names))})")
+    try:
+        RefineOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"refine.options: {e}") from e
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b=value"`` -> (["a", "b"], value) with the value parsed as YAML (``4``, ``null``, ``true``)."""
+    if "=" not in text:
+        raise ValueError(f"--set {text!r}: expected KEY.PATH=VALUE")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ValueError(f"--set {text!r}: bad key path {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ValueError(f"{key}: cannot parse value {raw!r} ({e})") from e
+    return parts, value
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Iterable[tuple[list[str], Any]]) -> dict:
+    """Return a deep copy of the raw config mapping with each (path, value) set."""
+    out = _deepcopy(dict(data))
+    for parts, value in overrides:
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            elif not isinstance(nxt, dict):
+                where = ".".join(parts[: i + 1])
+                raise ValueError(f"{where}: is not a section, cannot set {'.'.join(parts)}")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def _deepcopy(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {k: _deepcopy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_deepcopy(v) for v in obj]
+    return obj
+
+
+def read_yaml(path: str) -> dict:
+    """Read a YAML mapping from a local path or fsspec URL (an empty file is ``{}``)."""
+    import fsspec
+
+    try:
+        with fsspec.open(path, "rt") as fh:
+            data = yaml.safe_load(fh)
+    except FileNotFoundError as e:
+        raise ValueError(f"config file {path}: not found") from e
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {path}: invalid YAML ({e})") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path}: must hold a mapping (got {type(data).__name__})")
+    return data
+
+
+def load_config(path: str | None, overrides: Iterable[tuple[list[str], Any]] = ()) -> RefineJobConfig:
+    """Read ``path`` (or start empty), apply overrides, validate."""
+    data = read_yaml(path) if path else {}
+    return config_from_dict(apply_overrides(data, overrides))
+
+
+def config_to_dict(cfg: RefineJobConfig) -> dict:
+    """The resolved config as a plain mapping (what the job prints and records)."""
+    return dataclasses.asdict(cfg)
+
+
+def _exists(uri: str) -> bool:
+    if "://" not in uri:
+        return os.path.isfile(uri)
+    from pipeline.io import open_fs
+
+    fs, path = open_fs(uri)
+    return fs.exists(path)
+
+
+def _require_package(module: str, why: str, key: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise ValueError(f"{key}: needs the Python package {module!r} ({why}); install it first")
+
+
+def _protocol(uri: str) -> str | None:
+    return uri.split("://", 1)[0] if "://" in uri else None
+
+
+def check_runtime(cfg: RefineJobConfig) -> None:
+    """Check what the job needs before any work: packages, checkpoints, model/method match.
+
+    Raises ValueError naming the key at fault.
+    """
+    import fsspec
+
+    for key, uri in (
+        ("input.uri", cfg.input.uri),
+        ("output.prefix", cfg.output.prefix),
+        ("model.checkpoint", cfg.model.checkpoint),
+        ("sam.checkpoint", cfg.sam.checkpoint),
+    ):
+        proto = _protocol(uri) if uri else None
+        if proto and proto not in ("file", "memory"):
+            try:
+                fsspec.get_filesystem_class(proto)
+            except (ImportError, ValueError) as e:
+                raise ValueError(f"{key}: cannot open {proto}:// URLs ({e})") from e
+
+    from pipeline.models import MODELS
+
+    if cfg.model.name not in MODELS:
+        raise ValueError(f"model.name: must be one of {', '.join(sorted(MODELS))} (got {cfg.model.name!r})")
+    if not cfg.model.checkpoint:
+        raise ValueError("model.checkpoint: required (weights are never fetched implicitly)")
+    if not _exists(cfg.model.checkpoint):
+        raise ValueError(f"model.checkpoint: file not found: {cfg.model.checkpoint}")
+    wants_sam_channels = cfg.method == "samsr-v2.1"
+    if _model_takes_sam(cfg.model.name) != wants_sam_channels:
+        kind = "a SAM-SR-v2.1 (7-channel)" if wants_sam_channels else "a CRM (4-channel)"
+        raise ValueError(f"model.name: method {cfg.method} needs {kind} model (got {cfg.model.name!r})")
+    if cfg.uses_sam:
+        _require_package("segment_anything", f"method {cfg.method}", "method")
+        if not cfg.sam.checkpoint:
+            raise ValueError(f"sam.checkpoint: required for method {cfg.method}")
+        if not _exists(cfg.sam.checkpoint):
+            raise ValueError(f"sam.checkpoint: file not found: {cfg.sam.checkpoint}")
+    if cfg.refine.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available() and not cfg.ray.address and not os.environ.get("RAY_ADDRESS"):
+            raise ValueError("refine.device: 'cuda' but no CUDA device is visible")
+
+
+def _model_takes_sam(name: str) -> bool:
+    """Whether the registry entry ``name`` is a 7-channel SAM-SR-v2.1 refiner."""
+    return name.startswith("samsr_v21")
+
+
+def with_absolute_paths(cfg: RefineJobConfig) -> RefineJobConfig:
+    """Local relative paths (input, output, checkpoints) made absolute, as Ray workers on other
+    nodes or in other working directories must see them. URLs are left as they are."""
+
+    def fix(uri: str | None) -> str | None:
+        if uri is None or "://" in uri:
+            return uri
+        return os.path.abspath(uri)
+
+    return dataclasses.replace(
+        cfg,
+        input=dataclasses.replace(cfg.input, uri=fix(cfg.input.uri)),
+        output=dataclasses.replace(cfg.output, prefix=fix(cfg.output.prefix)),
+        model=dataclasses.replace(cfg.model, checkpoint=fix(cfg.model.checkpoint)),
+        sam=dataclasses.replace(cfg.sam, checkpoint=fix(cfg.sam.checkpoint)),
+    )

@@ -1,0 +1,473 @@
+"""The refine pipeline on Ray Data: refs in, masks and a Parquet manifest out.
+
+Dataflow (one row per sample; only refs enter the first stage, so no dataset of images is
+ever materialised)::
+
+    list_samples (driver) -> from_items(refs) -> decode (CPU tasks)
+      -> SAM (actor pool, samsr methods only) -> refiner (actor pool)
+      -> metrics + mask writes (CPU tasks) -> rows streamed to the driver
+      -> manifest parts written by the driver, after the masks of their rows
+
+Memory: image batches are small (``ray.batch_size``, default 1), decode tasks in flight are
+capped, each actor takes at most two batches at a time and Ray Data's backpressure stops
+decoding while the model stages are behind; with 6k images a few samples are in flight.
+
+Resume and retries: a rerun skips keys that already have an ``ok`` row; other keys get a new
+attempt number. Mask URIs are deterministic (retries overwrite), and the manifest is written
+only by the driver, as ``part-<run_id>-<seq>.parquet`` from rows it has de-duplicated by key,
+so a task retried after a worker death can never produce a second row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import secrets
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.config import RayConfig, RefineJobConfig, with_absolute_paths
+from pipeline.stages import decode_batch, finish_batch, refine_batch, sam_batch
+
+__all__ = ["StagePlan", "plan_stages", "init_ray", "run_refine", "RunResult", "format_run"]
+
+TASK_CPUS = 0.25  # logical CPUs per decode / finish task (fractional: no 2-CPU deadlock)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """Resources of each stage (Ray logical units)."""
+
+    decode_tasks: int
+    finish_tasks: int
+    task_cpus: float
+    sam_actors: int
+    refine_actors: int
+    actor_cpus: float
+    sam_gpus: float
+    refine_gpus: float
+    torch_threads: int
+    tasks_per_actor: int = 1
+
+
+def plan_stages(
+    cpus: float, gpus: float, uses_sam: bool, cfg: RayConfig, threads: int | None = None
+) -> StagePlan:
+    """Size the stages from the cluster's CPUs/GPUs so that everything fits at once.
+
+    Tasks ask for TASK_CPUS each; model actors share what the task pools leave. Without
+    GPUs a model actor asks for ``cfg.cpus_per_actor`` (default 1, 2 on >= 8 CPUs), shrunk to
+    a fraction when the pools would not otherwise fit (2 CPUs with SAM: 0.75 each). With
+    GPUs each refiner actor gets a GPU (half a GPU each for SAM and refiner actors).
+    """
+    if cpus <= 0:
+        raise ValueError(f"cluster has no CPUs ({cpus})")
+    decode = cfg.decode_tasks or max(1, min(8, int(cpus // 2)))
+    finish = max(1, min(decode, 4))
+    task_cpus = min(TASK_CPUS, cpus / (4 * (decode + finish)))  # tasks take at most a quarter
+    avail = cpus - task_cpus * (decode + finish)
+    sam_gpus = refine_gpus = 0.0
+    if gpus > 0:
+        per = cfg.gpus_per_actor or (0.5 if uses_sam else 1.0)
+        slots = max(1, int(gpus / per + 1e-9)) if per > 0 else 1
+        sam = (cfg.sam_actors or max(1, slots // 2)) if uses_sam else 0
+        refine = cfg.refine_actors or max(1, slots - sam)
+        sam_gpus = per if uses_sam else 0.0
+        refine_gpus = per
+        want = cfg.cpus_per_actor or 1.0
+    else:
+        want = cfg.cpus_per_actor or (2.0 if cpus >= 8 else 1.0)
+        total = max(1, int(avail // want))
+        sam = (cfg.sam_actors or max(1, total // 2)) if uses_sam else 0
+        refine = cfg.refine_actors or max(1, total - sam)
+    n = sam + refine
+    actor_cpus = want if n * want <= avail + 1e-9 else math.floor(avail / n * 20) / 20
+    if actor_cpus <= 0:
+        raise ValueError(f"ray.refine_actors: {n} model actors do not fit in {cpus} CPUs; use fewer")
+    return StagePlan(
+        decode_tasks=decode,
+        finish_tasks=finish,
+        task_cpus=task_cpus,
+        sam_actors=sam,
+        refine_actors=refine,
+        actor_cpus=actor_cpus,
+        sam_gpus=sam_gpus,
+        refine_gpus=refine_gpus,
+        torch_threads=threads or max(1, int(actor_cpus)),
+        tasks_per_actor=2 if gpus > 0 else 1,
+    )
+
+
+def init_ray(cfg: RayConfig) -> bool:
+    """Connect to Ray: an already initialised Ray, ``ray.address`` / $RAY_ADDRESS, or a local
+    Ray started in-process. Returns True when this call started it (the caller shuts it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(
+            num_cpus=cfg.num_cpus,
+            num_gpus=cfg.num_gpus,
+            object_store_memory=cfg.object_store_memory,
+            include_dashboard=False,
+        )
+    return True
+
+
+def _device(requested: str) -> str:
+    import ray
+    import torch
+
+    if requested == "cpu":
+        return "cpu"
+    if torch.cuda.is_available() and (requested == "cuda" or ray.get_gpu_ids()):
+        return "cuda"
+    if requested == "cuda":
+        raise ValueError("refine.device: 'cuda' but this Ray worker sees no CUDA device")
+    return "cpu"
+
+
+class _RefinerActor:
+    """One refiner per actor, loaded once: CPU state dict -> prepare_model -> device."""
+
+    def __init__(
+        self, model_name: str, checkpoint: str, options: dict, device: str, threads: int, soft: bool
+    ) -> None:
+        import ray
+        import torch
+
+        from pipeline.models import build_model
+        from pipeline.refine import RefineOptions, prepare_model, refine
+
+        torch.set_num_threads(threads)
+        self.device = _device(device)
+        self.options = RefineOptions(**options)
+        model = build_model(model_name, checkpoint)  # torch.load(map_location="cpu") inside
+        self.model = prepare_model(model, self.options).to(self.device)
+        self.soft = soft
+        self.node = ray.get_runtime_context().get_node_id()
+        self._refine = refine
+
+    def _run(self, image, mask, colors):
+        return self._refine(self.model, image, mask, colors, options=self.options, device=self.device)
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        with torch.inference_mode():
+            return refine_batch(batch, refine_fn=self._run, soft=self.soft, node=self.node)
+
+
+class _SamActor:
+    """One SAM automatic mask generator per actor."""
+
+    def __init__(
+        self,
+        model_type: str,
+        checkpoint: str,
+        generator: dict,
+        device: str,
+        threads: int,
+        method: str,
+        working_size: int,
+        seed: int,
+        v1: dict,
+    ) -> None:
+        import torch
+
+        from pipeline.sam import FastMaskGenerator, build_sam
+
+        torch.set_num_threads(threads)
+        sam = build_sam(model_type, checkpoint, device=_device(device))
+        self.generator = FastMaskGenerator(sam, **generator)
+        self.kwargs = dict(method=method, working_size=working_size, seed=seed, v1_kwargs=v1)
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        with torch.inference_mode():
+            return sam_batch(batch, generator=self.generator, **self.kwargs)
+
+
+def _refine_options(cfg: RefineJobConfig) -> dict:
+    """RefineOptions keyword arguments (YAML lists become tuples)."""
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.refine.options.items()}
+    return {**options, "decode": cfg.refine.decode, "stride": cfg.refine.stride}
+
+
+def _static_fields(cfg: RefineJobConfig, run_id: str) -> dict[str, Any]:
+    from pipeline.models import checkpoint_hash
+
+    return {
+        "job_id": cfg.job_id,
+        "run_id": run_id,
+        "method": cfg.method,
+        "model_name": cfg.model.name,
+        "model_hash": checkpoint_hash(cfg.model.checkpoint),
+        "sam_model": cfg.sam.model_type if cfg.uses_sam else None,
+        "sam_hash": checkpoint_hash(cfg.sam.checkpoint) if cfg.uses_sam else None,
+        "decode_mode": cfg.refine.decode,
+        "decode_stride": cfg.refine.stride if cfg.refine.decode == "strided" else None,
+    }
+
+
+def build_dataset(items: list[dict], cfg: RefineJobConfig, plan: StagePlan, static: dict[str, Any]):
+    """The lazy Ray Data pipeline over ``items`` (``{"meta": json}`` refs); rows out: ``{"row": json}``."""
+    import ray.data as rd
+
+    bs = cfg.ray.batch_size
+    per_block = max(1, math.ceil(len(items) / 10_000))
+    ds = rd.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / per_block)))
+    ds = ds.map_batches(
+        decode_batch,
+        batch_size=bs,
+        batch_format="numpy",
+        num_cpus=plan.task_cpus,
+        compute=rd.TaskPoolStrategy(size=plan.decode_tasks),
+        fn_kwargs={"max_pixels": cfg.input.max_pixels, "load_gt": cfg.input.gt_suffix != ""},
+    )
+    # one batch per CPU actor: a busy actor sends the next batch to an idle one on another node
+    # (Ray Data prefers the actor on the block's node while it has spare capacity); two per GPU
+    # actor so the next batch is already there when the GPU finishes
+    pool = dict(max_tasks_in_flight_per_actor=plan.tasks_per_actor)
+    if cfg.uses_sam:
+        s = cfg.sam
+        generator = dict(
+            points_per_side=s.points_per_side,
+            points_per_batch=s.points_per_batch,
+            pred_iou_thresh=s.pred_iou_thresh,
+            stability_score_thresh=s.stability_score_thresh,
+            box_nms_thresh=s.box_nms_thresh,
+        )
+        v1 = {k: v for k, v in dataclasses.asdict(cfg.v1).items() if v is not None}
+        ds = ds.map_batches(
+            _SamActor,
+            batch_size=bs,
+            batch_format="numpy",
+            num_cpus=plan.actor_cpus,
+            num_gpus=plan.sam_gpus,
+            compute=rd.ActorPoolStrategy(size=plan.sam_actors, **pool),
+            fn_constructor_kwargs=dict(
+                model_type=s.model_type,
+                checkpoint=s.checkpoint,
+                generator=generator,
+                device=cfg.refine.device,
+                threads=plan.torch_threads,
+                method=cfg.method,
+                working_size=s.working_size,
+                seed=s.seed,
+                v1=v1,
+            ),
+        )
+    ds = ds.map_batches(
+        _RefinerActor,
+        batch_size=bs,
+        batch_format="numpy",
+        num_cpus=plan.actor_cpus,
+        num_gpus=plan.refine_gpus,
+        compute=rd.ActorPoolStrategy(size=plan.refine_actors, **pool),
+        fn_constructor_kwargs=dict(
+            model_name=cfg.model.name,
+            checkpoint=cfg.model.checkpoint,
+            options=_refine_options(cfg),
+            device=cfg.refine.device,
+            threads=plan.torch_threads,
+            soft=cfg.output.soft,
+        ),
+    )
+    return ds.map_batches(
+        finish_batch,
+        batch_size=bs,
+        batch_format="numpy",
+        num_cpus=plan.task_cpus,
+        compute=rd.TaskPoolStrategy(size=plan.finish_tasks),
+        fn_kwargs={"output_prefix": cfg.output.prefix, "static": static},
+    )
+
+
+class _ManifestWriter:
+    """Driver-side manifest parts ``part-<run_id>-<seq>.parquet``, one row per key per run."""
+
+    def __init__(self, prefix: str, run_id: str, rows_per_part: int, flush_s: float) -> None:
+        self.prefix, self.run_id = prefix, run_id
+        self.rows_per_part, self.flush_s = rows_per_part, flush_s
+        self.pending: list[dict] = []
+        self.seen: set[str] = set()
+        self.parts: list[str] = []
+        self.duplicates = 0
+        self.last = time.monotonic()
+
+    def add(self, row: dict) -> bool:
+        if row["key"] in self.seen:
+            self.duplicates += 1
+            return False
+        self.seen.add(row["key"])
+        self.pending.append(row)
+        if len(self.pending) >= self.rows_per_part or time.monotonic() - self.last >= self.flush_s:
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        from pipeline.io import write_manifest_part
+
+        if self.pending:
+            name = f"{self.run_id}-{len(self.parts):05d}"
+            self.parts.append(write_manifest_part(self.pending, self.prefix, name))
+            self.pending = []
+        self.last = time.monotonic()
+
+
+@dataclass
+class RunResult:
+    job_id: str
+    run_id: str
+    output_prefix: str
+    listed: int
+    already_done: int
+    processed: int
+    ok: int
+    error: int
+    wall_s: float
+    plan: StagePlan | None
+    summary: dict[str, Any]
+    parts: list[str] = dataclasses.field(default_factory=list)
+    duplicates_dropped: int = 0
+
+    @property
+    def throughput(self) -> float:
+        """Samples finished (ok or error) per second of this run's wall time."""
+        return self.processed / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    return tqdm(
+        total=total,
+        unit="img",
+        desc="refine",
+        file=sys.stderr,
+        disable=not enabled,
+        mininterval=0.5 if tty else 10.0,
+        dynamic_ncols=tty,
+    )
+
+
+def run_refine(cfg: RefineJobConfig, *, on_row: Callable[[dict], None] | None = None) -> RunResult:
+    """Run a refine job to completion and return its result (the manifest is on storage).
+
+    on_row(row) is called on the driver for each manifest row as it arrives (progress hooks).
+    """
+    import ray
+    from ray.data import DataContext
+
+    from pipeline.io import list_samples, read_manifest
+    from pipeline.summary import summarize_manifest
+
+    t_start = time.perf_counter()
+    cfg = with_absolute_paths(cfg)
+    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+    suffixes = {k: getattr(cfg.input, k) for k in ("image_suffix", "mask_suffix", "gt_suffix")}
+    suffixes = {k: v for k, v in suffixes.items() if v is not None}
+    try:
+        refs = list_samples(cfg.input.uri, cfg.input.layout, **suffixes)
+    except (ValueError, FileNotFoundError) as e:
+        raise ValueError(f"input.uri: {e}") from e
+    if cfg.input.limit:
+        refs = refs[: cfg.input.limit]
+    prior = read_manifest(cfg.output.prefix, columns=["key", "status"]).to_pylist()
+    done = {r["key"] for r in prior if r["status"] == "ok"}
+    attempts = Counter(r["key"] for r in prior)
+    todo = [r for r in refs if r.key not in done]
+    items = [
+        {"meta": json.dumps({"key": r.key, "ref": r.to_dict(), "attempt": attempts[r.key] + 1})} for r in todo
+    ]
+    writer = _ManifestWriter(
+        cfg.output.prefix, run_id, cfg.ray.manifest_rows_per_part, cfg.ray.manifest_flush_s
+    )
+    counts = Counter()
+    plan = None
+    if items:
+        static = _static_fields(cfg, run_id)
+        started = init_ray(cfg.ray)
+        try:
+            res = ray.cluster_resources()
+            plan = plan_stages(
+                res.get("CPU", 0.0), res.get("GPU", 0.0), cfg.uses_sam, cfg.ray, cfg.refine.threads
+            )
+            ctx = DataContext.get_current()
+            ctx.enable_progress_bars = False
+            ctx.enable_operator_progress_bars = False
+            # start processing only when every pool actor is up (else the first actor may take
+            # all the work before the others exist); a pool that cannot start fails clearly
+            ctx.wait_for_min_actors_s = int(cfg.ray.actor_start_timeout_s)
+            ds = build_dataset(items, cfg, plan, static)
+            bar = _progress(len(items), cfg.ray.progress)
+            try:
+                for out in ds.iter_rows():
+                    row = json.loads(out["row"])
+                    if not writer.add(row):
+                        continue
+                    counts[row["status"]] += 1
+                    bar.update(1)
+                    bar.set_postfix(ok=counts["ok"], failed=counts["error"], refresh=False)
+                    if on_row is not None:
+                        on_row(row)
+            finally:
+                bar.close()
+                writer.flush()
+        finally:
+            if started:
+                ray.shutdown()
+    wall = time.perf_counter() - t_start
+    summary = summarize_manifest(read_manifest(cfg.output.prefix), job_id=cfg.job_id)
+    return RunResult(
+        job_id=cfg.job_id,
+        run_id=run_id,
+        output_prefix=cfg.output.prefix,
+        listed=len(refs),
+        already_done=len(refs) - len(todo),
+        processed=counts["ok"] + counts["error"],
+        ok=counts["ok"],
+        error=counts["error"],
+        wall_s=wall,
+        plan=plan,
+        summary=summary,
+        parts=writer.parts,
+        duplicates_dropped=writer.duplicates,
+    )
+
+
+def format_run(result: RunResult) -> str:
+    """The final summary: counts, throughput and the coarse-vs-refined quality table."""
+    from pipeline.summary import format_counts, format_quality_table
+
+    s = result.summary
+    errors = ", ".join(f"{k}={v}" for k, v in sorted(s["error_types"].items())) or "-"
+    pairs = [
+        ("job", f"{result.job_id} (run {result.run_id})"),
+        ("output", result.output_prefix),
+        ("samples listed", result.listed),
+        ("already done (skipped)", result.already_done),
+        ("processed this run", f"{result.processed} (ok {result.ok}, failed {result.error})"),
+        ("wall time", f"{result.wall_s:.1f} s"),
+        ("throughput", f"{result.throughput:.2f} samples/s"),
+        ("job total", f"{s['samples']} samples: ok {s['ok']}, failed {s['error']}"),
+        ("failures by type", errors),
+    ]
+    if result.duplicates_dropped:
+        pairs.append(("duplicate rows dropped", result.duplicates_dropped))
+    if s.get("mean_total_ms") is not None:
+        pairs.append(("mean work per sample", f"{s['mean_total_ms']:.0f} ms"))
+    return format_counts(pairs) + "\n\n" + format_quality_table(s)

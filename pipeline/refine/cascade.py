@@ -1,0 +1,196 @@
+"""`refine`: the CRM test-time cascade (DESIGN §2.1) with decoding modes and exact optimisations."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pipeline.models.crm import CRMNet, make_coord, make_input
+from pipeline.refine.modes import roi_mask, strided_decode
+from pipeline.refine.options import RefineOptions
+from pipeline.refine.tiles import FullFeatures, StreamFeatures, TileDecoder, fuse_patched, tile_cells
+
+__all__ = ["refine", "reflect_pad"]
+
+
+def reflect_pad(x: Tensor, pad: int) -> Tensor:
+    """Reflect-pad (B, C, H, W) by `pad` on every side, as F.pad(mode="reflect") does; sides
+    shorter than `pad` + 1 are reflected repeatedly (replicated when of length 1)."""
+    remaining = pad
+    while remaining > 0:
+        h, w = x.shape[-2:]
+        if min(h, w) == 1:
+            return F.pad(x, (remaining,) * 4, mode="replicate")
+        step = min(remaining, h - 1, w - 1)
+        x = F.pad(x, (step,) * 4, mode="reflect")
+        remaining -= step
+    return x
+
+
+def _describe(array) -> str:
+    return f"{type(array).__name__} {getattr(array, 'shape', None)} {getattr(array, 'dtype', None)}"
+
+
+def _check_inputs(
+    model: CRMNet, image: np.ndarray, coarse: np.ndarray, sam_colors: np.ndarray | None
+) -> None:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be (H, W, 3) uint8, got {_describe(image)}")
+    if not isinstance(coarse, np.ndarray) or coarse.dtype != np.uint8 or coarse.ndim != 2:
+        raise ValueError(f"coarse must be (h, w) uint8, got {_describe(coarse)}")
+    if min(image.shape[:2]) < 1 or min(coarse.shape) < 1:
+        raise ValueError(f"empty image {image.shape} or coarse mask {coarse.shape}")
+    needs_colors = model.in_channels == 7
+    if needs_colors and sam_colors is None:
+        raise ValueError("this model takes a SAM colour map (7 input channels): pass sam_colors")
+    if not needs_colors and sam_colors is not None:
+        raise ValueError(f"this model takes {model.in_channels} input channels: sam_colors must be None")
+    if sam_colors is not None and (
+        sam_colors.dtype != np.uint8
+        or sam_colors.ndim != 3
+        or sam_colors.shape[2] != 3
+        or min(sam_colors.shape[:2]) < 1
+    ):
+        raise ValueError(f"sam_colors must be (h, w, 3) uint8, got {sam_colors.shape} {sam_colors.dtype}")
+
+
+def _to_tensors(image, coarse, sam_colors, device) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(1, 3, H, W) RGB in [0,1], (1, 1, H, W) coarse in [0,1], optional (1, 3, H, W) colours in [0,1]."""
+    h, w = image.shape[:2]
+    img = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 255
+    mask = torch.from_numpy(coarse).to(device)[None, None].float()
+    if mask.shape[-2:] != (h, w):
+        mask = F.interpolate(mask, size=(h, w), mode="bilinear", align_corners=False).clamp_(0, 255)
+    mask = mask / 255
+    colors = None
+    if sam_colors is not None:
+        colors = torch.from_numpy(sam_colors).to(device).permute(2, 0, 1)[None].float()
+        if colors.shape[-2:] != (h, w):
+            colors = F.interpolate(colors, size=(h, w), mode="nearest")
+        colors = colors / 255
+    return img, mask, colors
+
+
+def _scale_probability(
+    model: CRMNet, base: Tensor, mask_in: Tensor, scale: float, roi: Tensor | None, options: RefineOptions
+) -> Tensor:
+    """One cascade step: (1, C, Hp, Wp) base input without mask, (1, 1, Hp, Wp) mask in [-1, 1]
+    -> (Hp, Wp) probabilities."""
+    hp, wp = base.shape[-2:]
+    size = (max(1, round(hp * scale)), max(1, round(wp * scale)))
+    inp = torch.cat([base[:, :3], mask_in, base[:, 3:]], dim=1)
+    inp = F.interpolate(inp, size=size, mode="bilinear", align_corners=True)
+    x1, x2, x3 = model.feats(inp, run_layer4=not options.skip_layer4)
+    del inp
+    fusion = model.aspp_
+    official_decoder = not options.factorize_decoder and not options.stream
+    if options.stream or options.patched_fusion:
+        source = StreamFeatures(model, *fusion.reduce(x1, x2, x3))
+        del x1, x2, x3
+        if not options.stream:
+            h, w = source.shape
+            feat = fuse_patched(source, tile_cells(options.tile, h, hp), tile_cells(options.tile, w, wp))
+            source = FullFeatures(feat)
+    else:
+        source = FullFeatures(fusion(x1, x2, x3))
+        del x1, x2, x3
+    prev = (mask_in[0, 0] + 1) / 2
+    if official_decoder:
+        decoder = _OfficialDecoder(model, source.feat, hp, wp, options.query_chunk)
+    else:
+        cache = options.decode != "full" and options.stream
+        decoder = TileDecoder(model, source, hp, wp, options.tile, options.factorize_decoder, cache)
+    if options.decode == "full":
+        out = torch.empty((hp, wp), device=base.device)
+        decoder.decode(out)
+    elif options.decode == "strided":
+        out = strided_decode(decoder.decode, (hp, wp), options.stride, base.device)
+    else:
+        out = prev.clone()
+        decoder.decode(out, roi)
+    return out
+
+
+class _OfficialDecoder:
+    """The official decoder (`CRMNet.query`, grid_sample) over chunks of the query list."""
+
+    def __init__(self, model: CRMNet, feat: Tensor, n_rows: int, n_cols: int, chunk: int) -> None:
+        self.model, self.feat, self.chunk = model, feat, chunk
+        self.row_coord = make_coord((n_rows,), device=feat.device)[:, 0]
+        self.col_coord = make_coord((n_cols,), device=feat.device)[:, 0]
+        self.cell = torch.tensor([2 / n_rows, 2 / n_cols], dtype=torch.float32, device=feat.device)
+
+    def decode(self, out: Tensor, mask: Tensor | None = None) -> None:
+        n_rows, n_cols = out.shape
+        flat = out.view(-1)
+        total = n_rows * n_cols
+        selected = None if mask is None else mask.view(-1).nonzero()[:, 0]
+        count = total if selected is None else selected.numel()
+        for start in range(0, count, self.chunk):
+            stop = min(start + self.chunk, count)
+            if selected is None:
+                index = torch.arange(start, stop, device=out.device)
+            else:
+                index = selected[start:stop]
+            coord = torch.stack([self.row_coord[index // n_cols], self.col_coord[index % n_cols]], dim=-1)
+            cell = self.cell.expand(coord.shape[0], 2)
+            flat[index] = torch.sigmoid(self.model.query(self.feat, coord[None], cell[None])[0])
+
+
+@torch.inference_mode()
+def refine(
+    model: CRMNet,
+    image: np.ndarray,
+    coarse: np.ndarray,
+    sam_colors: np.ndarray | None = None,
+    *,
+    options: RefineOptions = RefineOptions(),
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Refine a coarse mask with CRM / SAM-SR-v2.1 through the official cascade.
+
+    image: (H, W, 3) uint8 RGB; coarse: (h, w) uint8 in 0..255, any size (bilinearly resized
+    to (H, W)); sam_colors: (h', w', 3) uint8 SAM colour map (nearest-resized to (H, W)),
+    required iff model.in_channels == 7. The model must already sit on `device` (it runs in
+    eval mode; its mode is restored afterwards); BN folding happens in `prepare_model`.
+    Returns (H, W) float32 probabilities in [0, 1]; an empty coarse mask ((mask + 1).sum() < 2
+    in the [-1, 1] scale) gives all zeros.
+    """
+    _check_inputs(model, image, coarse, sam_colors)
+    device = torch.device(device)
+    weights_device = next(model.parameters()).device
+    if weights_device.type != device.type or (device.index is not None and weights_device != device):
+        raise ValueError(
+            f"model weights are on {weights_device}, refine was asked for {device}: move it first"
+        )
+    was_training = model.training
+    model.eval()
+    try:
+        return _refine(model, image, coarse, sam_colors, options, device)
+    finally:
+        model.train(was_training)
+
+
+def _refine(model, image, coarse, sam_colors, options: RefineOptions, device: torch.device) -> np.ndarray:
+    h, w = image.shape[:2]
+    img, mask, colors = _to_tensors(image, coarse, sam_colors, device)
+    if float(mask.sum() * 2) < 2:
+        return np.zeros((h, w), dtype=np.float32)
+    roi = None
+    if options.decode in ("bbox", "contour"):
+        roi = roi_mask(mask[0, 0], options.decode, options.roi_margin)
+        roi = reflect_pad(roi[None, None].float(), options.pad)[0, 0] > 0.5
+    inp = make_input(img, mask, colors)  # (1, 4|7, H, W): RGB, mask, [colours]
+    del img, colors
+    base = reflect_pad(torch.cat([inp[:, :3], inp[:, 4:]], dim=1), options.pad)  # without the mask
+    mask_in = reflect_pad(inp[:, 3:4], options.pad)
+    del inp
+    prob = None
+    for scale in options.scales:
+        prob = _scale_probability(model, base, mask_in, scale, roi, options)
+        mask_in = ((prob - 0.5) * 2)[None, None]
+    p = options.pad
+    prob = prob[p : p + h, p : p + w]
+    return prob.clamp_(0, 1).float().cpu().numpy()

@@ -1,0 +1,83 @@
+"""Options of the refinement cascade and its decoding modes / exact optimisations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+__all__ = ["RefineOptions", "DECODE_MODES"]
+
+DECODE_MODES = ("full", "strided", "bbox", "contour")
+
+
+@dataclass(frozen=True)
+class RefineOptions:
+    """How `refine` runs. Defaults: the official cascade with every exact optimisation on.
+
+    Cascade: reflect-pad by `pad`, then for each scale s in `scales` encode the padded image
+    resized by s and decode full-resolution pixels; the soft output feeds the next scale.
+
+    Decoding (`decode`):
+      "full"     every padded full-resolution pixel (the official behaviour);
+      "strided"  every `stride`-th pixel (plus the last row/column); a pixel in between keeps
+                 the bilinear blend of its 4 decoded neighbours when they agree (binary at
+                 0.5) and is decoded when they disagree;
+      "bbox"     only inside the box of the coarse mask padded by `roi_margin` pixels;
+      "contour"  only within `roi_margin` pixels of the coarse mask's contour;
+      ROI modes keep the incoming value (coarse, then the previous scale's output) elsewhere.
+      `roi_margin=None` picks max(16, 3% of the long side).
+
+    Exact optimisations (each switchable; all off = the official-style computation):
+      skip_layer4        do not run the encoder's layer4 (its result is unused);
+      fold_bn            fold BatchNorm into the preceding convolution; takes effect in
+                         `prepare_model` (refine runs whatever model it is given);
+      factorize_decoder  split the decoder's first linear layer into a feature part computed
+                         once per feature cell and a 6-value coordinate part per query;
+      patched_fusion     run upsample + concat + last_conv over tiles with a 1-cell halo;
+      stream             compute fusion and decoding tile by tile, so the full-resolution
+                         feature map is never held (implies patched fusion);
+      tile               tile side in full-resolution query pixels (a tile holds about
+                         tile * h_F / H feature cells per side, at least 4);
+      query_chunk        queries per decoder call in the official-style decoder.
+    """
+
+    scales: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
+    pad: int = 32
+    decode: str = "full"
+    stride: int = 4
+    roi_margin: int | None = None
+    skip_layer4: bool = True
+    fold_bn: bool = True
+    factorize_decoder: bool = True
+    patched_fusion: bool = True
+    stream: bool = True
+    tile: int = 256
+    query_chunk: int = 1 << 16
+
+    def __post_init__(self) -> None:
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"RefineOptions.decode={self.decode!r}; expected one of {DECODE_MODES}")
+        if not self.scales or any(not 0 < s <= 4 for s in self.scales):
+            raise ValueError(f"RefineOptions.scales={self.scales!r}; each must be in (0, 4]")
+        if self.pad < 0:
+            raise ValueError(f"RefineOptions.pad={self.pad}; must be >= 0")
+        if self.stride < 1:
+            raise ValueError(f"RefineOptions.stride={self.stride}; must be >= 1")
+        if self.tile < 4:
+            raise ValueError(f"RefineOptions.tile={self.tile}; must be >= 4")
+        if self.query_chunk < 1:
+            raise ValueError(f"RefineOptions.query_chunk={self.query_chunk}; must be >= 1")
+        if self.roi_margin is not None and self.roi_margin < 0:
+            raise ValueError(f"RefineOptions.roi_margin={self.roi_margin}; must be >= 0")
+
+    @classmethod
+    def official(cls, **overrides) -> RefineOptions:
+        """The official-style computation: layer4 run, BN kept, whole-map fusion, grid_sample
+        decoding of every pixel at every scale (in query chunks)."""
+        base = cls(
+            skip_layer4=False,
+            fold_bn=False,
+            factorize_decoder=False,
+            patched_fusion=False,
+            stream=False,
+        )
+        return replace(base, **overrides)

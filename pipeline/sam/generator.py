@@ -1,0 +1,377 @@
+"""A fast automatic mask generator with the results of segment-anything's own.
+
+`FastMaskGenerator` runs the algorithm of `segment_anything.SamAutomaticMaskGenerator`
+(grid of point prompts, 3 masks per point, predicted-IoU and stability filtering, box NMS
+within each crop, optional crop layers and small-region clean-up) and returns the same masks,
+in the same order, with the same scores. What differs is only how the work is done:
+
+- the image is encoded once per crop (with ``crop_n_layers=0``: once), and the dense
+  positional encoding once per crop instead of once per batch;
+- the predicted-IoU filter runs on the low-resolution logits, *before* they are upscaled, so
+  rejected masks are never upscaled (the filter does not depend on the masks);
+- only the rows and columns of the 1024x1024 upscaled logits that survive SAM's un-padding
+  crop are computed (bit-identical: the interpolation grid is the same), in chunks that bound
+  memory, and the identity resize is skipped when the image is already at SAM's input size;
+- masks stay binary torch tensors (cropped to their box until NMS has chosen the survivors):
+  no `MaskData` deep copies, no RLE encoding or decoding unless asked for
+  (`SamMasks.to_annotations`).
+
+Prompts are batched exactly as in the stock generator (``points_per_batch``), so the mask
+decoder sees identical inputs and returns identical numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+from segment_anything.predictor import SamPredictor
+from segment_anything.utils.amg import (
+    batched_mask_to_box,
+    box_xyxy_to_xywh,
+    build_all_layer_point_grids,
+    calculate_stability_score,
+    coco_encode_rle,
+    generate_crop_boxes,
+    is_box_near_crop_edge,
+    mask_to_rle_pytorch,
+    remove_small_regions,
+)
+from torchvision.ops.boxes import batched_nms, box_area
+
+__all__ = ["FastMaskGenerator", "SamMasks"]
+
+_OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+
+
+@dataclass
+class SamMasks:
+    """Masks found by `FastMaskGenerator.generate`, in the stock generator's order.
+
+    masks: (N, h, w) bool, at the size of the image given to ``generate``
+    scores: (N,) float32, SAM's predicted IoU of each mask
+    stability: (N,) float32 stability score in [0, 1]
+    areas: (N,) int64 pixel count of each mask
+    boxes: (N, 4) int64 XYXY box around each mask (inclusive pixel coordinates, as SAM's)
+    points: (N, 2) float64 XY point prompt that produced each mask, in image pixels
+    crop_boxes: (N, 4) int64 XYXY crop in which each mask was found
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    stability: np.ndarray
+    areas: np.ndarray
+    boxes: np.ndarray
+    points: np.ndarray
+    crop_boxes: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.masks.shape[0])
+
+    def to_annotations(self, output_mode: str = "binary_mask") -> list[dict[str, Any]]:
+        """The stock generator's list of records (keys ``segmentation``, ``area``, ``bbox``,
+        ``predicted_iou``, ``point_coords``, ``stability_score``, ``crop_box``).
+
+        output_mode: "binary_mask" ((h, w) bool arrays), "uncompressed_rle" or "coco_rle"
+        (needs pycocotools). RLE is computed here only, never during generation.
+        """
+        if output_mode not in _OUTPUT_MODES:
+            raise ValueError(f"output_mode must be one of {_OUTPUT_MODES}, got {output_mode!r}")
+        if output_mode == "binary_mask":
+            segs: list[Any] = list(self.masks)
+        else:
+            segs = mask_to_rle_pytorch(torch.from_numpy(self.masks)) if len(self) else []
+            if output_mode == "coco_rle":
+                segs = [coco_encode_rle(rle) for rle in segs]
+        return [
+            {
+                "segmentation": segs[i],
+                "area": int(self.areas[i]),
+                "bbox": box_xyxy_to_xywh(self.boxes[i].copy()).tolist(),
+                "predicted_iou": float(self.scores[i]),
+                "point_coords": [self.points[i].tolist()],
+                "stability_score": float(self.stability[i]),
+                "crop_box": box_xyxy_to_xywh(self.crop_boxes[i].copy()).tolist(),
+            }
+            for i in range(len(self))
+        ]
+
+
+@dataclass
+class _Found:
+    """Masks of one crop before the final assembly (all on CPU).
+
+    packed: (K, ceil(ch * cw / 8)) uint8, each (ch, cw) crop-size mask bit-packed (np.packbits)
+    boxes: (K, 4) int64 XYXY in crop coordinates; scores, stability: (K,) float32;
+    points: (K, 2) float64 in crop coordinates.
+    """
+
+    packed: np.ndarray
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    stability: torch.Tensor
+    points: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def select(self, keep: torch.Tensor) -> _Found:
+        keep = keep.cpu()
+        idx = keep.numpy() if keep.dtype == torch.bool else keep.long().numpy()
+        return _Found(self.packed[idx], self.boxes[keep], self.scores[keep], self.stability[keep],
+                      self.points[keep])
+
+
+class FastMaskGenerator:
+    """Automatic mask generation with `SamAutomaticMaskGenerator`'s results, faster on CPU.
+
+    The arguments mean what they mean for `SamAutomaticMaskGenerator` (same defaults: the
+    thesis's settings). ``postprocess_chunk`` (masks upscaled at once) bounds memory only and
+    does not change results. ``points_per_batch`` must equal the stock generator's for
+    bit-identical decoder outputs (different batch sizes can change the last float bits).
+    """
+
+    def __init__(
+        self,
+        sam: Sam,
+        points_per_side: int | None = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: list[np.ndarray] | None = None,
+        min_mask_region_area: int = 0,
+        postprocess_chunk: int = 32,
+    ) -> None:
+        if not isinstance(sam, Sam):
+            raise ValueError(f"FastMaskGenerator needs a segment_anything Sam, got {type(sam).__name__}")
+        if (points_per_side is None) == (point_grids is None):
+            raise ValueError("give exactly one of points_per_side and point_grids")
+        if points_per_side is not None:
+            if points_per_side < 1:
+                raise ValueError(f"points_per_side must be >= 1, got {points_per_side}")
+            point_grids = build_all_layer_point_grids(
+                points_per_side, crop_n_layers, crop_n_points_downscale_factor
+            )
+        assert point_grids is not None
+        if len(point_grids) < crop_n_layers + 1:
+            raise ValueError(f"need {crop_n_layers + 1} point grids, got {len(point_grids)}")
+        if points_per_batch < 1 or postprocess_chunk < 1:
+            raise ValueError("points_per_batch and postprocess_chunk must be >= 1")
+        self.predictor = SamPredictor(sam)
+        self.point_grids = point_grids
+        self.points_per_batch = points_per_batch
+        self.pred_iou_thresh = pred_iou_thresh
+        self.stability_score_thresh = stability_score_thresh
+        self.stability_score_offset = stability_score_offset
+        self.box_nms_thresh = box_nms_thresh
+        self.crop_n_layers = crop_n_layers
+        self.crop_nms_thresh = crop_nms_thresh
+        self.crop_overlap_ratio = crop_overlap_ratio
+        self.min_mask_region_area = min_mask_region_area
+        self.postprocess_chunk = postprocess_chunk
+
+    @property
+    def sam(self) -> Sam:
+        return self.predictor.model
+
+    @torch.inference_mode()
+    def generate(self, image: np.ndarray) -> SamMasks:
+        """Find the masks of ``image``: (h, w, 3) uint8 RGB. Masks come back at (h, w).
+
+        Resize large images to SAM's working size first (see `pipeline.sam.propose`): masks
+        are held at the size of the image given here.
+        """
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image must be (h, w, 3) uint8, got {image.shape} {image.dtype}")
+        orig_h, orig_w = image.shape[:2]
+        crop_boxes, layer_idxs = generate_crop_boxes((orig_h, orig_w), self.crop_n_layers,
+                                                     self.crop_overlap_ratio)
+        parts = [self._process_crop(image, box, layer, (orig_h, orig_w))
+                 for box, layer in zip(crop_boxes, layer_idxs)]
+        shifts = [torch.tensor([b[0], b[1], b[0], b[1]]) for b in crop_boxes]
+        boxes = torch.cat([p.boxes + s for p, s in zip(parts, shifts)])  # uncrop_boxes_xyxy
+        scores = torch.cat([p.scores for p in parts])
+        stability = torch.cat([p.stability for p in parts])
+        points = torch.cat([p.points + s[:2] for p, s in zip(parts, shifts)])  # uncrop_points
+        crops_of = torch.tensor([b for p, b in zip(parts, crop_boxes) for _ in range(len(p))],
+                                dtype=torch.int64).reshape(-1, 4)
+        origin = [(i, r) for i, p in enumerate(parts) for r in range(len(p))]
+        keep = torch.arange(len(boxes))
+        if len(crop_boxes) > 1 and len(boxes):
+            # Remove duplicates between crops, preferring masks from smaller crops.
+            keep = batched_nms(boxes.float(), 1 / box_area(crops_of), torch.zeros(len(boxes)),
+                               iou_threshold=self.crop_nms_thresh)
+        masks = torch.zeros((len(keep), orig_h, orig_w), dtype=torch.bool)
+        for m, k in zip(masks, keep.tolist()):  # unpack the survivors only (uncrop_masks)
+            i, r = origin[k]
+            x0, y0, x1, y1 = crop_boxes[i]
+            m[y0:y1, x0:x1] = _unpack(parts[i].packed[r], (y1 - y0, x1 - x0))
+        boxes, scores, stability = boxes[keep], scores[keep], stability[keep]
+        points, crops_of = points[keep], crops_of[keep]
+        if self.min_mask_region_area > 0 and len(masks):
+            keep, masks, boxes = self._remove_small_regions(masks)
+            masks, boxes, scores, stability = masks[keep], boxes[keep], scores[keep], stability[keep]
+            points, crops_of = points[keep], crops_of[keep]
+        return SamMasks(
+            masks=masks.numpy(),
+            scores=scores.numpy().astype(np.float32),
+            stability=stability.numpy().astype(np.float32),
+            areas=masks.flatten(1).sum(1).numpy().astype(np.int64),
+            boxes=boxes.numpy().astype(np.int64),
+            points=points.numpy().astype(np.float64),
+            crop_boxes=crops_of.numpy(),
+        )
+
+    def _process_crop(self, image: np.ndarray, crop_box: list[int], layer_idx: int,
+                      orig_size: tuple[int, int]) -> _Found:
+        x0, y0, x1, y1 = crop_box
+        cropped = image[y0:y1, x0:x1, :]
+        im_size = cropped.shape[:2]
+        self.predictor.set_image(cropped)  # the one image-encoder call for this crop
+        features = self.predictor.features
+        input_size = self.predictor.input_size
+        sam = self.sam
+        dense_pe = sam.prompt_encoder.get_dense_pe()
+        points_for_image = self.point_grids[layer_idx] * np.array(im_size)[None, ::-1]
+        orig_box = [0, 0, orig_size[1], orig_size[0]]
+        out: list[_Found] = []
+        for start in range(0, len(points_for_image), self.points_per_batch):
+            points = points_for_image[start:start + self.points_per_batch]
+            in_points = torch.as_tensor(self.predictor.transform.apply_coords(points, im_size),
+                                        device=sam.device)
+            in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=sam.device)
+            sparse, dense = sam.prompt_encoder(points=(in_points[:, None, :], in_labels[:, None]),
+                                               boxes=None, masks=None)
+            low_res, iou_preds = sam.mask_decoder(
+                image_embeddings=features, image_pe=dense_pe, sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense, multimask_output=True,
+            )
+            low_res, iou_preds = low_res.flatten(0, 1), iou_preds.flatten(0, 1).cpu()
+            pts = torch.as_tensor(points.repeat(3, axis=0))
+            if self.pred_iou_thresh > 0.0:  # filter before upscaling: the filter ignores masks
+                idx = torch.nonzero(iou_preds > self.pred_iou_thresh).flatten()
+            else:
+                idx = torch.arange(len(iou_preds))
+            for c in range(0, len(idx), self.postprocess_chunk):
+                sel = idx[c:c + self.postprocess_chunk]
+                ok, packed, boxes, stability = self._postprocess(low_res[sel.to(low_res.device)],
+                                                                 input_size, im_size)
+                sel = sel[ok]
+                found = _Found(packed, boxes, iou_preds[sel], stability, pts[sel])
+                edge = is_box_near_crop_edge(found.boxes, crop_box, orig_box)
+                if bool(edge.any()):
+                    found = found.select(~edge)
+                out.append(found)
+        self.predictor.reset_image()
+        found = _cat(out, (len(cropped[0]) * len(cropped) + 7) // 8)
+        if len(found):
+            keep = batched_nms(found.boxes.float(), found.scores, torch.zeros(len(found.boxes)),
+                               iou_threshold=self.box_nms_thresh)
+            found = found.select(keep)
+        return found
+
+    def _postprocess(self, low_res: torch.Tensor, input_size: tuple[int, int], im_size: tuple[int, int]
+                     ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, torch.Tensor]:
+        """Upscale a chunk of low-res logits like `Sam.postprocess_masks`, filter on stability,
+        threshold and box them.
+
+        low_res: (K, 256, 256) float logits. Returns the indices kept (into the chunk), the
+        kept masks bit-packed ((K', ceil(h * w / 8)) uint8), their (K', 4) int64 XYXY boxes and
+        their (K',) stability scores, all on CPU."""
+        sam = self.sam
+        logits = upscale_logits(low_res[:, None], sam.image_encoder.img_size, input_size, im_size)[:, 0]
+        stability = calculate_stability_score(logits, sam.mask_threshold, self.stability_score_offset)
+        idx = torch.arange(len(logits))
+        if self.stability_score_thresh > 0.0:
+            ok = (stability >= self.stability_score_thresh).cpu()
+            logits, stability, idx = logits[ok.to(logits.device)], stability[ok.to(logits.device)], idx[ok]
+        masks = logits > sam.mask_threshold
+        boxes = mask_boxes(masks).cpu()
+        packed = np.packbits(masks.flatten(1).cpu().numpy(), axis=1)
+        return idx, packed, boxes, stability.cpu()
+
+    def _remove_small_regions(self, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`SamAutomaticMaskGenerator.postprocess_small_regions` on binary masks (no RLE)."""
+        new_masks, scores = [], []
+        for m in masks.numpy():
+            m2, changed_holes = remove_small_regions(m, self.min_mask_region_area, mode="holes")
+            m2, changed_islands = remove_small_regions(m2, self.min_mask_region_area, mode="islands")
+            new_masks.append(torch.as_tensor(m2))
+            scores.append(float(not (changed_holes or changed_islands)))
+        new = torch.stack(new_masks)
+        boxes = batched_mask_to_box(new)
+        keep = batched_nms(boxes.float(), torch.as_tensor(scores), torch.zeros(len(boxes)),
+                           iou_threshold=max(self.box_nms_thresh, self.crop_nms_thresh))
+        return keep, new, boxes
+
+
+def upscale_logits(low_res: torch.Tensor, img_size: int, input_size: tuple[int, int],
+                   original_size: tuple[int, int]) -> torch.Tensor:
+    """`Sam.postprocess_masks`, computing only the part of the padded upscale that is kept.
+
+    low_res: (B, C, 256, 256) float logits; returns (B, C, *original_size) float logits, equal
+    bit for bit to ``sam.postprocess_masks(low_res, input_size, original_size)``. Bilinear
+    interpolation (align_corners=False) by an integer factor maps output pixel i to source
+    (i + 0.5) / f - 0.5, so the first ``input_size`` output rows/columns depend only on the first
+    ceil(input_size / f) + 1 source rows/columns; interpolating those to f times their size keeps
+    the same grid and the same weights.
+    """
+    lh, lw = low_res.shape[-2:]
+    fh, fw = img_size // lh, img_size // lw
+    if fh * lh != img_size or fw * lw != img_size:  # not an integer factor: do it the stock way
+        up = F.interpolate(low_res, (img_size, img_size), mode="bilinear", align_corners=False)
+    else:
+        rh = min(lh, -(-input_size[0] // fh) + 1)
+        rw = min(lw, -(-input_size[1] // fw) + 1)
+        up = F.interpolate(low_res[..., :rh, :rw].contiguous(), (rh * fh, rw * fw), mode="bilinear",
+                           align_corners=False)
+    up = up[..., : input_size[0], : input_size[1]]
+    if tuple(original_size) == tuple(input_size):
+        return up  # an identity resize returns its input unchanged
+    return F.interpolate(up, tuple(original_size), mode="bilinear", align_corners=False)
+
+
+def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """`segment_anything.utils.amg.batched_mask_to_box` for (K, h, w) bool masks, faster.
+
+    Returns (K, 4) int64 XYXY boxes (inclusive pixel coordinates), [0, 0, 0, 0] for an empty
+    mask, equal to SAM's. Uses ``any`` reductions instead of ``max`` with indices.
+    """
+    k, h, w = masks.shape
+    if k == 0:
+        return torch.zeros((0, 4), dtype=torch.int64, device=masks.device)
+    rows = masks.any(2)  # (K, h)
+    cols = masks.any(1)  # (K, w)
+    ar_h = torch.arange(h, device=masks.device)
+    ar_w = torch.arange(w, device=masks.device)
+    bottom = torch.where(rows, ar_h, -1).amax(1)
+    top = torch.where(rows, ar_h, h).amin(1)
+    right = torch.where(cols, ar_w, -1).amax(1)
+    left = torch.where(cols, ar_w, w).amin(1)
+    out = torch.stack([left, top, right, bottom], dim=1)
+    return torch.where(rows.any(1)[:, None], out, torch.zeros_like(out))
+
+
+def _unpack(packed: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """(h, w) bool tensor from one np.packbits row."""
+    bits = np.unpackbits(packed, count=size[0] * size[1])
+    return torch.from_numpy(bits.view(np.bool_).reshape(size))
+
+
+def _cat(parts: list[_Found], packed_len: int) -> _Found:
+    if not parts:
+        return _Found(np.zeros((0, packed_len), np.uint8), torch.zeros((0, 4), dtype=torch.int64),
+                      torch.zeros(0), torch.zeros(0), torch.zeros((0, 2), dtype=torch.float64))
+    return _Found(np.concatenate([p.packed for p in parts]), torch.cat([p.boxes for p in parts]),
+                  torch.cat([p.scores for p in parts]), torch.cat([p.stability for p in parts]),
+                  torch.cat([p.points for p in parts]))

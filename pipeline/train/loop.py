@@ -1,0 +1,216 @@
+"""The training loop, run per worker by Ray Train's ``TorchTrainer`` or in a plain process.
+
+``train_loop({"cfg": TrainConfig, "source": <source>, "sam_lookup": <callable or None>})`` builds
+the model, resumes from the newest checkpoint under ``cfg.checkpoint_dir`` if any, and trains to
+``cfg.steps`` optimizer steps with :func:`pipeline.train.step.train_step`. Under Ray Train with
+several workers the model is wrapped in DDP (``ray.train.torch.prepare_model``: gloo on CPU,
+nccl on GPU) and each worker reads its own shard of every epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from pipeline.train.checkpoint import load_latest, save_train_state
+from pipeline.train.data import CropDataset
+from pipeline.train.fastconv import use_space_to_batch
+from pipeline.train.loss import LossWeights
+from pipeline.train.step import train_step
+
+__all__ = ["TrainConfig", "train_loop", "init_from_checkpoint", "lr_milestones"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything the loop needs besides the data source (all primitives: stored in checkpoints)."""
+
+    checkpoint_dir: str
+    model: str = "crm_mnv2"
+    pretrained_backbone: bool = True
+    init_checkpoint: str | None = None
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 2.25e-4
+    lr_milestones: tuple[int, ...] | None = None  # default: 50% and 83% of steps (CRM's 22.5k/37.5k of 45k)
+    lr_gamma: float = 0.1
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    crop: int = 224
+    patch: int = 64  # dense query windows per crop (0 = query every crop pixel)
+    patches: int = 2
+    input_scale_range: tuple[float, float] = (0.5, 1.0)
+    p_input_scale: float = 0.5
+    iou_range: tuple[float, float] = (0.8, 1.0)
+    p_lowres: float = 0.5
+    log_every: int = 10
+    ckpt_every: int = 100
+    keep_checkpoints: int = 3
+    seed: int = 0
+    loader_workers: int = 0
+    threads: int = 0  # torch threads per worker; 0 = leave as is
+    use_gpu: bool = False
+    space_to_batch: bool = True  # exact faster dilated convs on CPU (pipeline.train.fastconv)
+    export: str | None = None  # final weights (official key naming) written here by rank 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.crop < 32:
+            raise ValueError(f"TrainConfig: steps ({self.steps}), batch_size ({self.batch_size}) "
+                             "must be >= 1 "
+                             f"and crop ({self.crop}) >= 32")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig: lr must be > 0, got {self.lr}")
+        if self.log_every < 1 or self.ckpt_every < 1:
+            raise ValueError("TrainConfig: log_every and ckpt_every must be >= 1")
+
+
+def lr_milestones(cfg: TrainConfig) -> list[int]:
+    """Step-decay milestones: cfg.lr_milestones or [steps/2, 5*steps/6]."""
+    if cfg.lr_milestones is not None:
+        return sorted(int(m) for m in cfg.lr_milestones)
+    return [max(1, cfg.steps // 2), max(2, cfg.steps * 5 // 6)]
+
+
+def init_from_checkpoint(model: nn.Module, state: dict[str, torch.Tensor],
+                         source: str = "checkpoint") -> None:
+    """Load ``state`` into ``model``; input-conv weights with fewer input channels (a CRM checkpoint
+    into a SAM-SR-v2.1 model) are copied into the first channels and the new channels are zeroed,
+    so the model computes exactly what the source computes. Other mismatches raise ValueError."""
+    target = model.state_dict()
+    out = {}
+    for key, value in state.items():
+        key = key[len("module."):] if key.startswith("module.") else key
+        if key not in target:
+            raise ValueError(f"{source}: unexpected key {key!r}")
+        t = target[key]
+        if value.shape != t.shape:
+            if value.dim() == 4 and value.shape[0] == t.shape[0] and value.shape[1] < t.shape[1] \
+                    and value.shape[2:] == t.shape[2:]:
+                grown = torch.zeros_like(t)
+                grown[:, : value.shape[1]] = value
+                value = grown
+            else:
+                raise ValueError(f"{source}: key {key!r} has shape {tuple(value.shape)}, "
+                                 f"model wants {tuple(t.shape)}")
+        out[key] = value
+    missing = [k for k in target if k not in out]
+    if missing:
+        raise ValueError(f"{source}: missing key {missing[0]!r} ({len(missing)} missing)")
+    model.load_state_dict(out, strict=True)
+
+
+class _EpochSampler(torch.utils.data.Sampler):
+    """This rank's share of a seeded permutation of the epoch, starting after ``skip`` items."""
+
+    def __init__(self, n: int, seed: int, epoch: int, rank: int, world: int, skip: int) -> None:
+        perm = np.random.default_rng([seed, epoch, 99]).permutation(n)
+        self.idx = perm[rank::world][skip:].tolist()
+
+    def __iter__(self):
+        return iter(self.idx)
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+
+def _ray_context() -> tuple[bool, int, int]:
+    try:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        return True, ctx.get_world_rank(), ctx.get_world_size()
+    except Exception:
+        return False, 0, 1
+
+
+def _log(msg: dict[str, Any]) -> None:
+    print("[train] " + json.dumps(msg), flush=True)
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Train per ``config["cfg"]`` on ``config["source"]`` (see module docstring)."""
+    from pipeline.models import build_model, load_checkpoint, save_checkpoint
+
+    cfg: TrainConfig = config["cfg"]
+    in_ray, rank, world = _ray_context()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed + rank)
+    device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
+
+    model = build_model(cfg.model, pretrained_backbone=cfg.pretrained_backbone)
+    if cfg.init_checkpoint:
+        init_from_checkpoint(model, load_checkpoint(cfg.init_checkpoint), cfg.init_checkpoint)
+    if cfg.space_to_batch:
+        use_space_to_batch(model)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, lr_milestones(cfg), gamma=cfg.lr_gamma)
+    step, log = 0, []
+    state = load_latest(cfg.checkpoint_dir)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, log = int(state["step"]), list(state.get("log", []))
+        scheduler.milestones = Counter(lr_milestones(cfg))  # this run's schedule (steps may have changed)
+        if rank == 0:
+            _log({"event": "resumed", "step": step, "checkpoint_dir": cfg.checkpoint_dir})
+    model.to(device)
+    core = model
+    if in_ray:
+        import ray.train.torch
+
+        model = ray.train.torch.prepare_model(model)
+        core = getattr(model, "module", model)
+
+    dataset = CropDataset(config["source"], crop=cfg.crop, seed=cfg.seed, iou_range=cfg.iou_range,
+                          p_lowres=cfg.p_lowres, sam_lookup=config.get("sam_lookup"))
+    per_epoch = max(1, len(dataset) // (cfg.batch_size * world))
+    t0, seen0 = time.time(), step
+    while step < cfg.steps:
+        epoch, skip = divmod(step, per_epoch)
+        dataset.set_epoch(epoch)
+        sampler = _EpochSampler(len(dataset), cfg.seed, epoch, rank, world, skip * cfg.batch_size)
+        loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                            num_workers=cfg.loader_workers)
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            rng = np.random.default_rng([cfg.seed, step, 5])
+            scale = float(rng.uniform(*cfg.input_scale_range)) if rng.random() < cfg.p_input_scale else 1.0
+            parts = train_step(model, optimizer, batch, cfg.loss_weights, scale, cfg.patch, cfg.patches, rng)
+            scheduler.step()
+            step += 1
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                rec = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **parts,
+                       "s_per_step": (time.time() - t0) / max(1, step - seen0), "time": time.time()}
+                log.append(rec)
+                if rank == 0:
+                    _log(rec)
+                if in_ray:
+                    import ray.train
+
+                    ray.train.report({k: v for k, v in rec.items() if isinstance(v, (int, float))})
+            if rank == 0 and (step % cfg.ckpt_every == 0 or step == cfg.steps):
+                save_train_state(cfg.checkpoint_dir, {
+                    "step": step, "model": core.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "log": log, "config": _plain(cfg)},
+                    keep=cfg.keep_checkpoints)
+            if step >= cfg.steps:
+                break
+    if rank == 0 and cfg.export:
+        save_checkpoint(core, cfg.export)
+        _log({"event": "exported", "uri": cfg.export, "step": step})
+
+
+def _plain(cfg: TrainConfig) -> dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+    return json.loads(json.dumps(d))

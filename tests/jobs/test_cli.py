@@ -1,0 +1,137 @@
+"""The ``samsr`` command: help for every subcommand, dispatch, and config errors before any work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobs.cli import COMMANDS, main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_console_script_help_lists_every_command():
+    exe = Path(sys.executable).parent / "samsr"
+    r = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    for name in COMMANDS:
+        assert name in r.stdout
+    assert set(COMMANDS) == {"refine", "evaluate", "query", "benchmark", "train"}
+
+
+@pytest.mark.parametrize(
+    "command, expected",
+    [
+        ("refine", ["--config", "--set KEY=VALUE", "--input", "--output", "--method", "--decode"]),
+        ("evaluate", ["OUTPUT_PREFIX", "--job-id", "--json"]),
+        ("query", ["MANIFEST_PREFIX", "--summary", "--worst N", "--failures", "--format"]),
+        ("benchmark", ["refiner", "sam"]),
+        ("train", ["usage: samsr train"]),
+    ],
+)
+def test_each_subcommand_has_accurate_help(command, expected, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: samsr {command}") or "usage: samsr train" in expected
+    for text in expected:
+        assert text in out, (command, text)
+
+
+@pytest.mark.parametrize("name", ["refiner", "sam"])
+def test_benchmark_dispatches_to_the_bench_modules(name, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["benchmark", name, "--help"])
+    assert e.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_unknown_command_and_no_command(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["refin"])
+    assert e.value.code == 2 and "invalid choice: 'refin'" in capsys.readouterr().err
+    assert main([]) == 2
+
+
+def test_refine_config_errors_exit_2_naming_the_key_before_any_work(tmp_path, capsys):
+    out = tmp_path / "out"
+    args = [
+        "refine",
+        "--input",
+        str(tmp_path),
+        "--output",
+        str(out),
+        "--checkpoint",
+        str(tmp_path / "none.pt"),
+    ]
+    assert main([*args, "--set", "refine.decode=fast"]) == 2
+    assert "config error: refine.decode: must be one of" in capsys.readouterr().err
+    assert main([*args, "--set", "ray.bogus=1"]) == 2
+    assert "config error: ray.bogus: unknown key" in capsys.readouterr().err
+    assert main(args) == 2
+    assert "config error: model.checkpoint: file not found" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_refine_input_that_cannot_be_listed_exits_2(tmp_path, capsys):
+    import torch
+
+    from pipeline.models import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    save_checkpoint(build_model("crm_mnv2"), str(tmp_path / "w.pt"))
+    (tmp_path / "empty").mkdir()
+    code = main(
+        [
+            "refine",
+            "--input",
+            str(tmp_path / "empty"),
+            "--output",
+            str(tmp_path / "out"),
+            "--checkpoint",
+            str(tmp_path / "w.pt"),
+            "--no-progress",
+        ]
+    )
+    assert code == 2
+    assert "error: input.uri: no samples found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_print_config_resolves_flags_and_overrides(capsys):
+    import json
+
+    code = main(
+        [
+            "refine",
+            "--config",
+            str(ROOT / "configs" / "demo.yaml"),
+            "--decode",
+            "strided",
+            "--set",
+            "refine.stride=8",
+            "--soft",
+            "--print-config",
+        ]
+    )
+    assert code == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert (
+        cfg["refine"]["decode"] == "strided"
+        and cfg["refine"]["stride"] == 8
+        and cfg["output"]["soft"] is True
+    )
+    assert cfg["method"] == "crm" and cfg["job_id"].startswith("demo-")
+
+
+@pytest.mark.parametrize("module", ["jobs.refine", "jobs.evaluate", "jobs.query", "jobs.benchmark"])
+def test_jobs_run_as_python_m(module):
+    r = subprocess.run(
+        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60, cwd=str(ROOT)
+    )
+    assert r.returncode == 0, r.stderr
+    assert "usage:" in r.stdout

@@ -1,0 +1,46 @@
+"""Stage sizing from cluster resources (no Ray started): everything fits at once, 2 CPUs included."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import RayConfig
+from pipeline.ray_runner import plan_stages
+
+
+def _requested_cpus(p) -> float:
+    return (p.decode_tasks + p.finish_tasks) * p.task_cpus + (p.sam_actors + p.refine_actors) * p.actor_cpus
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 3, 4, 6, 8, 16, 64])
+@pytest.mark.parametrize("uses_sam", [False, True])
+def test_all_stages_fit_in_the_cluster(cpus, uses_sam):
+    p = plan_stages(cpus, 0, uses_sam, RayConfig())
+    assert _requested_cpus(p) <= cpus + 1e-9
+    assert p.refine_actors >= 1 and p.sam_actors == (p.sam_actors if uses_sam else 0) and p.actor_cpus > 0
+    assert (p.sam_actors >= 1) == uses_sam and p.torch_threads >= 1
+
+
+def test_two_cpus_use_fractional_actors_not_the_deadlocking_layout():
+    crm = plan_stages(2, 0, False, RayConfig())
+    assert (crm.refine_actors, crm.actor_cpus, crm.decode_tasks, crm.task_cpus) == (1, 1.0, 1, 0.25)
+    sam = plan_stages(2, 0, True, RayConfig())
+    assert (sam.sam_actors, sam.refine_actors, sam.actor_cpus) == (1, 1, 0.75)
+    two = plan_stages(2, 0, False, RayConfig(refine_actors=2))
+    assert two.actor_cpus == 0.75 and _requested_cpus(two) == 2.0
+
+
+def test_gpus_give_each_model_actor_a_gpu_share():
+    p = plan_stages(16, 4, False, RayConfig())
+    assert (p.refine_actors, p.refine_gpus, p.sam_actors, p.tasks_per_actor) == (4, 1.0, 0, 2)
+    s = plan_stages(16, 1, True, RayConfig())
+    assert (s.sam_actors, s.refine_actors, s.sam_gpus, s.refine_gpus) == (1, 1, 0.5, 0.5)
+    s8 = plan_stages(64, 8, True, RayConfig())
+    assert s8.sam_actors + s8.refine_actors == 16 and _requested_cpus(s8) <= 64
+
+
+def test_overrides_and_impossible_requests():
+    p = plan_stages(16, 0, False, RayConfig(refine_actors=3, cpus_per_actor=4, decode_tasks=2))
+    assert (p.refine_actors, p.actor_cpus, p.decode_tasks, p.torch_threads) == (3, 4.0, 2, 4)
+    with pytest.raises(ValueError, match="no CPUs"):
+        plan_stages(0, 0, False, RayConfig())

@@ -1,0 +1,94 @@
+"""Training data sources, crop dataset, the DEP-5 licence reader of the demo-data job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from jobs.make_demo_data import _licence_for, parse_dep5
+from pipeline.train.data import CompositeSource, ConcatSource, CropDataset, LayoutSource, image_key
+
+DEP5 = """Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+Upstream-Name: demo
+
+Files: *
+Copyright: 2014 Someone
+License: GPL-2+
+
+Files: 16.04/Bridge_by_Sander.jpg
+Copyright: 2018, Sander
+ and friends
+License: CC-BY-SA-4.0
+
+Files: debian/*
+Copyright: 2020 Packager
+License: Expat
+
+License: GPL-2+
+ long text
+"""
+
+
+def test_dep5_licence_lookup() -> None:
+    stanzas = parse_dep5(DEP5)
+    assert [s["license"] for s in stanzas] == ["GPL-2+", "CC-BY-SA-4.0", "Expat"]
+    assert stanzas[1]["copyright"] == "2018, Sander and friends"
+    # installed path differs from the source path: matched by basename; the last match wins
+    assert _licence_for("usr/share/backgrounds/Bridge_by_Sander.jpg", stanzas) == ("2018, Sander and friends",
+                                                                                   "CC-BY-SA-4.0")
+    assert _licence_for("usr/share/backgrounds/other.png", stanzas) == ("2014 Someone", "GPL-2+")
+
+
+@pytest.fixture()
+def photos(tmp_path: Path) -> list[str]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(3):
+        p = tmp_path / f"p{i}.png"
+        noise = rng.integers(0, 255, (150, 200, 3), dtype=np.uint8)
+        cv2.imwrite(str(p), cv2.GaussianBlur(noise, (0, 0), 2 + i))
+        out.append(str(p))
+    return out
+
+
+def test_composite_source_is_deterministic(photos: list[str]) -> None:
+    src = CompositeSource(photos, count=3, size_range=(80, 120), seed=1)
+    k1, im1, gt1 = src.get(2)
+    k2, im2, gt2 = CompositeSource(photos, count=3, size_range=(80, 120), seed=1).get(2)
+    assert k1 == k2 and image_key(im1) == image_key(im2)
+    np.testing.assert_array_equal(gt1, gt2)
+    assert 80 <= max(gt1.shape) <= 120 and set(np.unique(gt1)) <= {0, 255}
+    with pytest.raises(ValueError, match=">= 2 photos"):
+        CompositeSource(photos[:1], count=3)
+
+
+def test_layout_source_and_crops(tmp_path: Path, photos: list[str]) -> None:
+    src = CompositeSource(photos, count=2, size_range=(100, 140))
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        key, im, gt = src.get(i)
+        cv2.imwrite(str(data / f"{key}_im.png"), im[..., ::-1])
+        cv2.imwrite(str(data / f"{key}_seg.png"), gt[::8, ::8])
+        cv2.imwrite(str(data / f"{key}_gt.png"), gt)
+    layout = LayoutSource(str(data))
+    assert len(layout) == 2
+    key, im, gt = layout.get(1)
+    np.testing.assert_array_equal(gt, src.get(1)[2])
+    both = ConcatSource([layout, src])
+    assert len(both) == 4 and both.get(3)[0] == src.get(1)[0]
+    ds = CropDataset(both, crop=64, seed=3)
+    a, b = ds[1], ds[1]
+    for k in ("image", "coarse", "gt"):
+        assert a[k].dtype.is_floating_point and np.array_equal(a[k].numpy(), b[k].numpy())
+    assert a["image"].shape == (3, 64, 64) and a["coarse"].shape == a["gt"].shape == (1, 64, 64)
+    assert set(np.unique(a["gt"].numpy())) <= {0.0, 1.0}
+    ds.set_epoch(1)
+    assert not np.array_equal(ds[1]["image"].numpy(), a["image"].numpy())
+    (data / "extra_im.png").write_bytes((data / f"{key}_im.png").read_bytes())
+    (data / "extra_seg.png").write_bytes((data / f"{key}_seg.png").read_bytes())
+    with pytest.raises(ValueError, match="no ground truth"):
+        LayoutSource(str(data))

@@ -1,0 +1,81 @@
+"""Loss terms, the exact space-to-batch convolution, and one training step on a fixed batch."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.models import build_model
+from pipeline.train.fastconv import SpaceToBatchConv2d, use_space_to_batch
+from pipeline.train.loss import LossWeights, refine_loss, sobel
+from pipeline.train.step import forward_crops, patch_origins, train_step
+
+
+def test_loss_terms_and_weights() -> None:
+    gt = torch.zeros(2, 1, 16, 16)
+    gt[:, :, 4:12, 4:12] = 1
+    perfect = (gt * 2 - 1) * 50.0
+    total, parts = refine_loss(perfect, gt)
+    assert total.item() < 1e-6 and parts["grad"] < 1e-6
+    total, parts = refine_loss(torch.zeros_like(gt), gt)
+    assert parts["l1"] == pytest.approx(0.5) and parts["mse"] == pytest.approx(0.25)
+    assert parts["bce"] == pytest.approx(np.log(2), rel=1e-5)
+    expect = parts["bce"] + 0.5 * parts["l1"] + 0.5 * parts["mse"] + 2.0 * parts["grad"]
+    assert parts["total"] == pytest.approx(expect, rel=1e-5)
+    w = LossWeights.parse("0,1,0,0")
+    assert refine_loss(torch.zeros_like(gt), gt, w)[1]["total"] == pytest.approx(0.5)
+    assert sobel(torch.ones(1, 1, 8, 8)).max() < 1e-3
+    with pytest.raises(ValueError, match="loss weights"):
+        LossWeights.parse("1,2")
+
+
+def test_space_to_batch_is_exact() -> None:
+    torch.manual_seed(0)
+    model = build_model("crm_mnv2").train()
+    fast = copy.deepcopy(model)
+    assert use_space_to_batch(fast) > 0
+    assert any(isinstance(m, SpaceToBatchConv2d) for m in fast.modules())
+    assert list(fast.state_dict()) == list(model.state_dict())
+    model.eval(), fast.eval()
+    x = torch.randn(1, 4, 45, 38)  # odd sizes: padding path
+    with torch.no_grad():
+        torch.testing.assert_close(fast.encode(x), model.encode(x), atol=1e-5, rtol=1e-4)
+
+
+def _batch(seed: int, n: int = 2, s: int = 64) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    gt = torch.zeros(n, 1, s, s)
+    gt[:, :, s // 4: 3 * s // 4, s // 5: s // 2 + 7] = 1
+    image = torch.rand(n, 3, s, s, generator=g) * 0.3 + gt * 0.5
+    coarse = torch.nn.functional.avg_pool2d(gt, 8).repeat_interleave(8, 2).repeat_interleave(8, 3)
+    return {"image": image, "coarse": coarse, "gt": gt}
+
+
+def test_patch_queries_match_full_decoding() -> None:
+    torch.manual_seed(0)
+    model = build_model("crm_mnv2").eval()
+    batch = _batch(0)
+    origins = patch_origins(batch["gt"], 16, 2, np.random.default_rng(0))
+    assert origins.shape == (2, 2, 2) and origins.min() >= 0 and origins.max() <= 64 - 16
+    with torch.no_grad():
+        full = forward_crops(model, batch)
+        part = forward_crops(model, batch, origins=origins, patch=16)
+    for i in range(2):
+        for k, (y, x) in enumerate(origins[i]):
+            want = full[i, 0, y:y + 16, x:x + 16]
+            torch.testing.assert_close(part[i * 2 + k, 0], want, atol=1e-5, rtol=1e-4)
+
+
+def test_loss_decreases_on_a_fixed_batch() -> None:
+    torch.manual_seed(0)
+    model = build_model("crm_mnv2")
+    use_space_to_batch(model)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    batch = _batch(1, n=2, s=32)
+    losses = [train_step(model, opt, batch)["total"] for _ in range(10)]
+    assert all(np.isfinite(losses))
+    assert losses[-1] < 0.97 * losses[0]
+    assert (np.diff(losses) < 0).sum() >= 7

@@ -1,0 +1,72 @@
+"""Coarse-mask synthesis: IoU targets, polygon re-sampling, low-res degradation, crop augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.train.composites import alpha_to_gt, random_alpha
+from pipeline.train.perturb import (
+    augment_crop,
+    lowres_degrade,
+    mask_iou,
+    perturb_until,
+    resample_contours,
+    synth_coarse,
+)
+
+
+def _gt(seed: int, kind: str = "blob", size: int = 224) -> np.ndarray:
+    alpha, _ = random_alpha(np.random.default_rng(seed), size, size, kind)
+    return alpha_to_gt(alpha)
+
+
+@pytest.mark.parametrize("target", [0.95, 0.85])
+def test_perturb_until_goes_just_below_the_target(target: float) -> None:
+    for seed in range(6):
+        gt = _gt(seed)
+        out = perturb_until(gt, gt, target, np.random.default_rng(seed))
+        iou = mask_iou(out, gt)
+        assert iou < target
+        assert iou > target - 0.3  # stops soon after crossing, not a destroyed mask
+
+
+def test_synth_coarse_iou_range_and_values() -> None:
+    ious = []
+    for seed in range(16):
+        gt = _gt(seed, ("blob", "holes", "glyph", "branches")[seed % 4])
+        rng = np.random.default_rng(100 + seed)
+        c = synth_coarse(gt, rng, (0.8, 1.0), p_lowres=0.0)
+        assert c.dtype == np.uint8 and c.shape == gt.shape and set(np.unique(c)) <= {0, 255}
+        ious.append(mask_iou(c, gt))
+    ious = np.array(ious)
+    assert np.all(ious < 1.0) and np.all(ious > 0.4)
+    assert 0.6 < np.median(ious) < 1.0
+
+
+def test_resample_keeps_holes_and_changes_boundary() -> None:
+    gt = _gt(2, "holes")
+    out = resample_contours(gt, np.random.default_rng(0), keep_rate=(0.3, 0.3), jitter=0.0)
+    assert 0.6 < mask_iou(out, gt) < 1.0
+    assert (out == 0).any() and (out == 255).any()
+
+
+def test_lowres_degrade_is_soft_and_close() -> None:
+    gt = _gt(1)
+    out = lowres_degrade(gt, np.random.default_rng(0), factor=8)
+    assert out.shape == gt.shape and out.dtype == np.uint8
+    assert ((out > 0) & (out < 255)).any()
+    assert mask_iou(out, gt) > 0.9
+
+
+def test_augment_crop_shapes_and_alignment() -> None:
+    rng = np.random.default_rng(0)
+    gt = _gt(4, size=300)
+    image = np.repeat(gt[..., None], 3, axis=2)  # image == mask: alignment survives crop/flip
+    extra = np.repeat(gt[..., None], 3, axis=2)
+    im, g, ex = augment_crop(image, gt, rng, 224, jitter=0.0, p_grey=0.0, extra=extra)
+    assert im.shape == (224, 224, 3) and g.shape == (224, 224) and ex.shape == (224, 224, 3)
+    np.testing.assert_array_equal(im[..., 0] > 128, g > 128)
+    np.testing.assert_array_equal(ex[..., 0], g)
+    small = augment_crop(image[:100, :150], gt[:100, :150], rng, 224)[0]
+    assert small.shape == (224, 224, 3)
