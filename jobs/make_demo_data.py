@@ -174,6 +174,7 @@ def write_sets(photos: list[dict], out: str, train_count: int, holdout_count: in
     hold = [p for p in photos if p["split"] == "holdout"]
     if len(train) < 2 or len(hold) < 2:
         raise ValueError(f"need >= 2 photos per split, got train={len(train)} holdout={len(hold)}")
+    sources: dict[str, dict[str, str]] = {}
     jobs = [("train", train, train_count, (512, 1536), 1536, 92),
             ("holdout", hold, holdout_count, (2048, 4096), 4096, 95)]
     for name, pool, count, (lo, hi), max_side, q in jobs:
@@ -182,10 +183,11 @@ def write_sets(photos: list[dict], out: str, train_count: int, holdout_count: in
         cache: dict[str, np.ndarray] = {}
         for i in range(count):
             key = f"{name}{i:05d}"
-            if os.path.exists(os.path.join(d, f"{key}_gt.png")):
-                continue  # rerun: keep what exists
             rng = np.random.default_rng([seed, 0 if name == "train" else 1, i])
             a, b = rng.choice(len(pool), size=2, replace=False)
+            sources[key] = {"foreground": pool[a]["path"], "background": pool[b]["path"]}
+            if os.path.exists(os.path.join(d, f"{key}_gt.png")):
+                continue  # rerun: keep what exists
             for j in (a, b):
                 if pool[j]["file"] not in cache:
                     cache[pool[j]["file"]] = _load(pool[j]["file"], max_side)
@@ -199,13 +201,27 @@ def write_sets(photos: list[dict], out: str, train_count: int, holdout_count: in
         print(f"{name}: {count} composites in {d}", flush=True)
     if demo_dir:
         os.makedirs(demo_dir, exist_ok=True)
+        credits: list[str] = []
         order = np.random.default_rng([seed, 2]).permutation(len(hold))  # 6 distinct photos
         for i, kind in enumerate(("branches", "glyph", "holes")):
             rng = np.random.default_rng([seed, 2, i])
-            fg, bg = (_load(hold[order[(2 * i + k) % len(hold)]]["file"], 2400) for k in (0, 1))
+            pair = [hold[order[(2 * i + k) % len(hold)]] for k in (0, 1)]
+            fg, bg = (_load(p["file"], 2400) for p in pair)
             c = make_composite(rng, fg, bg, 1200, 1600, kind=kind, fonts=fonts)
             _write_sample(demo_dir, f"demo{i}", c.image, c.gt, 85)
+            fg_s, bg_s = (f"`{p['path']}` ({p['copyright']}, {p['license']}, Debian package {p['package']})"
+                          for p in pair)
+            credits.append(f"- `demo{i}_*`: shape `{kind}`; foreground from {fg_s}; background from {bg_s}.")
+        with open(os.path.join(demo_dir, "SOURCES.md"), "w") as f:
+            f.write("# Demo samples: sources and licences\n\n"
+                    "Composites made by `python -m jobs.make_demo_data` (seed 0): a region of one photo, "
+                    "cut by a synthetic shape, pasted onto another; `_gt.png` is the exact shape, `_seg.png` "
+                    "the ground truth downsampled 8x (the coarse input). Both photographs of each sample are "
+                    "held-out photos (never used for training) from Debian wallpaper packages:\n\n"
+                    + "\n".join(credits) + "\n")
         print(f"demo: 3 samples in {demo_dir}", flush=True)
+    with open(os.path.join(out, "composites.json"), "w") as f:
+        json.dump(sources, f, indent=1)
 
 
 def _write_licences(photos: list[dict], out: str) -> None:

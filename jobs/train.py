@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--init-checkpoint", default=None, metavar="URI",
                    help="start from these weights; a CRM checkpoint into a v2.1 model zero-inits "
                    "the SAM channels")
+    m.add_argument("--no-fresh-init", action="store_true",
+                   help="without --init-checkpoint: keep the builder's init instead of orthogonal extra stem "
+                   "channels + Kaiming decoder MLP")
     o = ap.add_argument_group("optimisation")
     o.add_argument("--steps", type=int, default=1000, help="total optimizer steps (default 1000)")
     o.add_argument("--batch-size", type=int, default=8, help="crops per worker per step (default 8)")
@@ -106,7 +109,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         loss_weights=LossWeights.parse(args.loss_weights), crop=args.crop, patch=args.patch,
         patches=args.patches, p_lowres=args.p_lowres, log_every=args.log_every, ckpt_every=args.ckpt_every,
         keep_checkpoints=args.keep_checkpoints, seed=args.seed, loader_workers=args.loader_workers,
-        threads=args.threads, use_gpu=args.use_gpu, export=args.export)
+        threads=args.threads, use_gpu=args.use_gpu, export=args.export, fresh_init=not args.no_fresh_init)
 
 
 def build_source(args: argparse.Namespace):

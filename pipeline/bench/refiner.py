@@ -371,7 +371,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=None, help="kill a configuration after this long")
     parser.add_argument("--json", default=None, help="also write the rows as JSON to this path")
     args = parser.parse_args(list(argv) if argv is not None else None)
-    sizes = [_parse_size(s) for s in args.sizes.split(",") if s]
+    try:
+        sizes = [_parse_size(s) for s in args.sizes.split(",") if s]
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
     configs = [c for c in args.configs.split(",") if c]
     rows = run(
         sizes,

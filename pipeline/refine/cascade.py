@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pipeline.models.crm import CRMNet, make_coord, make_input
+from pipeline.refine.encoder import encode_levels
 from pipeline.refine.modes import roi_mask, strided_decode
 from pipeline.refine.options import RefineOptions
 from pipeline.refine.tiles import FullFeatures, StreamFeatures, TileDecoder, fuse_patched, tile_cells
@@ -80,10 +81,7 @@ def _scale_probability(
     -> (Hp, Wp) probabilities."""
     hp, wp = base.shape[-2:]
     size = (max(1, round(hp * scale)), max(1, round(wp * scale)))
-    inp = torch.cat([base[:, :3], mask_in, base[:, 3:]], dim=1)
-    inp = F.interpolate(inp, size=size, mode="bilinear", align_corners=True)
-    x1, x2, x3 = model.feats(inp, run_layer4=not options.skip_layer4)
-    del inp
+    x1, x2, x3 = encode_levels(model, base, mask_in, size, options)
     fusion = model.aspp_
     official_decoder = not options.factorize_decoder and not options.stream
     if options.stream or options.patched_fusion:

@@ -28,6 +28,8 @@ class RefineOptions:
 
     Exact optimisations (each switchable; all off = the official-style computation):
       skip_layer4        do not run the encoder's layer4 (its result is unused);
+      layer1_strips      run the ResNet encoder's max-pool + layer1 (its memory peak) in row
+                         strips with a 4-row halo (exact);
       fold_bn            fold BatchNorm into the preceding convolution; takes effect in
                          `prepare_model` (refine runs whatever model it is given);
       factorize_decoder  split the decoder's first linear layer into a feature part computed
@@ -46,6 +48,7 @@ class RefineOptions:
     stride: int = 4
     roi_margin: int | None = None
     skip_layer4: bool = True
+    layer1_strips: bool = True
     fold_bn: bool = True
     factorize_decoder: bool = True
     patched_fusion: bool = True
@@ -75,6 +78,7 @@ class RefineOptions:
         decoding of every pixel at every scale (in query chunks)."""
         base = cls(
             skip_layer4=False,
+            layer1_strips=False,
             fold_bn=False,
             factorize_decoder=False,
             patched_fusion=False,

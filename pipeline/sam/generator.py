@@ -7,6 +7,8 @@ in the same order, with the same scores. What differs is only how the work is do
 
 - the image is encoded once per crop (with ``crop_n_layers=0``: once), and the dense
   positional encoding once per crop instead of once per batch;
+- the mask decoder does the per-image part of its first attention block once per batch, not
+  once per prompt, and never copies the image embedding per prompt (`pipeline.sam.decoder`);
 - the predicted-IoU filter runs on the low-resolution logits, *before* they are upscaled, so
   rejected masks are never upscaled (the filter does not depend on the masks);
 - only the rows and columns of the 1024x1024 upscaled logits that survive SAM's un-padding
@@ -42,6 +44,8 @@ from segment_anything.utils.amg import (
     remove_small_regions,
 )
 from torchvision.ops.boxes import batched_nms, box_area
+
+from pipeline.sam.decoder import decode_points
 
 __all__ = ["FastMaskGenerator", "SamMasks"]
 
@@ -131,8 +135,11 @@ class FastMaskGenerator:
 
     The arguments mean what they mean for `SamAutomaticMaskGenerator` (same defaults: the
     thesis's settings). ``postprocess_chunk`` (masks upscaled at once) bounds memory only and
-    does not change results. ``points_per_batch`` must equal the stock generator's for
-    bit-identical decoder outputs (different batch sizes can change the last float bits).
+    does not change results. ``shared_decoder`` runs the mask decoder with the per-image work
+    done once per batch instead of once per prompt (`pipeline.sam.decoder`); False calls
+    ``sam.mask_decoder`` as the stock generator does. ``points_per_batch`` must equal the stock
+    generator's for bit-identical decoder outputs (other batch sizes can change the last float
+    bits).
     """
 
     def __init__(
@@ -151,6 +158,7 @@ class FastMaskGenerator:
         point_grids: list[np.ndarray] | None = None,
         min_mask_region_area: int = 0,
         postprocess_chunk: int = 32,
+        shared_decoder: bool = True,
     ) -> None:
         if not isinstance(sam, Sam):
             raise ValueError(f"FastMaskGenerator needs a segment_anything Sam, got {type(sam).__name__}")
@@ -179,6 +187,7 @@ class FastMaskGenerator:
         self.crop_overlap_ratio = crop_overlap_ratio
         self.min_mask_region_area = min_mask_region_area
         self.postprocess_chunk = postprocess_chunk
+        self.shared_decoder = shared_decoder
 
     @property
     def sam(self) -> Sam:
@@ -252,10 +261,13 @@ class FastMaskGenerator:
             in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=sam.device)
             sparse, dense = sam.prompt_encoder(points=(in_points[:, None, :], in_labels[:, None]),
                                                boxes=None, masks=None)
-            low_res, iou_preds = sam.mask_decoder(
-                image_embeddings=features, image_pe=dense_pe, sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense, multimask_output=True,
-            )
+            if self.shared_decoder:
+                low_res, iou_preds = decode_points(sam, features, dense_pe, sparse, dense)
+            else:
+                low_res, iou_preds = sam.mask_decoder(
+                    image_embeddings=features, image_pe=dense_pe, sparse_prompt_embeddings=sparse,
+                    dense_prompt_embeddings=dense, multimask_output=True,
+                )
             low_res, iou_preds = low_res.flatten(0, 1), iou_preds.flatten(0, 1).cpu()
             pts = torch.as_tensor(points.repeat(3, axis=0))
             if self.pred_iou_thresh > 0.0:  # filter before upscaling: the filter ignores masks

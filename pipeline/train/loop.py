@@ -27,7 +27,7 @@ from pipeline.train.fastconv import use_space_to_batch
 from pipeline.train.loss import LossWeights
 from pipeline.train.step import train_step
 
-__all__ = ["TrainConfig", "train_loop", "init_from_checkpoint", "lr_milestones"]
+__all__ = ["TrainConfig", "train_loop", "init_from_checkpoint", "init_for_training", "lr_milestones"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class TrainConfig:
     threads: int = 0  # torch threads per worker; 0 = leave as is
     use_gpu: bool = False
     space_to_batch: bool = True  # exact faster dilated convs on CPU (pipeline.train.fastconv)
+    fresh_init: bool = True  # from-ImageNet start: orthogonal mask/SAM stem channels, Kaiming decoder MLP
     export: str | None = None  # final weights (official key naming) written here by rank 0
 
     def __post_init__(self) -> None:
@@ -107,6 +108,29 @@ def init_from_checkpoint(model: nn.Module, state: dict[str, torch.Tensor],
     model.load_state_dict(out, strict=True)
 
 
+def init_for_training(model: nn.Module, seed: int = 0) -> None:
+    """Initialise a model whose backbone came from ImageNet (not from a refiner checkpoint).
+
+    - the stem's input channels beyond RGB (mask, SAM colours) get an orthogonal init, as
+      CascadePSP / CRM do when growing the ImageNet conv1 (a zero init hides the mask from the
+      features);
+    - the decoder MLP gets Kaiming-normal weights and zero biases: PyTorch's default Linear init
+      shrinks the signal ~3x per layer, and the 5-layer head then starts (and, measured here,
+      stays for 100+ steps) at a constant output that ignores its input.
+    """
+    g = torch.Generator().manual_seed(seed)
+    stem = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    with torch.no_grad():
+        if stem.in_channels > 3:
+            extra = torch.empty(stem.out_channels, stem.in_channels - 3, *stem.kernel_size)
+            nn.init.orthogonal_(extra.view(stem.out_channels, -1), generator=g)
+            stem.weight[:, 3:] = extra
+        for m in model.imnet.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu", generator=g)
+                nn.init.zeros_(m.bias)
+
+
 class _EpochSampler(torch.utils.data.Sampler):
     """This rank's share of a seeded permutation of the epoch, starting after ``skip`` items."""
 
@@ -149,6 +173,8 @@ def train_loop(config: dict[str, Any]) -> None:
     model = build_model(cfg.model, pretrained_backbone=cfg.pretrained_backbone)
     if cfg.init_checkpoint:
         init_from_checkpoint(model, load_checkpoint(cfg.init_checkpoint), cfg.init_checkpoint)
+    elif cfg.fresh_init:
+        init_for_training(model, cfg.seed)
     if cfg.space_to_batch:
         use_space_to_batch(model)
     model.train()

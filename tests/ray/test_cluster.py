@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -171,6 +172,7 @@ def cluster():
         yield c
     finally:
         c.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _config(path: Path, uri: str, out: str, checkpoint: str, **ray) -> str:

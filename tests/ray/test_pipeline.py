@@ -174,7 +174,9 @@ def test_corrupt_samples_become_error_rows_and_the_rest_is_processed(tmp_path, c
     uri, expected = _corrupt_inputs(str(tmp_path / "in"))
     out = str(tmp_path / "out")
     # batches of 4 mix ok and failed samples (arrays of different shapes, zero-size placeholders)
-    result = run_refine(_cfg(uri, out, crm_checkpoint, input={"max_pixels": 50_000_000}, ray={"batch_size": 4}))
+    result = run_refine(
+        _cfg(uri, out, crm_checkpoint, input={"max_pixels": 50_000_000}, ray={"batch_size": 4})
+    )
     rows = {r["key"]: r for r in read_manifest(out).to_pylist()}
     assert sorted(rows) == sorted(expected)
     for key, error_type in expected.items():

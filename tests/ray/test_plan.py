@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.config import RayConfig
-from pipeline.ray_runner import plan_stages
+from pipeline.plan import plan_stages
 
 
 def _requested_cpus(p) -> float:

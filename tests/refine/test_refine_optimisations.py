@@ -13,9 +13,17 @@ from pipeline.refine import RefineOptions, fold_batchnorm, prepare_model, refine
 
 TOLERANCE = 1e-4
 PLAIN = RefineOptions.official(tile=32)  # small tiles: many tiles, borders, halos
-ALL = dict(skip_layer4=True, fold_bn=True, factorize_decoder=True, patched_fusion=True, stream=True)
+ALL = dict(
+    skip_layer4=True,
+    layer1_strips=True,
+    fold_bn=True,
+    factorize_decoder=True,
+    patched_fusion=True,
+    stream=True,
+)
 R50_SWITCHES = {
     "skip_layer4": dict(skip_layer4=True),
+    "layer1_strips": dict(layer1_strips=True),
     "fold_bn": dict(fold_bn=True),
     "factorize_decoder": dict(factorize_decoder=True),
     "all": ALL,
@@ -94,3 +102,16 @@ def test_sam_v21_all_optimisations_match_plain(random_mnv2, small_case):
     fast = _run(v21, image, coarse, RefineOptions(tile=32), colors)
     assert plain.std() > 0.005
     assert np.abs(fast - plain).max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("height", [97, 98])
+@pytest.mark.parametrize("strip", [5, 16])
+def test_layer1_strips_equal_whole_layer1(golden_crm, height, strip):
+    from pipeline.refine.encoder import layer1_in_strips
+
+    x1 = torch.randn(1, 64, height, 23, generator=torch.Generator().manual_seed(height))
+    with torch.no_grad():
+        whole = golden_crm.feats.layer1(golden_crm.feats.maxpool(x1))
+        strips = layer1_in_strips(golden_crm.feats, x1, strip)
+    assert strips.shape == whole.shape
+    torch.testing.assert_close(strips, whole, rtol=1e-5, atol=1e-5)  # float rounding only

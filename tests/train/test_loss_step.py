@@ -79,3 +79,30 @@ def test_loss_decreases_on_a_fixed_batch() -> None:
     assert all(np.isfinite(losses))
     assert losses[-1] < 0.97 * losses[0]
     assert (np.diff(losses) < 0).sum() >= 7
+
+
+def test_fresh_init_lets_the_mask_and_features_reach_the_output() -> None:
+    from pipeline.models.crm import make_coord
+    from pipeline.train.loop import init_for_training
+
+    def spread(model: torch.nn.Module) -> tuple[float, float]:
+        torch.manual_seed(1)
+        x = torch.randn(1, 4, 48, 48)
+        flipped = x.clone()
+        flipped[:, 3] = -flipped[:, 3]
+        coord = make_coord((48, 48)).unsqueeze(0)
+        cell = torch.full_like(coord, 2 / 48)
+        with torch.no_grad():
+            a, b = model(x, coord, cell), model(flipped, coord, cell)
+        return float(a.std()), float((a - b).abs().mean())
+
+    torch.manual_seed(0)
+    model = build_model("crm_mnv2").eval()
+    stem = model.feats.features[0][0].weight
+    stem.data[:, 3] = 0  # as the ImageNet init leaves the mask channel
+    before = spread(model)
+    init_for_training(model, seed=0)
+    assert stem[:, 3].abs().sum() > 0 and stem[:, :3].abs().sum() > 0
+    after = spread(model)
+    assert before[1] == 0.0 and after[1] > 1e-3  # the mask now changes the prediction
+    assert after[0] > 5 * before[0]  # and the head no longer starts at a near-constant output

@@ -1,0 +1,91 @@
+"""SAM's mask decoder for a batch of prompts on one image, sharing the per-image work.
+
+`segment_anything.modeling.MaskDecoder.predict_masks` copies the image embedding once per
+prompt (``repeat_interleave``) and then, in the first two-way attention block, projects those
+identical copies again for every prompt: the token-to-image keys and values and the
+image-to-token queries. Here those three projections of the (still identical) image tokens
+are computed once and broadcast, and the image embedding is never copied per prompt. The
+rest is the same sequence of operations on the same module weights (on this CPU the outputs
+are bit-identical to ``sam.mask_decoder(...)``; tests compare them).
+
+Only valid without mask prompts (dense embeddings identical for every prompt), which is
+always the case in automatic mask generation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from segment_anything.modeling import Sam
+from segment_anything.modeling.transformer import Attention
+
+__all__ = ["decode_points"]
+
+
+def _heads(x: torch.Tensor, n: int) -> torch.Tensor:
+    b, t, c = x.shape
+    return x.reshape(b, t, n, c // n).transpose(1, 2)
+
+
+def _attend(mod: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """`Attention.forward` after its three input projections (q, k, v already projected)."""
+    q, k, v = _heads(q, mod.num_heads), _heads(k, mod.num_heads), _heads(v, mod.num_heads)
+    attn = q @ k.permute(0, 1, 3, 2)
+    attn = attn / math.sqrt(q.shape[-1])
+    attn = torch.softmax(attn, dim=-1)
+    out = (attn @ v).transpose(1, 2)
+    b, t, h, c = out.shape
+    return mod.out_proj(out.reshape(b, t, h * c))
+
+
+def decode_points(sam: Sam, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
+                  sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sam.mask_decoder(image_embeddings, image_pe, sparse, dense, multimask_output=True)``.
+
+    image_embeddings, image_pe: (1, C, h, w); sparse: (B, T, C) prompt tokens; dense: (B, C, h, w)
+    identical along B (no mask prompts). Returns low-res mask logits (B, 3, 4h, 4w) and
+    predicted IoUs (B, 3), float32.
+    """
+    dec = sam.mask_decoder
+    tr = dec.transformer
+    output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+    output_tokens = output_tokens.unsqueeze(0).expand(sparse.size(0), -1, -1)
+    tokens = torch.cat((output_tokens, sparse), dim=1)
+    b = tokens.shape[0]
+    c, h, w = image_embeddings.shape[1:]
+    keys = (image_embeddings + dense[:1]).flatten(2).permute(0, 2, 1)  # (1, hw, C), shared
+    key_pe = image_pe.flatten(2).permute(0, 2, 1)
+    queries = tokens
+    for layer in tr.layers:
+        shared = keys.shape[0] == 1  # image tokens identical for all prompts (first block)
+        if layer.skip_first_layer_pe:
+            queries = layer.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + tokens
+            queries = queries + layer.self_attn(q=q, k=q, v=queries)
+        queries = layer.norm1(queries)
+        ca = layer.cross_attn_token_to_image
+        k = keys + key_pe
+        kp, vp = ca.k_proj(k), ca.v_proj(keys)
+        if shared:
+            kp, vp = kp.expand(b, -1, -1), vp.expand(b, -1, -1)
+        queries = layer.norm2(queries + _attend(ca, ca.q_proj(queries + tokens), kp, vp))
+        queries = layer.norm3(queries + layer.mlp(queries))
+        ia = layer.cross_attn_image_to_token
+        qi = ia.q_proj(k)
+        if shared:
+            qi = qi.expand(b, -1, -1)
+        out = _attend(ia, qi, ia.k_proj(queries + tokens), ia.v_proj(queries))
+        keys = layer.norm4(keys + out)
+    if keys.shape[0] == 1:  # a transformer without blocks: nothing made the keys differ
+        keys = keys.expand(b, -1, -1)
+    attn_out = tr.final_attn_token_to_image(q=queries + tokens, k=keys + key_pe, v=keys)
+    hs = tr.norm_final_attn(queries + attn_out)
+    src = keys.transpose(1, 2).reshape(b, c, h, w)
+    upscaled = dec.output_upscaling(src)
+    hyper = torch.stack([mlp(hs[:, 1 + i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1)
+    _, uc, uh, uw = upscaled.shape
+    masks = (hyper @ upscaled.view(b, uc, uh * uw)).view(b, -1, uh, uw)
+    iou_pred = dec.iou_prediction_head(hs[:, 0, :])
+    return masks[:, 1:], iou_pred[:, 1:]
