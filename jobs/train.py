@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--loss-weights", default="1,0.5,0.5,2", help="bce,l1,mse,grad (default 1,0.5,0.5,2)")
     o.add_argument("--p-lowres", type=float, default=0.5,
                    help="probability of the 4-16x low-resolution degradation of the coarse mask")
+    o.add_argument("--dropout", type=float, default=0.0,
+                   help="fusion dropout while training (default 0; CRM's own 0.5 kept the short CPU runs "
+                   "at a constant output, see MODEL_CARD); negative: keep the model's")
     o.add_argument("--seed", type=int, default=0)
     r = ap.add_argument_group("run")
     r.add_argument("--checkpoint-dir", required=True, metavar="URI", help="checkpoints + log (fsspec URL)")
@@ -109,7 +112,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         loss_weights=LossWeights.parse(args.loss_weights), crop=args.crop, patch=args.patch,
         patches=args.patches, p_lowres=args.p_lowres, log_every=args.log_every, ckpt_every=args.ckpt_every,
         keep_checkpoints=args.keep_checkpoints, seed=args.seed, loader_workers=args.loader_workers,
-        threads=args.threads, use_gpu=args.use_gpu, export=args.export, fresh_init=not args.no_fresh_init)
+        threads=args.threads, use_gpu=args.use_gpu, export=args.export, fresh_init=not args.no_fresh_init,
+        dropout=None if args.dropout < 0 else args.dropout)
 
 
 def build_source(args: argparse.Namespace):

@@ -114,12 +114,18 @@ class Fusion(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def reduce_level(self, level: int, x: Tensor) -> Tensor:
+        """1x1 reduction of level 0, 1 or 2 (x1, x2 or x3), pointwise: (B, m_level, h, w)."""
+        branch, norm = (
+            (self.aspp1_128, self.bn1_128),
+            (self.aspp1_256, self.bn1_256),
+            (self.aspp1_1024, self.bn1_1024),
+        )[level]
+        return self.dropout(self.relu(norm(branch(x))))
+
     def reduce(self, x1: Tensor, x2: Tensor, x3: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Per-level 1x1 reductions at their own strides: (B, m1|m2|m3, h_i, w_i)."""
-        a1 = self.dropout(self.relu(self.bn1_128(self.aspp1_128(x1))))
-        a2 = self.dropout(self.relu(self.bn1_256(self.aspp1_256(x2))))
-        a3 = self.dropout(self.relu(self.bn1_1024(self.aspp1_1024(x3))))
-        return a1, a2, a3
+        return self.reduce_level(0, x1), self.reduce_level(1, x2), self.reduce_level(2, x3)
 
     def fuse(self, a1: Tensor, a2: Tensor, a3: Tensor) -> Tensor:
         """Upsample a2/a3 to a1's size, concat, last_conv: (B, out_channels, h1, w1)."""

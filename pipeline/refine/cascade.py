@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pipeline.models.crm import CRMNet, make_coord, make_input
-from pipeline.refine.encoder import encode_levels
+from pipeline.refine.encoder import encode_levels, encode_reduced
 from pipeline.refine.modes import roi_mask, strided_decode
 from pipeline.refine.options import RefineOptions
 from pipeline.refine.tiles import FullFeatures, StreamFeatures, TileDecoder, fuse_patched, tile_cells
@@ -81,18 +81,16 @@ def _scale_probability(
     -> (Hp, Wp) probabilities."""
     hp, wp = base.shape[-2:]
     size = (max(1, round(hp * scale)), max(1, round(wp * scale)))
-    x1, x2, x3 = encode_levels(model, base, mask_in, size, options)
-    fusion = model.aspp_
     official_decoder = not options.factorize_decoder and not options.stream
     if options.stream or options.patched_fusion:
-        source = StreamFeatures(model, *fusion.reduce(x1, x2, x3))
-        del x1, x2, x3
+        source = StreamFeatures(model, *encode_reduced(model, base, mask_in, size, options))
         if not options.stream:
             h, w = source.shape
             feat = fuse_patched(source, tile_cells(options.tile, h, hp), tile_cells(options.tile, w, wp))
             source = FullFeatures(feat)
     else:
-        source = FullFeatures(fusion(x1, x2, x3))
+        x1, x2, x3 = encode_levels(model, base, mask_in, size, options)
+        source = FullFeatures(model.aspp_(x1, x2, x3))
         del x1, x2, x3
     prev = (mask_in[0, 0] + 1) / 2
     if official_decoder:

@@ -1,42 +1,59 @@
-"""Encoder step of one cascade scale, optionally with `layer1` run in row strips.
+"""Encoder step of one cascade scale, optionally run in row strips to lower its memory peak.
 
-The encoder's memory peak is `layer1` (256 channels at stride 4, next to x1). Its 3x3 convs
-and the preceding 3x3/2 max-pool only see 4 rows of context at stride 4, so running it over
-row strips with a 4-row halo and keeping the interior rows gives exactly the whole-map result
-while holding only one strip's temporaries.
+The encoder's peak sits at stride 4 (x1 next to `layer1`'s 256 channels) and in `layer2`'s
+first block. Both `maxpool + layer1` and `layer2` halve the resolution with a 3x3/2 window
+(padding 1) followed by a few 3x3 convs, so each output row depends on a handful of input
+rows: run over row strips with a halo and keep the interior rows, they give exactly the
+whole-map result while holding one strip's temporaries. The levels are reduced by the
+fusion's 1x1 branches as soon as they are no longer needed (x1 in place).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pipeline.models.crm import Fusion
 from pipeline.models.resnet import DilatedResNet
 from pipeline.refine.options import RefineOptions
 
-__all__ = ["encode_levels", "layer1_in_strips"]
+__all__ = ["encode_levels", "encode_reduced", "halving_in_strips", "layer1_in_strips"]
 
-_HALO = 4  # rows at stride 4: 1 for the max-pool, 1 per 3x3 conv of layer1's 3 blocks
+_HALO = 4  # output rows: 1 for the 3x3/2 window, 1 per following 3x3 conv (3 blocks)
+_STRIP = 128  # output rows per strip
 
 
-def layer1_in_strips(encoder: DilatedResNet, x1: Tensor, strip: int = 128) -> Tensor:
-    """maxpool + layer1 of (B, 64, H1, W1) -> (B, 256, ceil(H1/2), ceil(W1/2)), by row strips
-    of `strip` output rows; equal to `encoder.layer1(encoder.maxpool(x1))`."""
-    h1 = x1.shape[-2]
-    h2 = (h1 + 1) // 2
-    if h2 <= strip + 2 * _HALO:
-        return encoder.layer1(encoder.maxpool(x1))
+def halving_in_strips(
+    fn: Callable[[Tensor], Tensor], x: Tensor, strip: int = _STRIP, halo: int = _HALO
+) -> Tensor:
+    """fn(x) by row strips, for an `fn` that maps H rows to ceil(H/2) with a 3x3/2 window
+    (padding 1) followed by at most `halo` - 1 row-local 3x3 convs (maxpool + layer1, layer2)."""
+    h_in = x.shape[-2]
+    h_out = (h_in + 1) // 2
+    if h_out <= strip + 2 * halo:
+        return fn(x)
     out = None
-    for o0 in range(0, h2, strip):
-        o1 = min(o0 + strip, h2)
-        start = max(0, o0 - _HALO)  # in stride-4 rows; x1 rows from 2 * start (even)
-        stop = min(h2, o1 + _HALO)
-        part = encoder.layer1(encoder.maxpool(x1[:, :, 2 * start : min(h1, 2 * stop)]))
+    for o0 in range(0, h_out, strip):
+        o1 = min(o0 + strip, h_out)
+        start, stop = max(0, o0 - halo), min(h_out, o1 + halo)  # output rows; input from 2*start
+        part = fn(x[:, :, 2 * start : min(h_in, 2 * stop)])
         if out is None:
-            out = part.new_empty((*part.shape[:2], h2, part.shape[-1]))
+            out = part.new_empty((*part.shape[:2], h_out, part.shape[-1]))
         out[:, :, o0:o1] = part[:, :, o0 - start : o1 - start]
     return out
+
+
+def layer1_in_strips(encoder: DilatedResNet, x1: Tensor, strip: int = _STRIP) -> Tensor:
+    """`encoder.layer1(encoder.maxpool(x1))` computed by row strips (exact)."""
+    return halving_in_strips(lambda t: encoder.layer1(encoder.maxpool(t)), x1, strip)
+
+
+def _scaled_input(base: Tensor, mask_in: Tensor, size: tuple[int, int]) -> Tensor:
+    inp = torch.cat([base[:, :3], mask_in, base[:, 3:]], dim=1)
+    return F.interpolate(inp, size=size, mode="bilinear", align_corners=True)
 
 
 def encode_levels(
@@ -44,15 +61,47 @@ def encode_levels(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Encoder input at `size` (bilinear, align_corners=True) from the padded base input
     (1, C-1, Hp, Wp) and mask (1, 1, Hp, Wp) -> x1, x2, x3 of `model.feats`."""
-    inp = torch.cat([base[:, :3], mask_in, base[:, 3:]], dim=1)
-    inp = F.interpolate(inp, size=size, mode="bilinear", align_corners=True)
+    inp = _scaled_input(base, mask_in, size)
     encoder = model.feats
     if not (options.layer1_strips and isinstance(encoder, DilatedResNet)):
         return encoder(inp, run_layer4=not options.skip_layer4)
     x1 = encoder.stem(inp)
     del inp
     x2 = layer1_in_strips(encoder, x1)
-    x3 = encoder.layer3(encoder.layer2(x2))
+    x3 = encoder.layer3(halving_in_strips(encoder.layer2, x2))
     if not options.skip_layer4:
         encoder.layer4(x3)
     return x1, x2, x3
+
+
+def _reduce_in_place(fusion: Fusion, x1: Tensor, strip: int = _STRIP) -> Tensor:
+    """Level-0 reduction written over x1's storage when the widths match (pointwise op)."""
+    if fusion.aspp1_128.atrous_conv.out_channels != x1.shape[1]:
+        return fusion.reduce_level(0, x1)
+    for r0 in range(0, x1.shape[-2], strip):
+        x1[:, :, r0 : r0 + strip] = fusion.reduce_level(0, x1[:, :, r0 : r0 + strip])
+    return x1
+
+
+def encode_reduced(
+    model, base: Tensor, mask_in: Tensor, size: tuple[int, int], options: RefineOptions
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Like `encode_levels` followed by `model.aspp_.reduce`: -> a1, a2, a3; with
+    `layer1_strips` each level is reduced as soon as the encoder is done with it."""
+    encoder, fusion = model.feats, model.aspp_
+    if not (options.layer1_strips and isinstance(encoder, DilatedResNet)):
+        return fusion.reduce(*encode_levels(model, base, mask_in, size, options))
+    inp = _scaled_input(base, mask_in, size)
+    x1 = encoder.stem(inp)
+    del inp
+    x2 = layer1_in_strips(encoder, x1)
+    a1 = _reduce_in_place(fusion, x1)
+    del x1
+    mid = halving_in_strips(encoder.layer2, x2)
+    a2 = fusion.reduce_level(1, x2)
+    del x2
+    x3 = encoder.layer3(mid)
+    del mid
+    if not options.skip_layer4:
+        encoder.layer4(x3)
+    return a1, a2, fusion.reduce_level(2, x3)

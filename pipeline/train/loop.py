@@ -60,6 +60,7 @@ class TrainConfig:
     use_gpu: bool = False
     space_to_batch: bool = True  # exact faster dilated convs on CPU (pipeline.train.fastconv)
     fresh_init: bool = True  # from-ImageNet start: orthogonal mask/SAM stem channels, Kaiming decoder MLP
+    dropout: float | None = 0.0  # training dropout of the fusion (None: the model's own, 0.5 in CRM)
     export: str | None = None  # final weights (official key naming) written here by rank 0
 
     def __post_init__(self) -> None:
@@ -177,6 +178,10 @@ def train_loop(config: dict[str, Any]) -> None:
         init_for_training(model, cfg.seed)
     if cfg.space_to_batch:
         use_space_to_batch(model)
+    if cfg.dropout is not None:
+        for m in model.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = cfg.dropout
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, lr_milestones(cfg), gamma=cfg.lr_gamma)

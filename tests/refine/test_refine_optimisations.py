@@ -115,3 +115,31 @@ def test_layer1_strips_equal_whole_layer1(golden_crm, height, strip):
         strips = layer1_in_strips(golden_crm.feats, x1, strip)
     assert strips.shape == whole.shape
     torch.testing.assert_close(strips, whole, rtol=1e-5, atol=1e-5)  # float rounding only
+
+
+@pytest.mark.parametrize("height", [61, 62])
+def test_layer2_strips_equal_whole_layer2(golden_crm, height):
+    from pipeline.refine.encoder import halving_in_strips
+
+    x2 = torch.relu(torch.randn(1, 256, height, 19, generator=torch.Generator().manual_seed(height)))
+    with torch.no_grad():
+        whole = golden_crm.feats.layer2(x2)
+        strips = halving_in_strips(golden_crm.feats.layer2, x2, strip=6)
+    assert strips.shape == whole.shape
+    torch.testing.assert_close(strips, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_encode_reduced_equals_reduce_of_whole_encoder(golden_crm, monkeypatch):
+    import pipeline.refine.encoder as encoder
+
+    # force several strips on a small input
+    monkeypatch.setattr(encoder.halving_in_strips, "__defaults__", (8, 4))
+    monkeypatch.setattr(encoder.layer1_in_strips, "__defaults__", (8,))
+    monkeypatch.setattr(encoder._reduce_in_place, "__defaults__", (8,))
+    base = torch.randn(1, 3, 150, 70, generator=torch.Generator().manual_seed(0))
+    mask = torch.randn(1, 1, 150, 70, generator=torch.Generator().manual_seed(1)).clamp(-1, 1)
+    with torch.no_grad():
+        whole = golden_crm.aspp_.reduce(*golden_crm.feats(torch.cat([base, mask], dim=1)))
+        reduced = encoder.encode_reduced(golden_crm, base, mask, (150, 70), RefineOptions())
+    for got, expected in zip(reduced, whole):  # float rounding only: 1e-5 of the level's scale
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
