@@ -262,6 +262,8 @@ def run(
                     wall_s=result.get("wall_s"),
                     peak_bytes=peak,
                     peak_rss_bytes=result.get("peak_rss"),
+                    rss_before_bytes=result.get("rss_before"),
+                    threads=threads,
                     limit_bytes=limit,
                     output=output if result["status"] == "ok" else None,
                     options=asdict(_options(config)),
