@@ -57,17 +57,22 @@ def _check_inputs(
         raise ValueError(f"sam_colors must be (h, w, 3) uint8, got {sam_colors.shape} {sam_colors.dtype}")
 
 
+def _from_numpy(a: np.ndarray) -> Tensor:
+    """A tensor sharing ``a``'s memory, or a copy when ``a`` is read-only (e.g. decoded by Pillow)."""
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
 def _to_tensors(image, coarse, sam_colors, device) -> tuple[Tensor, Tensor, Tensor | None]:
     """(1, 3, H, W) RGB in [0,1], (1, 1, H, W) coarse in [0,1], optional (1, 3, H, W) colours in [0,1]."""
     h, w = image.shape[:2]
-    img = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 255
-    mask = torch.from_numpy(coarse).to(device)[None, None].float()
+    img = _from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 255
+    mask = _from_numpy(coarse).to(device)[None, None].float()
     if mask.shape[-2:] != (h, w):
         mask = F.interpolate(mask, size=(h, w), mode="bilinear", align_corners=False).clamp_(0, 255)
     mask = mask / 255
     colors = None
     if sam_colors is not None:
-        colors = torch.from_numpy(sam_colors).to(device).permute(2, 0, 1)[None].float()
+        colors = _from_numpy(sam_colors).to(device).permute(2, 0, 1)[None].float()
         if colors.shape[-2:] != (h, w):
             colors = F.interpolate(colors, size=(h, w), mode="nearest")
         colors = colors / 255
