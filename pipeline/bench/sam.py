@@ -85,6 +85,7 @@ def run(model_type: str = "vit_b", points_per_side: int = 32, height: int = 768,
         "fast_s": min(fast_t), "stock_s": min(stock_t), "speedup": min(stock_t) / min(fast_t),
         "fast_cpu_s": min(fast_cpu), "stock_cpu_s": min(stock_cpu),
         "speedup_cpu": min(stock_cpu) / min(fast_cpu),
+        **{f"fast_{k}": v for k, v in fast_gen.last_stats.items()},
         "masks_fast": len(fast), "masks_stock": len(stock), "identical": identical, "min_iou": min_iou,
     }
     print(f"SAM {model_type} ({'busy' if busy else 'plain'} random weights), image {height}x{width}, "
@@ -93,6 +94,10 @@ def run(model_type: str = "vit_b", points_per_side: int = 32, height: int = 768,
           f"{result['stock_cpu_s']:8.2f} s CPU, {len(stock)} masks")
     print(f"  FastMaskGenerator              : {result['fast_s']:8.2f} s/image wall, "
           f"{result['fast_cpu_s']:8.2f} s CPU, {len(fast)} masks")
+    st = fast_gen.last_stats
+    print(f"  fast decoder: {st['prompts_upscaled']}/{st['prompts']} prompts upscaled "
+          f"({3 * st['prompts_upscaled']}/{3 * st['prompts']} candidate masks; the stock generator "
+          f"upscales all), {st['masks_passing_iou']} masks pass the predicted-IoU filter")
     print(f"  speedup {result['speedup']:.2f}x wall, {result['speedup_cpu']:.2f}x CPU; "
           f"identical masks: {identical} (min IoU {min_iou:.4f})")
     return result

@@ -8,6 +8,12 @@ are computed once and broadcast, and the image embedding is never copied per pro
 rest is the same sequence of operations on the same module weights (on this CPU the outputs
 are bit-identical to ``sam.mask_decoder(...)``; tests compare them).
 
+Decoding is split in two (`decode_tokens`, then `upscale_masks`), because SAM's IoU head needs
+only the transformer's IoU output token: the costly per-prompt upscaling of the image tokens
+(two transposed convolutions, LayerNorm2d, GELU on a (256, 64, 64) map per prompt) and the
+hypernetwork product can then run only for the prompts whose masks pass the predicted-IoU
+filter, with the same operations on the same per-prompt rows (bit-identical on this CPU).
+
 Only valid without mask prompts (dense embeddings identical for every prompt), which is
 always the case in automatic mask generation.
 """
@@ -15,12 +21,13 @@ always the case in automatic mask generation.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from segment_anything.modeling import Sam
 from segment_anything.modeling.transformer import Attention
 
-__all__ = ["decode_points"]
+__all__ = ["DecodedTokens", "decode_points", "decode_tokens", "upscale_masks"]
 
 
 def _heads(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -39,13 +46,28 @@ def _attend(mod: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -
     return mod.out_proj(out.reshape(b, t, h * c))
 
 
-def decode_points(sam: Sam, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
-                  sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``sam.mask_decoder(image_embeddings, image_pe, sparse, dense, multimask_output=True)``.
+@dataclass
+class DecodedTokens:
+    """The two-way transformer's outputs for a batch of B point prompts on one image.
+
+    hs: (B, T, C) output tokens (IoU token, 4 mask tokens, prompt tokens), float32
+    keys: (B, h * w, C) updated image tokens, float32
+    iou_pred: (B, 3) predicted IoU of the three multimask outputs, float32
+    size: (h, w) of the image embedding
+    """
+
+    hs: torch.Tensor
+    keys: torch.Tensor
+    iou_pred: torch.Tensor
+    size: tuple[int, int]
+
+
+def decode_tokens(sam: Sam, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
+                  sparse: torch.Tensor, dense: torch.Tensor) -> DecodedTokens:
+    """The transformer and IoU head of ``sam.mask_decoder`` (multimask output), no masks.
 
     image_embeddings, image_pe: (1, C, h, w); sparse: (B, T, C) prompt tokens; dense: (B, C, h, w)
-    identical along B (no mask prompts). Returns low-res mask logits (B, 3, 4h, 4w) and
-    predicted IoUs (B, 3), float32.
+    identical along B (no mask prompts).
     """
     dec = sam.mask_decoder
     tr = dec.transformer
@@ -53,7 +75,7 @@ def decode_points(sam: Sam, image_embeddings: torch.Tensor, image_pe: torch.Tens
     output_tokens = output_tokens.unsqueeze(0).expand(sparse.size(0), -1, -1)
     tokens = torch.cat((output_tokens, sparse), dim=1)
     b = tokens.shape[0]
-    c, h, w = image_embeddings.shape[1:]
+    h, w = image_embeddings.shape[2:]
     keys = (image_embeddings + dense[:1]).flatten(2).permute(0, 2, 1)  # (1, hw, C), shared
     key_pe = image_pe.flatten(2).permute(0, 2, 1)
     queries = tokens
@@ -82,10 +104,48 @@ def decode_points(sam: Sam, image_embeddings: torch.Tensor, image_pe: torch.Tens
         keys = keys.expand(b, -1, -1)
     attn_out = tr.final_attn_token_to_image(q=queries + tokens, k=keys + key_pe, v=keys)
     hs = tr.norm_final_attn(queries + attn_out)
-    src = keys.transpose(1, 2).reshape(b, c, h, w)
-    upscaled = dec.output_upscaling(src)
-    hyper = torch.stack([mlp(hs[:, 1 + i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1)
-    _, uc, uh, uw = upscaled.shape
-    masks = (hyper @ upscaled.view(b, uc, uh * uw)).view(b, -1, uh, uw)
     iou_pred = dec.iou_prediction_head(hs[:, 0, :])
-    return masks[:, 1:], iou_pred[:, 1:]
+    return DecodedTokens(hs=hs, keys=keys, iou_pred=iou_pred[:, 1:], size=(int(h), int(w)))
+
+
+def upscale_masks(sam: Sam, decoded: DecodedTokens, prompts: torch.Tensor | None = None) -> torch.Tensor:
+    """Low-res mask logits (P, 3, 4h, 4w) float32 of the prompts ``prompts`` ((P,) int64
+    indices into the batch, increasing; None: all), as ``sam.mask_decoder`` computes them.
+
+    The hypernetwork MLPs run on the whole batch (a few small matrix products) so that every
+    matrix product keeps the stock shapes; the upscaling and the per-prompt product run only
+    on the selected prompts.
+    """
+    dec = sam.mask_decoder
+    hs, keys = decoded.hs, decoded.keys
+    b, c = keys.shape[0], keys.shape[2]
+    single = prompts is not None and len(prompts) == 1 and b > 1
+    if single:
+        # one prompt of a larger batch: PyTorch takes other kernels for a batch of one
+        # (different last bits), so compute it within a batch of two, like the full batch
+        prompts = prompts.repeat(2)
+    if prompts is not None:
+        keys = keys[prompts]
+    p = keys.shape[0]
+    hyper = torch.stack([mlp(hs[:, 1 + i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1)
+    if prompts is not None:
+        hyper = hyper[prompts]
+    if p == 0:
+        return hyper.new_zeros((0, 3, 4 * decoded.size[0], 4 * decoded.size[1]))
+    src = keys.transpose(1, 2).reshape(p, c, *decoded.size)
+    upscaled = dec.output_upscaling(src)
+    _, uc, uh, uw = upscaled.shape
+    masks = (hyper @ upscaled.view(p, uc, uh * uw)).view(p, -1, uh, uw)[:, 1:]
+    return masks[:1] if single else masks
+
+
+def decode_points(sam: Sam, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
+                  sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sam.mask_decoder(image_embeddings, image_pe, sparse, dense, multimask_output=True)``.
+
+    image_embeddings, image_pe: (1, C, h, w); sparse: (B, T, C) prompt tokens; dense: (B, C, h, w)
+    identical along B (no mask prompts). Returns low-res mask logits (B, 3, 4h, 4w) and
+    predicted IoUs (B, 3), float32.
+    """
+    decoded = decode_tokens(sam, image_embeddings, image_pe, sparse, dense)
+    return upscale_masks(sam, decoded), decoded.iou_pred

@@ -9,8 +9,10 @@ in the same order, with the same scores. What differs is only how the work is do
   positional encoding once per crop instead of once per batch;
 - the mask decoder does the per-image part of its first attention block once per batch, not
   once per prompt, and never copies the image embedding per prompt (`pipeline.sam.decoder`);
-- the predicted-IoU filter runs on the low-resolution logits, *before* they are upscaled, so
-  rejected masks are never upscaled (the filter does not depend on the masks);
+- the predicted-IoU filter runs right after the decoder's transformer, on its IoU token (it
+  does not depend on the masks): the decoder's costly upscaling of the image tokens and the
+  hypernetwork product run only for prompts with at least one passing mask, and the upscaling
+  of low-res logits to the image size only for the passing masks (`last_stats` counts them);
 - only the rows and columns of the 1024x1024 upscaled logits that survive SAM's un-padding
   crop are computed (bit-identical: the interpolation grid is the same), in chunks that bound
   memory, and the identity resize is skipped when the image is already at SAM's input size;
@@ -29,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.predictor import SamPredictor
 from segment_anything.utils.amg import (
@@ -45,9 +46,10 @@ from segment_anything.utils.amg import (
 )
 from torchvision.ops.boxes import batched_nms, box_area
 
-from pipeline.sam.decoder import decode_points
+from pipeline.sam.decoder import decode_tokens, upscale_masks
+from pipeline.sam.postprocess import mask_boxes, upscale_logits
 
-__all__ = ["FastMaskGenerator", "SamMasks"]
+__all__ = ["FastMaskGenerator", "SamMasks", "mask_boxes", "upscale_logits"]
 
 _OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
@@ -188,6 +190,9 @@ class FastMaskGenerator:
         self.min_mask_region_area = min_mask_region_area
         self.postprocess_chunk = postprocess_chunk
         self.shared_decoder = shared_decoder
+        # counts of the last `generate` call: point prompts decoded, prompts whose low-res
+        # masks were upscaled by the mask decoder (3 masks each), masks passing the IoU filter
+        self.last_stats: dict[str, int] = {}
 
     @property
     def sam(self) -> Sam:
@@ -202,6 +207,7 @@ class FastMaskGenerator:
         """
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be (h, w, 3) uint8, got {image.shape} {image.dtype}")
+        self.last_stats = dict.fromkeys(("prompts", "prompts_upscaled", "masks_passing_iou"), 0)
         orig_h, orig_w = image.shape[:2]
         crop_boxes, layer_idxs = generate_crop_boxes((orig_h, orig_w), self.crop_n_layers,
                                                      self.crop_overlap_ratio)
@@ -261,22 +267,13 @@ class FastMaskGenerator:
             in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=sam.device)
             sparse, dense = sam.prompt_encoder(points=(in_points[:, None, :], in_labels[:, None]),
                                                boxes=None, masks=None)
-            if self.shared_decoder:
-                low_res, iou_preds = decode_points(sam, features, dense_pe, sparse, dense)
-            else:
-                low_res, iou_preds = sam.mask_decoder(
-                    image_embeddings=features, image_pe=dense_pe, sparse_prompt_embeddings=sparse,
-                    dense_prompt_embeddings=dense, multimask_output=True,
-                )
-            low_res, iou_preds = low_res.flatten(0, 1), iou_preds.flatten(0, 1).cpu()
+            low_res, iou_preds, idx, rows = self._decode(features, dense_pe, sparse, dense)
+            self.last_stats["prompts"] += len(points)
+            self.last_stats["masks_passing_iou"] += len(idx)
             pts = torch.as_tensor(points.repeat(3, axis=0))
-            if self.pred_iou_thresh > 0.0:  # filter before upscaling: the filter ignores masks
-                idx = torch.nonzero(iou_preds > self.pred_iou_thresh).flatten()
-            else:
-                idx = torch.arange(len(iou_preds))
             for c in range(0, len(idx), self.postprocess_chunk):
-                sel = idx[c:c + self.postprocess_chunk]
-                ok, packed, boxes, stability = self._postprocess(low_res[sel.to(low_res.device)],
+                sel, rsel = idx[c:c + self.postprocess_chunk], rows[c:c + self.postprocess_chunk]
+                ok, packed, boxes, stability = self._postprocess(low_res[rsel.to(low_res.device)],
                                                                  input_size, im_size)
                 sel = sel[ok]
                 found = _Found(packed, boxes, iou_preds[sel], stability, pts[sel])
@@ -291,6 +288,40 @@ class FastMaskGenerator:
                                iou_threshold=self.box_nms_thresh)
             found = found.select(keep)
         return found
+
+    def _decode(self, features: torch.Tensor, dense_pe: torch.Tensor, sparse: torch.Tensor,
+                dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Decode one batch of B prompts and apply the predicted-IoU filter.
+
+        Returns low-res logits (R, 256, 256), all B * 3 predicted IoUs (CPU), the flat indices
+        (prompt * 3 + output) of the masks that pass the filter, increasing, and for each of
+        them its row in the logits. With the shared decoder only the prompts with a passing
+        mask are upscaled (the filter needs the IoU token only), so R <= B * 3.
+        """
+        sam = self.sam
+        if self.shared_decoder:
+            decoded = decode_tokens(sam, features, dense_pe, sparse, dense)
+            iou_preds = decoded.iou_pred.flatten(0, 1).cpu()
+        else:
+            low_res, iou_preds = sam.mask_decoder(
+                image_embeddings=features, image_pe=dense_pe, sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense, multimask_output=True,
+            )
+            iou_preds = iou_preds.flatten(0, 1).cpu()
+        if self.pred_iou_thresh > 0.0:  # filter before upscaling: the filter ignores masks
+            idx = torch.nonzero(iou_preds > self.pred_iou_thresh).flatten()
+        else:
+            idx = torch.arange(len(iou_preds))
+        if not self.shared_decoder:
+            self.last_stats["prompts_upscaled"] += low_res.shape[0]
+            return low_res.flatten(0, 1), iou_preds, idx, idx
+        n_out = decoded.iou_pred.shape[1]
+        prompts = torch.unique(idx // n_out)  # sorted
+        self.last_stats["prompts_upscaled"] += len(prompts)
+        every = len(prompts) == decoded.iou_pred.shape[0]  # nothing to skip: no index copy
+        low_res = upscale_masks(sam, decoded, None if every else prompts.to(features.device)).flatten(0, 1)
+        rows = torch.searchsorted(prompts, idx // n_out) * n_out + idx % n_out
+        return low_res, iou_preds, idx, rows
 
     def _postprocess(self, low_res: torch.Tensor, input_size: tuple[int, int], im_size: tuple[int, int]
                      ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, torch.Tensor]:
@@ -325,53 +356,6 @@ class FastMaskGenerator:
         keep = batched_nms(boxes.float(), torch.as_tensor(scores), torch.zeros(len(boxes)),
                            iou_threshold=max(self.box_nms_thresh, self.crop_nms_thresh))
         return keep, new, boxes
-
-
-def upscale_logits(low_res: torch.Tensor, img_size: int, input_size: tuple[int, int],
-                   original_size: tuple[int, int]) -> torch.Tensor:
-    """`Sam.postprocess_masks`, computing only the part of the padded upscale that is kept.
-
-    low_res: (B, C, 256, 256) float logits; returns (B, C, *original_size) float logits, equal
-    bit for bit to ``sam.postprocess_masks(low_res, input_size, original_size)``. Bilinear
-    interpolation (align_corners=False) by an integer factor maps output pixel i to source
-    (i + 0.5) / f - 0.5, so the first ``input_size`` output rows/columns depend only on the first
-    ceil(input_size / f) + 1 source rows/columns; interpolating those to f times their size keeps
-    the same grid and the same weights.
-    """
-    lh, lw = low_res.shape[-2:]
-    fh, fw = img_size // lh, img_size // lw
-    if fh * lh != img_size or fw * lw != img_size:  # not an integer factor: do it the stock way
-        up = F.interpolate(low_res, (img_size, img_size), mode="bilinear", align_corners=False)
-    else:
-        rh = min(lh, -(-input_size[0] // fh) + 1)
-        rw = min(lw, -(-input_size[1] // fw) + 1)
-        up = F.interpolate(low_res[..., :rh, :rw].contiguous(), (rh * fh, rw * fw), mode="bilinear",
-                           align_corners=False)
-    up = up[..., : input_size[0], : input_size[1]]
-    if tuple(original_size) == tuple(input_size):
-        return up  # an identity resize returns its input unchanged
-    return F.interpolate(up, tuple(original_size), mode="bilinear", align_corners=False)
-
-
-def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """`segment_anything.utils.amg.batched_mask_to_box` for (K, h, w) bool masks, faster.
-
-    Returns (K, 4) int64 XYXY boxes (inclusive pixel coordinates), [0, 0, 0, 0] for an empty
-    mask, equal to SAM's. Uses ``any`` reductions instead of ``max`` with indices.
-    """
-    k, h, w = masks.shape
-    if k == 0:
-        return torch.zeros((0, 4), dtype=torch.int64, device=masks.device)
-    rows = masks.any(2)  # (K, h)
-    cols = masks.any(1)  # (K, w)
-    ar_h = torch.arange(h, device=masks.device)
-    ar_w = torch.arange(w, device=masks.device)
-    bottom = torch.where(rows, ar_h, -1).amax(1)
-    top = torch.where(rows, ar_h, h).amin(1)
-    right = torch.where(cols, ar_w, -1).amax(1)
-    left = torch.where(cols, ar_w, w).amin(1)
-    out = torch.stack([left, top, right, bottom], dim=1)
-    return torch.where(rows.any(1)[:, None], out, torch.zeros_like(out))
 
 
 def _unpack(packed: np.ndarray, size: tuple[int, int]) -> torch.Tensor:

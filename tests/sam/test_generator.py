@@ -19,6 +19,8 @@ SETTINGS = [
          points_per_batch=32),
     dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.85, crop_n_layers=1),
     dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.5, min_mask_region_area=20),
+    # IoU filter that leaves some prompts without any passing mask (their upscaling is skipped)
+    dict(points_per_side=8, pred_iou_thresh=0.2, stability_score_thresh=0.0, box_nms_thresh=1.0),
 ]
 
 
@@ -157,3 +159,44 @@ def test_stock_decoder_option(sam_small, image):
     a = FastMaskGenerator(sam_small, shared_decoder=False, **settings).generate(image)
     b = FastMaskGenerator(sam_small, **settings).generate(image)
     assert len(a) == len(b) > 0 and np.array_equal(a.masks, b.masks)
+
+
+@pytest.mark.parametrize("model", ["sam_small", "sam_tiny"])
+def test_upscale_subset_equals_full_batch(model, request):
+    """Upscaling only some prompts gives their rows of the full-batch decoder output, bit for bit."""
+    from pipeline.sam.decoder import decode_tokens, upscale_masks
+
+    sam = request.getfixturevalue(model)
+    torch.manual_seed(1)
+    c, size = sam.prompt_encoder.embed_dim, sam.prompt_encoder.image_embedding_size
+    features = torch.randn(1, c, *size)
+    points = torch.rand(12, 1, 2, dtype=torch.float64) * sam.image_encoder.img_size
+    with torch.inference_mode():
+        sparse, dense = sam.prompt_encoder(points=(points, torch.ones(12, 1, dtype=torch.int)),
+                                           boxes=None, masks=None)
+        pe = sam.prompt_encoder.get_dense_pe()
+        ref_masks, ref_iou = sam.mask_decoder(features, pe, sparse, dense, multimask_output=True)
+        decoded = decode_tokens(sam, features, pe, sparse, dense)
+        for prompts in ([0, 5, 11], [3], [2, 7], list(range(12)), []):
+            got = upscale_masks(sam, decoded, torch.tensor(prompts, dtype=torch.int64))
+            assert got.shape == (len(prompts), *ref_masks.shape[1:])
+            assert torch.equal(got, ref_masks[prompts])
+    assert torch.equal(decoded.iou_pred, ref_iou)
+
+
+def test_only_passing_prompts_upscaled(sam_small, image):
+    gen = FastMaskGenerator(sam_small, points_per_side=8, pred_iou_thresh=0.2, stability_score_thresh=0.0,
+                            box_nms_thresh=1.0)
+    found = gen.generate(image)
+    stats = gen.last_stats
+    assert stats["prompts"] == 64
+    assert 0 < stats["prompts_upscaled"] < 64
+    assert stats["prompts_upscaled"] <= stats["masks_passing_iou"] <= 3 * stats["prompts_upscaled"]
+    assert len(found) <= stats["masks_passing_iou"] and (found.scores > 0.2).all()
+    gen = FastMaskGenerator(sam_small, points_per_side=8, shared_decoder=False, pred_iou_thresh=0.2)
+    gen.generate(image)
+    assert gen.last_stats["prompts_upscaled"] == 64
+    assert gen.last_stats["masks_passing_iou"] == stats["masks_passing_iou"]
+    gen = FastMaskGenerator(sam_small, points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.7)
+    gen.generate(image)
+    assert gen.last_stats == {"prompts": 64, "prompts_upscaled": 64, "masks_passing_iou": 192}
