@@ -13,7 +13,7 @@ column                type         meaning
 ====================  ===========  =====================================================
 job_id                string       job name/id (required)
 run_id                string       id of this run of the job (a rerun gets a new one)
-attempt               int32        attempt number of this sample within the run (1-based)
+attempt               int32        attempt number of this sample across runs of the job (1-based)
 key                   string       sample key as listed (required)
 shard                 string       tar shard, list file or folder the sample came from
 image_uri             string       input image (``<shard>#<member>`` for tar members)
