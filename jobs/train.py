@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated steps where lr *= --lr-gamma (default: 50%% and 83%% of --steps)")
     o.add_argument("--lr-gamma", type=float, default=0.1, help="step-decay factor (default 0.1)")
     o.add_argument("--loss-weights", default="1,0.5,0.5,2", help="bce,l1,mse,grad (default 1,0.5,0.5,2)")
+    o.add_argument("--input-scale-min", type=float, default=0.125,
+                   help="encode the crop downscaled by U(min, 1) (queries stay at crop resolution), like the "
+                   "inference cascade's 1/8..1 scales (default 0.125)")
+    o.add_argument("--p-input-scale", type=float, default=0.5, help="probability of that downscaling")
     o.add_argument("--p-lowres", type=float, default=0.5,
                    help="probability of the 4-16x low-resolution degradation of the coarse mask")
     o.add_argument("--dropout", type=float, default=0.0,
@@ -110,7 +114,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         init_checkpoint=args.init_checkpoint, steps=args.steps, batch_size=args.batch_size,
         lr=args.lr, lr_milestones=milestones, lr_gamma=args.lr_gamma,
         loss_weights=LossWeights.parse(args.loss_weights), crop=args.crop, patch=args.patch,
-        patches=args.patches, p_lowres=args.p_lowres, log_every=args.log_every, ckpt_every=args.ckpt_every,
+        patches=args.patches, p_lowres=args.p_lowres, input_scale_range=(args.input_scale_min, 1.0),
+        p_input_scale=args.p_input_scale, log_every=args.log_every, ckpt_every=args.ckpt_every,
         keep_checkpoints=args.keep_checkpoints, seed=args.seed, loader_workers=args.loader_workers,
         threads=args.threads, use_gpu=args.use_gpu, export=args.export, fresh_init=not args.no_fresh_init,
         dropout=None if args.dropout < 0 else args.dropout)

@@ -23,7 +23,8 @@ __all__ = ["evaluate_holdout", "format_table", "main"]
 
 
 def evaluate_holdout(model: torch.nn.Module, data_uri: str, decode: str = "full",
-                     limit: int | None = None, log: bool = True) -> dict[str, Any]:
+                     limit: int | None = None, log: bool = True,
+                     scales: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)) -> dict[str, Any]:
     """Refine every sample of ``data_uri`` and score coarse and refined masks against gt.
 
     Returns {"n", "coarse": {"iou", "mba", "biou"}, "refined": {...}, "seconds", "per_image": [...]}
@@ -33,7 +34,7 @@ def evaluate_holdout(model: torch.nn.Module, data_uri: str, decode: str = "full"
     from pipeline.metrics import dataset_iou, image_metrics
     from pipeline.refine import RefineOptions, prepare_model, refine
 
-    options = RefineOptions(decode=decode)
+    options = RefineOptions(decode=decode, scales=tuple(scales))
     model = prepare_model(model.eval(), options)
     refs = list_samples(data_uri, layout="prefix")[:limit]
     rows, t0 = [], time.time()
@@ -62,8 +63,8 @@ def evaluate_holdout(model: torch.nn.Module, data_uri: str, decode: str = "full"
                 "mba": 100 * sum(mbas) / len(mbas) if mbas else None,
                 "biou": 100 * sum(bious) / len(bious) if bious else None}
 
-    return {"n": len(rows), "decode": decode, "coarse": summary("coarse"), "refined": summary("refined"),
-            "seconds": time.time() - t0, "per_image": rows}
+    return {"n": len(rows), "decode": decode, "scales": list(scales), "coarse": summary("coarse"),
+            "refined": summary("refined"), "seconds": time.time() - t0, "per_image": rows}
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -83,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data", required=True, help="prefix-layout set with _im/_seg/_gt files")
     ap.add_argument("--model", default="crm_mnv2")
     ap.add_argument("--decode", default="full", help="RefineOptions.decode (default full, the official)")
+    ap.add_argument("--scales", default="0.125,0.25,0.5,1.0", help="cascade scales (default: official)")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", default=None, help="write the full result here")
@@ -92,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = build_model(args.model, checkpoint=args.weights)
-    result = evaluate_holdout(model, args.data, args.decode, args.limit)
+    scales = tuple(float(v) for v in args.scales.split(","))
+    result = evaluate_holdout(model, args.data, args.decode, args.limit, scales=scales)
     print(format_table(result))
     if args.json:
         with open(args.json, "w") as f:

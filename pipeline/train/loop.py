@@ -47,7 +47,7 @@ class TrainConfig:
     crop: int = 224
     patch: int = 64  # dense query windows per crop (0 = query every crop pixel)
     patches: int = 2
-    input_scale_range: tuple[float, float] = (0.5, 1.0)
+    input_scale_range: tuple[float, float] = (0.125, 1.0)  # the cascade encodes at 1/8 .. 1
     p_input_scale: float = 0.5
     iou_range: tuple[float, float] = (0.8, 1.0)
     p_lowres: float = 0.5
