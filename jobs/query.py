@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import sys
@@ -124,25 +125,17 @@ def format_rows(columns: list[str], rows: list[tuple], fmt: str = "table", max_w
     if fmt == "json":
         return "\n".join(json.dumps(dict(zip(columns, r)), default=str) for r in rows)
     if fmt == "csv":
-        out = _StringWriter()
+        out = io.StringIO()
         w = csv.writer(out)
         w.writerow(columns)
         w.writerows([["" if v is None else v for v in r] for r in rows])
-        return out.text.rstrip("\n")
+        return out.getvalue().rstrip("\n")
     cells = [[_cell(v) for v in r] for r in rows]
     cells = [[c if len(c) <= max_width else c[: max_width - 3] + "..." for c in r] for r in cells]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
     body = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
     return "\n".join([line, "-" * len(line), *body, f"({len(rows)} row{'s' if len(rows) != 1 else ''})"])
-
-
-class _StringWriter:
-    def __init__(self) -> None:
-        self.text = ""
-
-    def write(self, s: str) -> None:
-        self.text += s
 
 
 def build_parser(prog: str = "samsr query") -> argparse.ArgumentParser:
