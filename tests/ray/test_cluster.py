@@ -195,7 +195,10 @@ def _node_ids(cluster: Cluster) -> set[str]:
 
 
 def test_job_submit_runs_on_both_nodes(cluster, tmp_path, crm_checkpoint):
-    samples = make_samples(8, 48, 64)
+    # Big enough that refining a sample takes longer than decoding the next: with instant work
+    # one idle actor (the one near the data) rightly takes every batch, and the test would be
+    # about timing, not about the second node being used.
+    samples = make_samples(8, 192, 256)
     uri = write_layout("prefix", str(tmp_path), samples)
     out = str(tmp_path / "out")
     config = _config(tmp_path / "job.yaml", uri, out, crm_checkpoint, refine_actors=2)
