@@ -1,7 +1,8 @@
-"""Benchmarks: the refiner's decoding modes and optimisations, and the SAM stage.
+"""Benchmarks: the refiner's decoding modes and optimisations, the SAM stage, refinement quality.
 
     samsr benchmark refiner --help
     samsr benchmark sam --help
+    samsr benchmark quality --help
     python -m jobs.benchmark refiner [ARGS...]
 
 Dispatches to ``pipeline.bench.refiner.main(argv)`` and ``pipeline.bench.sam.main(argv)``,
@@ -19,6 +20,7 @@ __all__ = ["BENCHMARKS", "main"]
 BENCHMARKS = {
     "refiner": ("pipeline.bench.refiner", "refiner speed/memory/accuracy per decoding mode and optimisation"),
     "sam": ("pipeline.bench.sam", "SAM automatic mask generation: stock vs fast generator"),
+    "quality": ("pipeline.bench.quality", "coarse vs refined IoU/mBA/BIoU per coarse kind on held-out data"),
 }
 
 
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None, prog: str = "samsr benchmark") -> int:
         name, rest = args.name, args.args
     module = importlib.import_module(BENCHMARKS[name][0])
     code = module.main(rest)
-    return int(code or 0)
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@ composites (:mod:`pipeline.train.composites`) in the prefix layout ``NAME_im.jpg
 
 - ``OUT/train``: ``--train-count`` composites at 0.5-1.5k px from the train photos;
 - ``OUT/holdout``: ``--holdout-count`` composites at 2k-4k px from the held-out photos only;
-- ``--demo-dir``: 3 small samples (1600x1200, JPEG q85) from held-out photos.
+- ``--demo-dir``: 3 small samples (1600x1200, JPEG q85) from held-out photos;
+- ``OUT/train_regions`` / ``OUT/holdout_regions``: real-edge samples, an unaltered photo with one
+  object-sized region found by Felzenszwalb segmentation + colour merging as truth
+  (:mod:`pipeline.train.regions`), 0.64-1.28k px from train photos / 2k-3k px from held-out photos.
 
 ``OUT/photos.json`` records every photo (package, path, size, sha256, copyright, licence, split)
 and ``OUT/LICENSES.md`` is the same as a table. Photos themselves are never committed.
@@ -34,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.train.composites import find_fonts, make_composite
+from pipeline.train.regions import region_masks
 
 __all__ = ["PACKAGES", "fetch_packages", "parse_dep5", "collect_photos", "split_photos", "write_sets", "main"]
 
@@ -224,6 +228,38 @@ def write_sets(photos: list[dict], out: str, train_count: int, holdout_count: in
         json.dump(sources, f, indent=1)
 
 
+def write_region_sets(photos: list[dict], out: str, train_count: int, holdout_count: int, seed: int,
+                      per_image: int = 4) -> None:
+    """Write real-edge samples (:mod:`pipeline.train.regions`): an unaltered photo and one
+    object-sized region of it as truth. ``OUT/train_regions``: photos at 0.64-1.28k px (long side)
+    from the train photos, ``per_image`` regions per segmentation; ``OUT/holdout_regions``: one
+    region per held-out photo at 2k-3k px."""
+    sources: dict[str, str] = {}
+    jobs = [("train_regions", "train", train_count, (640, 1280), 92, per_image),
+            ("holdout_regions", "holdout", holdout_count, (2048, 3072), 95, 1)]
+    for name, split, count, (lo, hi), q, per in jobs:
+        pool = [p for p in photos if p["split"] == split]
+        d = os.path.join(out, name)
+        os.makedirs(d, exist_ok=True)
+        i, j = 0, 0
+        while i < count:
+            rng = np.random.default_rng([seed, 3 if split == "train" else 4, j])
+            photo = pool[j % len(pool)]
+            j += 1
+            keys = [f"{name}{k:05d}" for k in range(i, min(i + per, count))]
+            if all(os.path.exists(os.path.join(d, f"{k}_gt.png")) for k in keys):
+                i += len(keys)  # rerun: keep what exists
+                continue
+            img = _load(photo["file"], int(rng.integers(lo, hi + 1)))
+            for key, gt in zip(keys, region_masks(img, rng, len(keys))):
+                sources[key] = photo["path"]
+                _write_sample(d, key, img, gt, q)
+                i += 1
+        print(f"{name}: {count} real-edge region samples in {d}", flush=True)
+    with open(os.path.join(out, "regions.json"), "w") as f:
+        json.dump(sources, f, indent=1)
+
+
 def _write_licences(photos: list[dict], out: str) -> None:
     with open(os.path.join(out, "photos.json"), "w") as f:
         json.dump([{k: v for k, v in p.items() if k != "file"} for p in photos], f, indent=1)
@@ -241,6 +277,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--packages", nargs="+", default=list(PACKAGES), help="Debian wallpaper packages")
     ap.add_argument("--train-count", type=int, default=800, help="training composites (0.5-1.5k px)")
     ap.add_argument("--holdout-count", type=int, default=12, help="held-out composites (2k-4k px)")
+    ap.add_argument("--train-regions", type=int, default=600,
+                    help="real-edge region samples from train photos (0.64-1.28k px)")
+    ap.add_argument("--holdout-regions", type=int, default=12,
+                    help="real-edge region samples from held-out photos (2k-3k px)")
     ap.add_argument("--holdout-fraction", type=float, default=0.2, help="fraction of photos held out")
     ap.add_argument("--demo-dir", default=None, help="also write 3 demo samples here (e.g. samples/demo)")
     ap.add_argument("--seed", type=int, default=0)
@@ -252,6 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{len(photos)} photos: {sum(p['split'] == 'train' for p in photos)} train, "
           f"{sum(p['split'] == 'holdout' for p in photos)} held out", flush=True)
     write_sets(photos, args.out, args.train_count, args.holdout_count, args.demo_dir, args.seed)
+    write_region_sets(photos, args.out, args.train_regions, args.holdout_regions, args.seed)
     return 0
 
 

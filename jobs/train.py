@@ -31,7 +31,7 @@ __all__ = ["build_parser", "config_from_args", "build_source", "run", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="samsr train", description="Train the refiner with Ray Train "
-                                 "(CRM recipe: BCE + L1 + MSE + Sobel-gradient L1, Adam, step decay).")
+                                 "(CRM recipe: L1 + MSE + Sobel-gradient L1, Adam, step decay).")
     d = ap.add_argument_group("data")
     d.add_argument("--data", action="append", default=[], metavar="URI",
                    help="input dataset with ground truth (repeatable); any fsspec URI")
@@ -65,13 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--lr-milestones", default=None,
                    help="comma-separated steps where lr *= --lr-gamma (default: 50%% and 83%% of --steps)")
     o.add_argument("--lr-gamma", type=float, default=0.1, help="step-decay factor (default 0.1)")
-    o.add_argument("--loss-weights", default="1,0.5,0.5,2", help="bce,l1,mse,grad (default 1,0.5,0.5,2)")
+    o.add_argument("--loss-weights", default="0,1,1,5", help="bce,l1,mse,grad (default CRM's 0,1,1,5)")
     o.add_argument("--input-scale-min", type=float, default=0.125,
                    help="encode the crop downscaled by U(min, 1) (queries stay at crop resolution), like the "
                    "inference cascade's 1/8..1 scales (default 0.125)")
     o.add_argument("--p-input-scale", type=float, default=0.5, help="probability of that downscaling")
-    o.add_argument("--p-lowres", type=float, default=0.5,
-                   help="probability of the 4-16x low-resolution degradation of the coarse mask")
+    o.add_argument("--p-lowres", type=float, default=0.3,
+                   help="probability of the 4-16x low-resolution degradation of a perturbed coarse mask")
+    o.add_argument("--p-annotation", type=float, default=0.35,
+                   help="share of coarse masks that are low-resolution annotations (truth down/upsampled 4-16x)")
+    o.add_argument("--p-identity", type=float, default=0.1,
+                   help="share of coarse masks that are the truth or nearly (IoU >= 0.97)")
+    o.add_argument("--weight-decay", type=float, default=1e-4, help="Adam weight decay (CRM: 1e-4)")
     o.add_argument("--dropout", type=float, default=0.0,
                    help="fusion dropout while training (default 0; CRM's own 0.5 kept the short CPU runs "
                    "at a constant output, see MODEL_CARD); negative: keep the model's")
@@ -114,7 +119,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         init_checkpoint=args.init_checkpoint, steps=args.steps, batch_size=args.batch_size,
         lr=args.lr, lr_milestones=milestones, lr_gamma=args.lr_gamma,
         loss_weights=LossWeights.parse(args.loss_weights), crop=args.crop, patch=args.patch,
-        patches=args.patches, p_lowres=args.p_lowres, input_scale_range=(args.input_scale_min, 1.0),
+        patches=args.patches, p_lowres=args.p_lowres,
+        p_annotation=args.p_annotation, p_identity=args.p_identity, weight_decay=args.weight_decay, input_scale_range=(args.input_scale_min, 1.0),
         p_input_scale=args.p_input_scale, log_every=args.log_every, ckpt_every=args.ckpt_every,
         keep_checkpoints=args.keep_checkpoints, seed=args.seed, loader_workers=args.loader_workers,
         threads=args.threads, use_gpu=args.use_gpu, export=args.export, fresh_init=not args.no_fresh_init,

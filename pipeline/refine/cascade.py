@@ -30,6 +30,16 @@ def reflect_pad(x: Tensor, pad: int) -> Tensor:
     return x
 
 
+def _align(x: Tensor, multiple: int) -> Tensor:
+    """Reflect-pad (B, C, H, W) at the bottom/right to multiples of `multiple` (replicate when short)."""
+    h, w = x.shape[-2:]
+    dh, dw = -h % multiple, -w % multiple
+    if not dh and not dw:
+        return x
+    mode = "reflect" if dh < h and dw < w else "replicate"
+    return F.pad(x, (0, dw, 0, dh), mode=mode)
+
+
 def _describe(array) -> str:
     return f"{type(array).__name__} {getattr(array, 'shape', None)} {getattr(array, 'dtype', None)}"
 
@@ -85,7 +95,8 @@ def _scale_probability(
     """One cascade step: (1, C, Hp, Wp) base input without mask, (1, 1, Hp, Wp) mask in [-1, 1]
     -> (Hp, Wp) probabilities."""
     hp, wp = base.shape[-2:]
-    size = (max(1, round(hp * scale)), max(1, round(wp * scale)))
+    a = options.align
+    size = (max(a, round(hp * scale / a) * a), max(a, round(wp * scale / a) * a))
     official_decoder = not options.factorize_decoder and not options.stream
     if options.stream or options.patched_fusion:
         source = StreamFeatures(model, *encode_reduced(model, base, mask_in, size, options))
@@ -99,10 +110,11 @@ def _scale_probability(
         del x1, x2, x3
     prev = (mask_in[0, 0] + 1) / 2
     if official_decoder:
-        decoder = _OfficialDecoder(model, source.feat, hp, wp, options.query_chunk)
+        decoder = _OfficialDecoder(model, source.feat, hp, wp, options.query_chunk, mask_in[0, 0])
     else:
         cache = options.decode != "full" and options.stream
-        decoder = TileDecoder(model, source, hp, wp, options.tile, options.factorize_decoder, cache)
+        prior = model.mask_prior * mask_in[0, 0] if model.mask_prior else None
+        decoder = TileDecoder(model, source, hp, wp, options.tile, options.factorize_decoder, cache, prior)
     if options.decode == "full":
         out = torch.empty((hp, wp), device=base.device)
         decoder.decode(out)
@@ -115,10 +127,13 @@ def _scale_probability(
 
 
 class _OfficialDecoder:
-    """The official decoder (`CRMNet.query`, grid_sample) over chunks of the query list."""
+    """The official decoder (`CRMNet.query`, grid_sample) over chunks of the query list;
+    `mask` (n_rows, n_cols) in [-1, 1] is the incoming mask (the prior of a mask-prior model)."""
 
-    def __init__(self, model: CRMNet, feat: Tensor, n_rows: int, n_cols: int, chunk: int) -> None:
+    def __init__(self, model: CRMNet, feat: Tensor, n_rows: int, n_cols: int, chunk: int,
+                 mask: Tensor) -> None:
         self.model, self.feat, self.chunk = model, feat, chunk
+        self.mask = mask.reshape(-1) if model.mask_prior else None
         self.row_coord = make_coord((n_rows,), device=feat.device)[:, 0]
         self.col_coord = make_coord((n_cols,), device=feat.device)[:, 0]
         self.cell = torch.tensor([2 / n_rows, 2 / n_cols], dtype=torch.float32, device=feat.device)
@@ -137,7 +152,8 @@ class _OfficialDecoder:
                 index = selected[start:stop]
             coord = torch.stack([self.row_coord[index // n_cols], self.col_coord[index % n_cols]], dim=-1)
             cell = self.cell.expand(coord.shape[0], 2)
-            flat[index] = torch.sigmoid(self.model.query(self.feat, coord[None], cell[None])[0])
+            prior = None if self.mask is None else self.mask[index][None]
+            flat[index] = torch.sigmoid(self.model.query(self.feat, coord[None], cell[None], prior)[0])
 
 
 @torch.inference_mode()
@@ -185,9 +201,11 @@ def _refine(model, image, coarse, sam_colors, options: RefineOptions, device: to
         roi = reflect_pad(roi[None, None].float(), options.pad)[0, 0] > 0.5
     inp = make_input(img, mask, colors)  # (1, 4|7, H, W): RGB, mask, [colours]
     del img, colors
-    base = reflect_pad(torch.cat([inp[:, :3], inp[:, 4:]], dim=1), options.pad)  # without the mask
-    mask_in = reflect_pad(inp[:, 3:4], options.pad)
+    base = _align(reflect_pad(torch.cat([inp[:, :3], inp[:, 4:]], dim=1), options.pad), options.align)
+    mask_in = _align(reflect_pad(inp[:, 3:4], options.pad), options.align)  # without / with the mask
     del inp
+    if roi is not None:
+        roi = _align(roi[None, None].float(), options.align)[0, 0] > 0.5
     prob = None
     for scale in options.scales:
         prob = _scale_probability(model, base, mask_in, scale, roi, options)

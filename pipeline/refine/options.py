@@ -16,6 +16,12 @@ class RefineOptions:
     Cascade: reflect-pad by `pad`, then for each scale s in `scales` encode the padded image
     resized by s and decode full-resolution pixels; the soft output feeds the next scale.
 
+    `align` (1 = official): when > 1, the padded input is further reflect-padded at the bottom
+    and right to a multiple of `align`, and every scale's encoder input size is rounded to a
+    multiple of it, so that the encoder's stride-2/4/8 maps tile the input exactly (with an odd
+    size, ceil-sized feature maps cover one pixel more than the image and shift the decoded
+    mask by up to a pixel). The extra padding is cropped with the rest.
+
     Decoding (`decode`):
       "full"     every padded full-resolution pixel (the official behaviour);
       "strided"  every `stride`-th pixel (plus the last row/column); a pixel in between keeps
@@ -44,6 +50,7 @@ class RefineOptions:
 
     scales: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
     pad: int = 32
+    align: int = 1
     decode: str = "full"
     stride: int = 4
     roi_margin: int | None = None
@@ -63,6 +70,8 @@ class RefineOptions:
             raise ValueError(f"RefineOptions.scales={self.scales!r}; each must be in (0, 4]")
         if self.pad < 0:
             raise ValueError(f"RefineOptions.pad={self.pad}; must be >= 0")
+        if self.align < 1:
+            raise ValueError(f"RefineOptions.align={self.align}; must be >= 1")
         if self.stride < 1:
             raise ValueError(f"RefineOptions.stride={self.stride}; must be >= 1")
         if self.tile < 4:

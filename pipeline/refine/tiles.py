@@ -99,13 +99,15 @@ class TileDecoder:
     """Decodes query pixels of an (n_rows, n_cols) grid tile by tile from a feature source.
 
     With `factorized`, the first decoder layer is split: G = W_feat @ F per feature cell
-    (32 channels) plus per-axis coordinate terms per query.
+    (32 channels) plus per-axis coordinate terms per query. `prior` (n_rows, n_cols): logit
+    offsets added before the sigmoid (a mask-prior model's ``mask_prior * mask``), or None.
     """
 
     def __init__(
-        self, model: CRMNet, source, n_rows: int, n_cols: int, tile: int, factorized: bool, cache: bool
+        self, model: CRMNet, source, n_rows: int, n_cols: int, tile: int, factorized: bool, cache: bool,
+        prior: Tensor | None = None,
     ) -> None:
-        self.source, self.factorized = source, factorized
+        self.source, self.factorized, self.prior = source, factorized, prior
         h, w = source.shape
         self.tile_rows, self.tile_cols = tile_cells(tile, h, n_rows), tile_cells(tile, w, n_cols)
         device = model.imnet.layers[0].weight.device
@@ -177,9 +179,10 @@ class TileDecoder:
         return self.rest[-1](x).view(hidden.shape[:-1])
 
     @staticmethod
-    def _blend(preds: Tensor, areas: Tensor) -> Tensor:
-        """LIIF local ensemble: member k weighted by the area of member 3 - k; sigmoid."""
-        return torch.sigmoid((preds * areas.flip(0)).sum(dim=0) / areas.sum(dim=0))
+    def _blend(preds: Tensor, areas: Tensor, prior: Tensor | None) -> Tensor:
+        """LIIF local ensemble: member k weighted by the area of member 3 - k; + prior; sigmoid."""
+        logits = (preds * areas.flip(0)).sum(dim=0) / areas.sum(dim=0)
+        return torch.sigmoid(logits if prior is None else logits + prior)
 
     def _decode_grid(
         self, feat: Tensor, r0: int, c0: int, ys: tuple[int, int], xs: tuple[int, int]
@@ -215,7 +218,8 @@ class TileDecoder:
         areas = torch.stack(
             [torch.abs(rel_y[vy, :, None] * rel_x[vx, None, :]) + 1e-9 for vy in range(2) for vx in range(2)]
         )
-        return self._blend(preds, areas)
+        prior = None if self.prior is None else self.prior[ys[0] : ys[1], xs[0] : xs[1]]
+        return self._blend(preds, areas, prior)
 
     def _decode_points(self, feat: Tensor, r0: int, c0: int, iy: Tensor, ix: Tensor) -> Tensor:
         """Probabilities of the queries (iy, ix) (global pixel indices): (n,)."""
@@ -246,4 +250,4 @@ class TileDecoder:
                     members.append(self.first(torch.cat([cells, coords], dim=1)))
         preds = self._mlp_tail(torch.stack(members))
         areas = torch.stack([torch.abs(rel_y[vy] * rel_x[vx]) + 1e-9 for vy in range(2) for vx in range(2)])
-        return self._blend(preds, areas)
+        return self._blend(preds, areas, None if self.prior is None else self.prior[iy, ix])

@@ -150,11 +150,13 @@ class CropDataset(Dataset):
     """
 
     def __init__(self, source: Any, crop: int = 224, seed: int = 0, length: int | None = None,
-                 iou_range: tuple[float, float] = (0.8, 1.0), p_lowres: float = 0.5,
+                 iou_range: tuple[float, float] = (0.75, 1.0), p_lowres: float = 0.3,
+                 p_annotation: float = 0.35, p_identity: float = 0.1,
                  jitter: float = 0.2, p_grey: float = 0.1, sam_lookup: Any = None) -> None:
         self.source, self.crop, self.seed = source, crop, seed
         self.length = length or len(source)
         self.iou_range, self.p_lowres, self.jitter, self.p_grey = iou_range, p_lowres, jitter, p_grey
+        self.p_annotation, self.p_identity = p_annotation, p_identity
         self.sam_lookup = sam_lookup
         self.epoch = 0
 
@@ -173,7 +175,8 @@ class CropDataset(Dataset):
             extra = cv2.resize(colours, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_NEAREST)
         im, g, ex = augment_crop(image, gt, rng, self.crop, self.jitter, self.p_grey, extra)
         g = np.where(g > 128, 255, 0).astype(np.uint8)
-        coarse = synth_coarse(g, rng, self.iou_range, p_lowres=self.p_lowres)
+        coarse = synth_coarse(g, rng, self.iou_range, p_lowres=self.p_lowres, p_annotation=self.p_annotation,
+                              p_identity=self.p_identity)
         out = {
             "image": torch.from_numpy(im).permute(2, 0, 1).float() / 255.0,
             "coarse": torch.from_numpy(coarse).unsqueeze(0).float() / 255.0,

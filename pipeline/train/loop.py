@@ -41,6 +41,7 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 8
     lr: float = 2.25e-4
+    weight_decay: float = 1e-4
     lr_milestones: tuple[int, ...] | None = None  # default: 50% and 83% of steps (CRM's 22.5k/37.5k of 45k)
     lr_gamma: float = 0.1
     loss_weights: LossWeights = field(default_factory=LossWeights)
@@ -49,8 +50,10 @@ class TrainConfig:
     patches: int = 2
     input_scale_range: tuple[float, float] = (0.125, 1.0)  # the cascade encodes at 1/8 .. 1
     p_input_scale: float = 0.5
-    iou_range: tuple[float, float] = (0.8, 1.0)
-    p_lowres: float = 0.5
+    iou_range: tuple[float, float] = (0.75, 1.0)
+    p_lowres: float = 0.3
+    p_annotation: float = 0.35  # coarse kinds (pipeline.train.perturb.synth_coarse)
+    p_identity: float = 0.1
     log_every: int = 10
     ckpt_every: int = 100
     keep_checkpoints: int = 3
@@ -117,7 +120,9 @@ def init_for_training(model: nn.Module, seed: int = 0) -> None:
       features);
     - the decoder MLP gets Kaiming-normal weights and zero biases: PyTorch's default Linear init
       shrinks the signal ~3x per layer, and the 5-layer head then starts (and, measured here,
-      stays for 100+ steps) at a constant output that ignores its input.
+      stays for 100+ steps) at a constant output that ignores its input;
+    - for a mask-prior model (``mask_prior`` > 0) the MLP's last layer starts at zero, so the
+      untrained model returns exactly its incoming mask (the residual starts at the identity).
     """
     g = torch.Generator().manual_seed(seed)
     stem = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
@@ -126,10 +131,12 @@ def init_for_training(model: nn.Module, seed: int = 0) -> None:
             extra = torch.empty(stem.out_channels, stem.in_channels - 3, *stem.kernel_size)
             nn.init.orthogonal_(extra.view(stem.out_channels, -1), generator=g)
             stem.weight[:, 3:] = extra
-        for m in model.imnet.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu", generator=g)
-                nn.init.zeros_(m.bias)
+        linears = [m for m in model.imnet.modules() if isinstance(m, nn.Linear)]
+        for m in linears:
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu", generator=g)
+            nn.init.zeros_(m.bias)
+        if getattr(model, "mask_prior", 0.0):
+            nn.init.zeros_(linears[-1].weight)
 
 
 class _EpochSampler(torch.utils.data.Sampler):
@@ -183,7 +190,7 @@ def train_loop(config: dict[str, Any]) -> None:
             if isinstance(m, nn.Dropout):
                 m.p = cfg.dropout
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, lr_milestones(cfg), gamma=cfg.lr_gamma)
     step, log = 0, []
     state = load_latest(cfg.checkpoint_dir)
@@ -204,7 +211,8 @@ def train_loop(config: dict[str, Any]) -> None:
         core = getattr(model, "module", model)
 
     dataset = CropDataset(config["source"], crop=cfg.crop, seed=cfg.seed, iou_range=cfg.iou_range,
-                          p_lowres=cfg.p_lowres, sam_lookup=config.get("sam_lookup"))
+                          p_lowres=cfg.p_lowres, p_annotation=cfg.p_annotation, p_identity=cfg.p_identity,
+                          sam_lookup=config.get("sam_lookup"))
     per_epoch = max(1, len(dataset) // (cfg.batch_size * world))
     t0, seen0 = time.time(), step
     while step < cfg.steps:

@@ -5,7 +5,7 @@
 - :func:`perturb_until`: random dilations / erosions on random sub-boxes until IoU with the
   ground truth falls below a target (CascadePSP's ``perturb_seg``).
 - :func:`lowres_degrade`: downsample by 4-16x and upsample bilinearly (a low-resolution annotation).
-- :func:`synth_coarse`: the three above with a target IoU drawn from U(0.8, 1.0).
+- :func:`synth_coarse`: identity / low-resolution annotation / CRM-style perturbed coarse masks.
 - :func:`augment_crop`: 224x224 random crop, flips, colour jitter and random grey on (image, gt).
 """
 
@@ -20,6 +20,7 @@ __all__ = [
     "perturb_until",
     "lowres_degrade",
     "synth_coarse",
+    "COARSE_KINDS",
     "augment_crop",
 ]
 
@@ -104,16 +105,36 @@ def lowres_degrade(mask: np.ndarray, rng: np.random.Generator, factor_range: tup
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def synth_coarse(gt: np.ndarray, rng: np.random.Generator, iou_range: tuple[float, float] = (0.8, 1.0),
-                 p_resample: float = 0.5, p_lowres: float = 0.5) -> np.ndarray:
-    """A synthetic coarse mask for ``gt`` ((H, W) uint8 {0, 255}).
+COARSE_KINDS = ("identity", "annotation", "perturbed")
 
-    With probability ``p_resample`` re-sample the contour polygons (kept only if the IoU stays
-    within 0.1 below the target); then perturb sub-boxes until the
-    IoU with gt is below a target drawn from U(iou_range); then with probability ``p_lowres``
-    degrade the resolution by 4-16x. Returns (H, W) uint8 in [0, 255] (soft when degraded).
+
+def synth_coarse(gt: np.ndarray, rng: np.random.Generator, iou_range: tuple[float, float] = (0.75, 1.0),
+                 p_resample: float = 0.5, p_lowres: float = 0.3, p_annotation: float = 0.35,
+                 p_identity: float = 0.1) -> np.ndarray:
+    """A synthetic coarse mask for ``gt`` ((H, W) uint8 {0, 255}), of one of three kinds:
+
+    - "identity" (probability ``p_identity``): the truth itself (half of the time) or the truth
+      with a few dilations/erosions (target IoU U(0.97, 1); one round of box operations may
+      overshoot a little) — a good mask must stay good;
+    - "annotation" (``p_annotation``): a low-resolution annotation, the truth downsampled 4-16x
+      (area) and upsampled bilinearly, thresholded at 128 half of the time (as a binary mask
+      drawn at low resolution), else left soft;
+    - "perturbed" (the rest; CRM / CascadePSP style): with probability ``p_resample`` re-sample
+      the contour polygons (kept only if the IoU stays within 0.1 below the target), then perturb
+      sub-boxes until the IoU with gt is below a target drawn from U(iou_range), then with
+      probability ``p_lowres`` degrade the resolution by 4-16x (soft).
+
+    Returns (H, W) uint8 in [0, 255].
     """
     seg = np.where(gt > 128, 255, 0).astype(np.uint8)
+    u = rng.random()
+    if u < p_identity:
+        if rng.random() < 0.5:
+            return seg
+        return perturb_until(seg, gt, float(rng.uniform(0.97, 1.0)), rng)
+    if u < p_identity + p_annotation:
+        soft = lowres_degrade(seg, rng)
+        return np.where(soft > 128, 255, 0).astype(np.uint8) if rng.random() < 0.5 else soft
     target = float(rng.uniform(*iou_range))
     if rng.random() < p_resample:
         resampled = resample_contours(seg, rng)

@@ -77,18 +77,22 @@ def forward_crops(model: nn.Module, batch: dict[str, Tensor], input_scale: float
     if _in_channels(model) == 7 and sam is None:
         raise ValueError("model takes 7 input channels (SAM-SR-v2.1) but the batch has no 'sam' colour maps")
     inp = make_input(image, coarse, sam)
-    if input_scale != 1.0:
-        size = (max(16, round(h * input_scale)), max(16, round(w * input_scale)))
+    if input_scale != 1.0:  # sizes in multiples of 8, as refine(align=8) encodes
+        size = (max(16, round(h * input_scale / 8) * 8), max(16, round(w * input_scale / 8) * 8))
         inp = F.interpolate(inp, size=size, mode="bilinear", align_corners=True)
     grid = make_coord((h, w), device=image.device, flatten=False)  # (S, S, 2)
+    mask = coarse[:, 0] * 2 - 1  # (B, S, S): the incoming mask at the full-resolution queries
     if origins is None:
         coord = grid.reshape(1, h * w, 2).expand(b, -1, -1)
+        prior = mask.reshape(b, h * w)
     else:
         coord = torch.stack([torch.cat([grid[y:y + patch, c:c + patch].reshape(-1, 2) for y, c in origins[i]])
                              for i in range(b)])
+        prior = torch.stack([torch.cat([mask[i, y:y + patch, c:c + patch].reshape(-1) for y, c in origins[i]])
+                             for i in range(b)])
     q = coord.shape[1]
     cell = torch.tensor([2.0 / h, 2.0 / w], device=image.device).view(1, 1, 2).expand(b, q, 2)
-    logits = model(inp, coord, cell)
+    logits = model(inp, coord, cell, prior)
     if origins is None:
         return logits.view(b, 1, h, w)
     return logits.reshape(b * origins.shape[1], 1, patch, patch)

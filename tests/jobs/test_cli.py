@@ -28,7 +28,7 @@ def test_console_script_help_lists_every_command():
         ("refine", ["--config", "--set KEY=VALUE", "--input", "--output", "--method", "--decode"]),
         ("evaluate", ["OUTPUT_PREFIX", "--job-id", "--json"]),
         ("query", ["MANIFEST_PREFIX", "--summary", "--worst N", "--failures", "--format"]),
-        ("benchmark", ["refiner", "sam"]),
+        ("benchmark", ["refiner", "sam", "quality"]),
         ("train", ["usage: samsr train"]),
     ],
 )
@@ -42,7 +42,7 @@ def test_each_subcommand_has_accurate_help(command, expected, capsys):
         assert text in out, (command, text)
 
 
-@pytest.mark.parametrize("name", ["refiner", "sam"])
+@pytest.mark.parametrize("name", ["refiner", "sam", "quality"])
 def test_benchmark_dispatches_to_the_bench_modules(name, capsys):
     with pytest.raises(SystemExit) as e:
         main(["benchmark", name, "--help"])

@@ -96,3 +96,40 @@ def test_device_mismatch_and_training_mode(random_mnv2):
         assert random_mnv2.training  # mode restored
     finally:
         random_mnv2.eval()
+
+
+def test_align_pads_to_multiples_and_is_a_no_op_when_sizes_already_align(random_mnv2):
+    image, coarse = _image(40, 56), _blob(40, 56)  # padded by 32: 104 x 120, multiples of 8
+    plain = refine(random_mnv2, image, coarse, options=RefineOptions(scales=(1.0,)))
+    aligned = refine(random_mnv2, image, coarse, options=RefineOptions(scales=(1.0,), align=8))
+    np.testing.assert_array_equal(plain, aligned)  # at scale 0.5, 52 x 60 would become 48 x 56
+    image, coarse = _image(41, 57), _blob(41, 57)  # 105 x 121: padded to 112 x 128, cropped back
+    for decode in ("full", "strided", "contour"):
+        for stream in (True, False):
+            opts = RefineOptions(scales=(0.25, 1.0), align=8, decode=decode, stream=stream)
+            prob = refine(random_mnv2, image, coarse, options=opts)
+            assert prob.shape == (41, 57) and np.isfinite(prob).all()
+            if decode == "full":
+                ref = refine(random_mnv2, image, coarse, options=RefineOptions.official(scales=(0.25, 1.0), align=8))
+                np.testing.assert_allclose(prob, ref, atol=1e-4)
+    with pytest.raises(ValueError, match="align"):
+        RefineOptions(align=0)
+
+
+def test_mask_prior_model_keeps_its_input_where_the_decoder_adds_nothing():
+    """A light model's decoder predicts a correction of the incoming mask: with its last layer at
+    zero, each cascade step maps its incoming mask p to sigmoid(2 * (2p - 1)), in every decoding path."""
+    torch.manual_seed(0)
+    model = build_model("crm_mnv2")
+    last = model.imnet.layers[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+    image, coarse = _image(37, 45), _blob(37, 45)
+    for opts in (RefineOptions(), RefineOptions.official(), RefineOptions(decode="strided"),
+                 RefineOptions(scales=(1.0,), align=8)):
+        want = coarse.astype(np.float32) / 255
+        for _ in opts.scales:
+            want = 1 / (1 + np.exp(-model.mask_prior * (2 * want - 1)))
+        prob = refine(prepare_model(model, opts), image, coarse, options=opts)
+        np.testing.assert_allclose(prob, want, atol=1e-5)

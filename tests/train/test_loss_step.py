@@ -23,11 +23,18 @@ def test_loss_terms_and_weights() -> None:
     total, parts = refine_loss(torch.zeros_like(gt), gt)
     assert parts["l1"] == pytest.approx(0.5) and parts["mse"] == pytest.approx(0.25)
     assert parts["bce"] == pytest.approx(np.log(2), rel=1e-5)
-    expect = parts["bce"] + 0.5 * parts["l1"] + 0.5 * parts["mse"] + 2.0 * parts["grad"]
+    assert LossWeights() == LossWeights(bce=0.0, l1=1.0, mse=1.0, grad=5.0)  # CRM's published weights
+    expect = parts["l1"] + parts["mse"] + 5.0 * parts["grad"]
     assert parts["total"] == pytest.approx(expect, rel=1e-5)
     w = LossWeights.parse("0,1,0,0")
     assert refine_loss(torch.zeros_like(gt), gt, w)[1]["total"] == pytest.approx(0.5)
-    assert sobel(torch.ones(1, 1, 8, 8)).max() < 1e-3
+    assert sobel(torch.ones(1, 1, 8, 8)).max() == pytest.approx(1e-2)  # sqrt(eps), eps = 1e-4
+    step = torch.zeros(1, 1, 8, 8)
+    step[..., 4:] = 1
+    g = sobel(step)[0, 0, 4]  # box average first: the edge spreads over 4 columns (Sobel 3 x box 3)
+    assert g[2].item() == pytest.approx(np.sqrt((4 / 3) ** 2 + 1e-4), rel=1e-5)
+    assert g[3].item() == pytest.approx(np.sqrt((8 / 3) ** 2 + 1e-4), rel=1e-5)
+    assert g[0].item() == pytest.approx(1e-2) and g[7].item() == pytest.approx(1e-2)
     with pytest.raises(ValueError, match="loss weights"):
         LossWeights.parse("1,2")
 
@@ -81,28 +88,73 @@ def test_loss_decreases_on_a_fixed_batch() -> None:
     assert (np.diff(losses) < 0).sum() >= 7
 
 
-def test_fresh_init_lets_the_mask_and_features_reach_the_output() -> None:
+def test_fresh_init_starts_a_mask_prior_model_at_its_incoming_mask() -> None:
     from pipeline.models.crm import make_coord
     from pipeline.train.loop import init_for_training
 
-    def spread(model: torch.nn.Module) -> tuple[float, float]:
-        torch.manual_seed(1)
-        x = torch.randn(1, 4, 48, 48)
-        flipped = x.clone()
-        flipped[:, 3] = -flipped[:, 3]
-        coord = make_coord((48, 48)).unsqueeze(0)
-        cell = torch.full_like(coord, 2 / 48)
-        with torch.no_grad():
-            a, b = model(x, coord, cell), model(flipped, coord, cell)
-        return float(a.std()), float((a - b).abs().mean())
-
     torch.manual_seed(0)
     model = build_model("crm_mnv2").eval()
+    assert model.mask_prior == 2.0
     stem = model.feats.features[0][0].weight
     stem.data[:, 3] = 0  # as the ImageNet init leaves the mask channel
-    before = spread(model)
     init_for_training(model, seed=0)
     assert stem[:, 3].abs().sum() > 0 and stem[:, :3].abs().sum() > 0
-    after = spread(model)
-    assert before[1] == 0.0 and after[1] > 1e-3  # the mask now changes the prediction
-    assert after[0] > 5 * before[0]  # and the head no longer starts at a near-constant output
+    x = torch.randn(1, 4, 48, 48)
+    coord = make_coord((48, 48)).unsqueeze(0)
+    cell = torch.full_like(coord, 2 / 48)
+    logits = model(x, coord, cell)
+    # the untrained decoder adds nothing: the output is the incoming mask, exactly
+    torch.testing.assert_close(logits, 2.0 * x[:, 3].reshape(1, -1), atol=1e-4, rtol=0)
+    model.train()
+    model(x, coord, cell).pow(2).mean().backward()
+    last = [m for m in model.imnet.modules() if isinstance(m, torch.nn.Linear)][-1]
+    assert last.weight.grad.abs().sum() > 0  # and it can learn from the first step
+
+
+def test_overfits_a_fixed_batch() -> None:
+    """The model, loss and step can fit: a fixed batch of two crops goes to a near-zero loss."""
+    from pipeline.train.loop import init_for_training
+
+    torch.manual_seed(0)
+    model = build_model("crm_mnv2")
+    init_for_training(model, seed=0)
+    use_space_to_batch(model)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    batch = _batch(1, n=2, s=32)
+    first = train_step(model, opt, batch)
+    for _ in range(150):
+        last = train_step(model, opt, batch)
+    assert first["l1"] > 0.05
+    assert last["l1"] < 0.02 and last["mse"] < 0.005, (first, last)
+    model.eval()
+    with torch.no_grad():
+        pred = torch.sigmoid(forward_crops(model, batch)) > 0.5
+    assert (pred == (batch["gt"] > 0.5)).float().mean() > 0.995
+
+
+def test_training_forward_equals_refine_on_the_same_crop() -> None:
+    """No training/inference mismatch: the training-time path (forward_crops on a crop) and
+    refine() (single scale, no padding) compute the same probabilities from the same inputs:
+    normalisation, mask scale and sign, coordinates / cells and the mask prior included."""
+    from pipeline.refine import RefineOptions, prepare_model, refine
+    from pipeline.train.loop import init_for_training
+
+    torch.manual_seed(0)
+    model = build_model("crm_mnv2")
+    init_for_training(model, seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    batch = _batch(2, n=1, s=64)
+    for _ in range(5):  # a decoder that is not zero any more
+        train_step(model, opt, batch)
+    model.eval()
+    with torch.no_grad():
+        train_prob = torch.sigmoid(forward_crops(model, batch))[0, 0].numpy()
+    image = np.rint(batch["image"][0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    coarse = np.rint(batch["coarse"][0, 0].numpy() * 255).astype(np.uint8)
+    b = {"image": torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255,
+         "coarse": torch.from_numpy(coarse)[None, None].float() / 255}
+    with torch.no_grad():
+        train_prob = torch.sigmoid(forward_crops(model, b))[0, 0].numpy()
+    for options in (RefineOptions(scales=(1.0,), pad=0), RefineOptions.official(scales=(1.0,), pad=0)):
+        prob = refine(prepare_model(copy.deepcopy(model), options), image, coarse, options=options)
+        np.testing.assert_allclose(prob, train_prob, atol=2e-5)

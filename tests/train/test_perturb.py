@@ -36,12 +36,26 @@ def test_synth_coarse_iou_range_and_values() -> None:
     for seed in range(16):
         gt = _gt(seed, ("blob", "holes", "glyph", "branches")[seed % 4])
         rng = np.random.default_rng(100 + seed)
-        c = synth_coarse(gt, rng, (0.8, 1.0), p_lowres=0.0)
+        c = synth_coarse(gt, rng, (0.8, 1.0), p_lowres=0.0, p_annotation=0.0, p_identity=0.0)
         assert c.dtype == np.uint8 and c.shape == gt.shape and set(np.unique(c)) <= {0, 255}
         ious.append(mask_iou(c, gt))
     ious = np.array(ious)
-    assert np.all(ious < 1.0) and np.all(ious > 0.4)
+    assert np.all(ious < 1.0) and np.all(ious > 0.3)  # one box op can overshoot on 1-3 px branches
     assert 0.6 < np.median(ious) < 1.0
+
+
+def test_synth_coarse_covers_identity_annotations_and_perturbations() -> None:
+    """The training mix spans the whole IoU range, near-perfect masks included (the shipped model
+    must learn to leave a good mask alone, e.g. a low-resolution annotation at IoU ~0.99)."""
+    gts = [_gt(s, ("blob", "holes", "glyph", "branches")[s % 4]) for s in range(8)]
+    ident = [mask_iou(synth_coarse(g, np.random.default_rng(s), p_identity=1.0), g) for s, g in enumerate(gts)]
+    assert min(ident) >= 0.9 and max(ident) == 1.0 and np.median(ident) > 0.98
+    for s, g in enumerate(gts):
+        c = synth_coarse(g, np.random.default_rng(50 + s), p_identity=0.0, p_annotation=1.0)
+        assert 0.4 < mask_iou(c, g) < 1.0  # thin branches lose most at 16x
+    ious = np.array([mask_iou(synth_coarse(gts[s % 8], np.random.default_rng(200 + s)), gts[s % 8])
+                     for s in range(60)])
+    assert (ious >= 0.97).mean() > 0.1 and (ious < 0.9).mean() > 0.2
 
 
 def test_resample_keeps_holes_and_changes_boundary() -> None:

@@ -1,0 +1,216 @@
+"""`samsr benchmark quality`: does refinement make masks better, on held-out data, per coarse kind?
+
+    samsr benchmark quality --data /work/cache/demo_data/holdout --data /work/cache/demo_data/holdout_regions \\
+        --model crm_mnv2 --weights pipeline/weights/crm_mnv2.pt --scales 1.0 --align 8
+
+The data is any prefix-layout set with ground truth (``NAME_im`` / ``NAME_gt``; its ``_seg`` masks
+are ignored). The coarse masks are made from the truth here, seeded per (key, kind), so every
+method sees the same inputs (DESIGN §3b):
+
+- ``lowres8`` / ``lowres16``: a low-resolution annotation: truth downsampled 8x / 16x with area
+  averaging, upsampled bilinearly, thresholded at 128;
+- ``perturbed``: a CRM-style coarse mask (a segmentation model's output): the truth at long side
+  512 is dilated/eroded on random boxes (:func:`pipeline.train.perturb.perturb_until`) until its
+  IoU with the truth falls in [0.75, 0.9], then upsampled bilinearly and thresholded at 128;
+- ``identity``: the truth itself (a refiner should leave it alone).
+
+Per kind it prints coarse vs refined dataset IoU (total intersection / total union), mean mBA,
+mean Boundary IoU, the share of images made worse (refined mBA < coarse mBA) and the mean signed
+area change (|mask| - |truth|) / |truth|, all in percent. This is a script, not a timed test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+
+__all__ = ["KINDS", "make_coarse", "evaluate", "format_table", "main"]
+
+KINDS = ("lowres8", "lowres16", "perturbed", "identity")
+PERTURB_SIDE = 512
+PERTURB_IOU = (0.75, 0.9)
+
+
+def _rng(key: str, kind: str, seed: int) -> np.random.Generator:
+    digest = hashlib.sha256(f"{seed}:{key}:{kind}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def _lowres(gt: np.ndarray, factor: int) -> np.ndarray:
+    h, w = gt.shape
+    small = cv2.resize(gt, (max(1, round(w / factor)), max(1, round(h / factor))), interpolation=cv2.INTER_AREA)
+    up = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.where(up > 128, 255, 0).astype(np.uint8)
+
+
+def _perturbed(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    from pipeline.train.perturb import mask_iou, perturb_until
+
+    h, w = gt.shape
+    s = min(1.0, PERTURB_SIDE / max(h, w))
+    size = (max(8, round(w * s)), max(8, round(h * s)))
+    small = np.where(cv2.resize(gt, size, interpolation=cv2.INTER_AREA) > 128, 255, 0).astype(np.uint8)
+    best = small
+    for _ in range(20):
+        target = float(rng.uniform(*PERTURB_IOU))
+        cand = perturb_until(small, small, target, rng)
+        if PERTURB_IOU[0] <= mask_iou(cand, small) <= PERTURB_IOU[1]:
+            best = cand
+            break
+        best = cand
+    up = cv2.resize(best, (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.where(up > 128, 255, 0).astype(np.uint8)
+
+
+def make_coarse(gt: np.ndarray, kind: str, key: str, seed: int = 0) -> np.ndarray:
+    """The coarse mask of ``kind`` (see module docstring) for gt (H, W) uint8: (H, W) uint8 {0, 255}."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown coarse kind {kind!r}; known: {', '.join(KINDS)}")
+    g = np.where(gt > 128, 255, 0).astype(np.uint8)
+    if kind == "identity":
+        return g
+    if kind.startswith("lowres"):
+        return _lowres(g, int(kind[len("lowres"):]))
+    return _perturbed(g, _rng(key, kind, seed))
+
+
+def _area_change(mask: np.ndarray, gt: np.ndarray) -> float:
+    from pipeline.metrics import binarize, resize_to
+
+    truth = int(np.count_nonzero(binarize(gt)))
+    pred = int(np.count_nonzero(binarize(resize_to(mask, gt.shape))))
+    return (pred - truth) / truth if truth else 0.0
+
+
+def _summary(rows: list[dict[str, Any]], which: str) -> dict[str, float | None]:
+    from pipeline.metrics import aggregate_metrics
+
+    agg = aggregate_metrics([r[which] for r in rows])
+    pct = (lambda v: None if v is None else 100 * v)
+    return {"iou": pct(agg["dataset_iou"]), "mba": pct(agg["mean_mba"]), "biou": pct(agg["mean_biou"]),
+            "area": 100 * float(np.mean([r[which]["area_change"] for r in rows])) if rows else None}
+
+
+def evaluate(model, refs: Sequence[Any], kinds: Sequence[str] = KINDS, options=None, seed: int = 0,
+             log: bool = True) -> dict[str, Any]:
+    """Refine every sample of ``refs`` once per coarse kind. The refs' *mask* file is the truth
+    (``list_samples(uri, "prefix", mask_suffix="_gt.png")``), resized to the image if it differs.
+
+    Returns {"n", "kinds": {kind: {"coarse": summary, "refined": summary, "worse": percent,
+    "seconds": float}}, "per_image": [...]} where a summary is {"iou", "mba", "biou", "area"}.
+    """
+    from pipeline.io import load_sample
+    from pipeline.metrics import image_metrics
+    from pipeline.refine import RefineOptions, prepare_model, refine
+
+    options = options or RefineOptions()
+    model = prepare_model(model.eval(), options)
+    per_kind: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+    seconds = dict.fromkeys(kinds, 0.0)
+    for ref in refs:
+        s = load_sample(ref, load_gt=False)
+        truth = s.coarse
+        for kind in kinds:
+            coarse = make_coarse(truth, kind, s.key, seed)
+            t = time.perf_counter()
+            prob = refine(model, s.image, coarse, options=options)
+            seconds[kind] += time.perf_counter() - t
+            row = {"key": s.key, "kind": kind, "size": list(truth.shape)}
+            for name, mask in (("coarse", coarse), ("refined", prob)):
+                row[name] = image_metrics(mask, truth)
+                row[name]["area_change"] = _area_change(mask, truth)
+            per_kind[kind].append(row)
+            if log:
+                c, r = row["coarse"], row["refined"]
+                print(f"[quality] {s.key} {kind:<9} iou {100 * (c['iou'] or 0):6.2f} -> {100 * (r['iou'] or 0):6.2f}"
+                      f"  mba {100 * (c['mba'] or 0):6.2f} -> {100 * (r['mba'] or 0):6.2f}", flush=True)
+    out: dict[str, Any] = {"n": len(refs), "kinds": {}, "per_image": [r for k in kinds for r in per_kind[k]]}
+    for kind in kinds:
+        rows = per_kind[kind]
+        scored = [r for r in rows if r["coarse"]["mba"] is not None and r["refined"]["mba"] is not None]
+        worse = sum(r["refined"]["mba"] < r["coarse"]["mba"] for r in scored)
+        out["kinds"][kind] = {"coarse": _summary(rows, "coarse"), "refined": _summary(rows, "refined"),
+                              "worse": 100 * worse / len(scored) if scored else None,
+                              "seconds": seconds[kind]}
+    return out
+
+
+def _f(v: float | None, fmt: str = ".2f") -> str:
+    return "n/a" if v is None else format(v, fmt)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Markdown table, one row per coarse kind: coarse -> refined for each metric (percent)."""
+    lines = ["| coarse kind | n | dataset IoU | mean mBA | mean Boundary IoU | images worse (mBA) "
+             "| area change vs truth | refine s/image |",
+             "|---|---|---|---|---|---|---|---|"]
+    for kind, k in result["kinds"].items():
+        c, r = k["coarse"], k["refined"]
+        n = result["n"]
+        cells = [f"{_f(c[m])} -> {_f(r[m])} ({_f(None if c[m] is None or r[m] is None else r[m] - c[m], '+.2f')})"
+                 for m in ("iou", "mba", "biou")]
+        area = f"{_f(c['area'], '+.2f')}% -> {_f(r['area'], '+.2f')}%"
+        lines.append(f"| {kind} | {n} | " + " | ".join(cells) + f" | {_f(k['worse'], '.0f')}% | {area} "
+                     f"| {k['seconds'] / max(1, n):.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="samsr benchmark quality", description=__doc__.split("\n")[0],
+                                 epilog="Coarse kinds: " + ", ".join(KINDS))
+    ap.add_argument("--data", action="append", required=True, metavar="URI",
+                    help="prefix-layout set with _im/_gt files (repeatable; any fsspec URI)")
+    ap.add_argument("--model", default="crm_mnv2", help="registry model (default crm_mnv2)")
+    ap.add_argument("--weights", default="pipeline/weights/crm_mnv2.pt", help="weights (path/URL)")
+    ap.add_argument("--scales", default="1.0", help="cascade scales, comma-separated (default 1.0)")
+    ap.add_argument("--decode", default="full", help="decode mode: full, strided, bbox, contour")
+    ap.add_argument("--align", type=int, default=8, help="RefineOptions.align (default 8; 1 = official)")
+    ap.add_argument("--kinds", default=",".join(KINDS), help=f"coarse kinds (default {','.join(KINDS)})")
+    ap.add_argument("--limit", type=int, default=None, help="at most this many samples per --data")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the perturbed kind")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--json", default=None, help="also write the full result (per image) here")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from pipeline.io import list_samples
+    from pipeline.models import build_model
+    from pipeline.refine import RefineOptions
+
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        ap.error(f"--kinds: unknown {bad[0]!r}; known: {', '.join(KINDS)}")
+    options = RefineOptions(scales=tuple(float(v) for v in args.scales.split(",")), decode=args.decode,
+                            align=args.align)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # the coarse masks are made from the truth, so any _seg files are not needed (nor read)
+    refs = [r for uri in args.data for r in list_samples(uri, "prefix", mask_suffix="_gt.png")[: args.limit]]
+    if not refs:
+        ap.error(f"no samples found in {args.data}")
+    model = build_model(args.model, checkpoint=args.weights)
+    t0 = time.time()
+    result = evaluate(model, refs, kinds, options, args.seed)
+    result.update({"model": args.model, "weights": args.weights, "scales": list(options.scales),
+                   "decode": options.decode, "align": options.align, "data": args.data,
+                   "wall_s": time.time() - t0})
+    print(f"\nmodel {args.model} weights {args.weights} scales {list(options.scales)} decode {options.decode} "
+          f"align {options.align}; {result['n']} images from {', '.join(args.data)}")
+    print(format_table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

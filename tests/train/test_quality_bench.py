@@ -1,0 +1,77 @@
+"""`samsr benchmark quality`: coarse kinds pinned to their definitions, and the table's numbers equal
+pipeline.metrics on the same masks (run end to end through the CLI at a tiny size)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from jobs.cli import main as cli_main
+from pipeline.bench.quality import KINDS, make_coarse
+from pipeline.metrics import dataset_iou, image_metrics
+from pipeline.models import build_model, save_checkpoint
+from pipeline.train.composites import make_composite
+from pipeline.train.perturb import mask_iou
+
+
+def _disc(h: int = 400, w: int = 600) -> np.ndarray:
+    gt = np.zeros((h, w), np.uint8)
+    cv2.circle(gt, (w // 2, h // 2), min(h, w) // 3, 255, -1)
+    cv2.rectangle(gt, (40, 40), (140, 90), 255, -1)
+    return gt
+
+
+def test_coarse_kinds_follow_their_definitions() -> None:
+    gt = _disc()
+    assert np.array_equal(make_coarse(gt, "identity", "k"), gt)
+    for f in (8, 16):
+        small = cv2.resize(gt, (round(600 / f), round(400 / f)), interpolation=cv2.INTER_AREA)
+        want = np.where(cv2.resize(small, (600, 400), interpolation=cv2.INTER_LINEAR) > 128, 255, 0)
+        assert np.array_equal(make_coarse(gt, f"lowres{f}", "k"), want)
+    p1, p2 = make_coarse(gt, "perturbed", "k"), make_coarse(gt, "perturbed", "k")
+    assert np.array_equal(p1, p2), "seeded per key"
+    assert not np.array_equal(p1, make_coarse(gt, "perturbed", "other"))
+    assert 0.70 <= mask_iou(p1, gt) <= 0.92
+    with pytest.raises(ValueError, match="unknown coarse kind 'lowres'"):
+        make_coarse(gt, "lowres", "k")
+
+
+def test_quality_benchmark_end_to_end(tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(3)
+    a = cv2.GaussianBlur(rng.integers(0, 255, (200, 260, 3), dtype=np.uint8), (0, 0), 4)
+    b = np.full((200, 260, 3), (40, 90, 200), np.uint8)
+    data = tmp_path / "data"
+    data.mkdir()
+    gts = []
+    for i in range(2):
+        c = make_composite(np.random.default_rng(10 + i), a, b, 72, 96, kind="blob")
+        cv2.imwrite(str(data / f"h{i}_im.png"), c.image[..., ::-1])
+        cv2.imwrite(str(data / f"h{i}_gt.png"), c.gt)
+        gts.append(np.where(c.gt > 128, 255, 0).astype(np.uint8))
+    torch.manual_seed(0)
+    weights = tmp_path / "w.pt"
+    save_checkpoint(build_model("crm_mnv2"), str(weights))
+    out = tmp_path / "q.json"
+    code = cli_main(["benchmark", "quality", "--data", str(data), "--weights", str(weights), "--scales", "0.5,1",
+                     "--kinds", "lowres8,identity", "--json", str(out), "--threads", "1"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| lowres8 | 2 |" in printed and "| identity | 2 |" in printed
+    result = json.loads(out.read_text())
+    assert set(result["kinds"]) == {"lowres8", "identity"} and result["n"] == 2
+    coarse = [image_metrics(make_coarse(g, "lowres8", f"h{i}"), g) for i, g in enumerate(gts)]
+    got = result["kinds"]["lowres8"]["coarse"]
+    assert got["iou"] == pytest.approx(100 * dataset_iou([m["intersection"] for m in coarse],
+                                                         [m["union"] for m in coarse]))
+    assert got["mba"] == pytest.approx(100 * np.mean([m["mba"] for m in coarse]))
+    ident = result["kinds"]["identity"]["coarse"]
+    assert ident["iou"] == pytest.approx(100) and ident["mba"] == pytest.approx(100) and ident["area"] == 0
+    rows = [r for r in result["per_image"] if r["kind"] == "identity"]
+    worse = sum(r["refined"]["mba"] < r["coarse"]["mba"] for r in rows)
+    assert result["kinds"]["identity"]["worse"] == pytest.approx(100 * worse / 2)
+    assert KINDS == ("lowres8", "lowres16", "perturbed", "identity")
