@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--p-lowres", type=float, default=0.3,
                    help="probability of the 4-16x low-resolution degradation of a perturbed coarse mask")
     o.add_argument("--p-annotation", type=float, default=0.35,
-                   help="share of coarse masks that are low-resolution annotations (truth down/upsampled 4-16x)")
+                   help="share of coarse masks that are low-resolution annotations "
+                   "(truth down/upsampled 4-16x)")
     o.add_argument("--p-identity", type=float, default=0.1,
                    help="share of coarse masks that are the truth or nearly (IoU >= 0.97)")
     o.add_argument("--weight-decay", type=float, default=1e-4, help="Adam weight decay (CRM: 1e-4)")
@@ -120,7 +121,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         lr=args.lr, lr_milestones=milestones, lr_gamma=args.lr_gamma,
         loss_weights=LossWeights.parse(args.loss_weights), crop=args.crop, patch=args.patch,
         patches=args.patches, p_lowres=args.p_lowres,
-        p_annotation=args.p_annotation, p_identity=args.p_identity, weight_decay=args.weight_decay, input_scale_range=(args.input_scale_min, 1.0),
+        p_annotation=args.p_annotation, p_identity=args.p_identity, weight_decay=args.weight_decay,
+        input_scale_range=(args.input_scale_min, 1.0),
         p_input_scale=args.p_input_scale, log_every=args.log_every, ckpt_every=args.ckpt_every,
         keep_checkpoints=args.keep_checkpoints, seed=args.seed, loader_workers=args.loader_workers,
         threads=args.threads, use_gpu=args.use_gpu, export=args.export, fresh_init=not args.no_fresh_init,

@@ -1,6 +1,6 @@
 """`samsr benchmark quality`: does refinement make masks better, on held-out data, per coarse kind?
 
-    samsr benchmark quality --data /work/cache/demo_data/holdout --data /work/cache/demo_data/holdout_regions \\
+    samsr benchmark quality --data DATA/holdout --data DATA/holdout_regions \\
         --model crm_mnv2 --weights pipeline/weights/crm_mnv2.pt --scales 1.0 --align 8
 
 The data is any prefix-layout set with ground truth (``NAME_im`` / ``NAME_gt``; its ``_seg`` masks
@@ -45,7 +45,8 @@ def _rng(key: str, kind: str, seed: int) -> np.random.Generator:
 
 def _lowres(gt: np.ndarray, factor: int) -> np.ndarray:
     h, w = gt.shape
-    small = cv2.resize(gt, (max(1, round(w / factor)), max(1, round(h / factor))), interpolation=cv2.INTER_AREA)
+    size = (max(1, round(w / factor)), max(1, round(h / factor)))
+    small = cv2.resize(gt, size, interpolation=cv2.INTER_AREA)
     up = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
     return np.where(up > 128, 255, 0).astype(np.uint8)
 
@@ -93,7 +94,10 @@ def _summary(rows: list[dict[str, Any]], which: str) -> dict[str, float | None]:
     from pipeline.metrics import aggregate_metrics
 
     agg = aggregate_metrics([r[which] for r in rows])
-    pct = (lambda v: None if v is None else 100 * v)
+
+    def pct(v: float | None) -> float | None:
+        return None if v is None else 100 * v
+
     return {"iou": pct(agg["dataset_iou"]), "mba": pct(agg["mean_mba"]), "biou": pct(agg["mean_biou"]),
             "area": 100 * float(np.mean([r[which]["area_change"] for r in rows])) if rows else None}
 
@@ -129,7 +133,8 @@ def evaluate(model, refs: Sequence[Any], kinds: Sequence[str] = KINDS, options=N
             per_kind[kind].append(row)
             if log:
                 c, r = row["coarse"], row["refined"]
-                print(f"[quality] {s.key} {kind:<9} iou {100 * (c['iou'] or 0):6.2f} -> {100 * (r['iou'] or 0):6.2f}"
+                print(f"[quality] {s.key} {kind:<9} "
+                      f"iou {100 * (c['iou'] or 0):6.2f} -> {100 * (r['iou'] or 0):6.2f}"
                       f"  mba {100 * (c['mba'] or 0):6.2f} -> {100 * (r['mba'] or 0):6.2f}", flush=True)
     out: dict[str, Any] = {"n": len(refs), "kinds": {}, "per_image": [r for k in kinds for r in per_kind[k]]}
     for kind in kinds:
@@ -154,8 +159,8 @@ def format_table(result: dict[str, Any]) -> str:
     for kind, k in result["kinds"].items():
         c, r = k["coarse"], k["refined"]
         n = result["n"]
-        cells = [f"{_f(c[m])} -> {_f(r[m])} ({_f(None if c[m] is None or r[m] is None else r[m] - c[m], '+.2f')})"
-                 for m in ("iou", "mba", "biou")]
+        gain = {m: None if c[m] is None or r[m] is None else r[m] - c[m] for m in ("iou", "mba", "biou")}
+        cells = [f"{_f(c[m])} -> {_f(r[m])} ({_f(gain[m], '+.2f')})" for m in ("iou", "mba", "biou")]
         area = f"{_f(c['area'], '+.2f')}% -> {_f(r['area'], '+.2f')}%"
         lines.append(f"| {kind} | {n} | " + " | ".join(cells) + f" | {_f(k['worse'], '.0f')}% | {area} "
                      f"| {k['seconds'] / max(1, n):.1f} |")
@@ -203,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result.update({"model": args.model, "weights": args.weights, "scales": list(options.scales),
                    "decode": options.decode, "align": options.align, "data": args.data,
                    "wall_s": time.time() - t0})
-    print(f"\nmodel {args.model} weights {args.weights} scales {list(options.scales)} decode {options.decode} "
+    print(f"\nmodel {args.model} weights {args.weights} scales {list(options.scales)} "
+          f"decode {options.decode} "
           f"align {options.align}; {result['n']} images from {', '.join(args.data)}")
     print(format_table(result))
     if args.json:

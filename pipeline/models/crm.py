@@ -232,7 +232,8 @@ class CRMNet(nn.Module):
         if not self.mask_prior:
             return logits
         if prior is None:
-            raise ValueError(f"this model adds the incoming mask to its output (mask_prior={self.mask_prior}): "
+            raise ValueError("this model adds the incoming mask to its output "
+                             f"(mask_prior={self.mask_prior}): "
                              "pass prior, the mask in [-1, 1] at the queries")
         return logits + self.mask_prior * prior
 

@@ -50,7 +50,8 @@ def _build_mnv2(in_channels: int, pretrained_backbone: bool) -> CRMNet:
     encoder = MobileNetV2Encoder(in_channels)
     if pretrained_backbone:
         encoder.load_state_dict(imagenet_mnv2_state_dict(encoder), strict=True)
-    return CRMNet(encoder, Fusion(MobileNetV2Encoder.out_channels, (16, 16, 32), 64), mask_prior=MNV2_MASK_PRIOR)
+    fusion = Fusion(MobileNetV2Encoder.out_channels, (16, 16, 32), 64)
+    return CRMNet(encoder, fusion, mask_prior=MNV2_MASK_PRIOR)
 
 
 def expand_stem(state_dict: dict[str, Tensor], stem_key: str, in_channels: int) -> dict[str, Tensor]:

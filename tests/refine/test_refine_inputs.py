@@ -110,7 +110,8 @@ def test_align_pads_to_multiples_and_is_a_no_op_when_sizes_already_align(random_
             prob = refine(random_mnv2, image, coarse, options=opts)
             assert prob.shape == (41, 57) and np.isfinite(prob).all()
             if decode == "full":
-                ref = refine(random_mnv2, image, coarse, options=RefineOptions.official(scales=(0.25, 1.0), align=8))
+                official = RefineOptions.official(scales=(0.25, 1.0), align=8)
+                ref = refine(random_mnv2, image, coarse, options=official)
                 np.testing.assert_allclose(prob, ref, atol=1e-4)
     with pytest.raises(ValueError, match="align"):
         RefineOptions(align=0)

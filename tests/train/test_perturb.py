@@ -48,7 +48,8 @@ def test_synth_coarse_covers_identity_annotations_and_perturbations() -> None:
     """The training mix spans the whole IoU range, near-perfect masks included (the shipped model
     must learn to leave a good mask alone, e.g. a low-resolution annotation at IoU ~0.99)."""
     gts = [_gt(s, ("blob", "holes", "glyph", "branches")[s % 4]) for s in range(8)]
-    ident = [mask_iou(synth_coarse(g, np.random.default_rng(s), p_identity=1.0), g) for s, g in enumerate(gts)]
+    ident = [mask_iou(synth_coarse(g, np.random.default_rng(s), p_identity=1.0), g)
+             for s, g in enumerate(gts)]
     assert min(ident) >= 0.9 and max(ident) == 1.0 and np.median(ident) > 0.98
     for s, g in enumerate(gts):
         c = synth_coarse(g, np.random.default_rng(50 + s), p_identity=0.0, p_annotation=1.0)

@@ -57,7 +57,8 @@ def test_quality_benchmark_end_to_end(tmp_path: Path, capsys) -> None:
     weights = tmp_path / "w.pt"
     save_checkpoint(build_model("crm_mnv2"), str(weights))
     out = tmp_path / "q.json"
-    code = cli_main(["benchmark", "quality", "--data", str(data), "--weights", str(weights), "--scales", "0.5,1",
+    code = cli_main(["benchmark", "quality", "--data", str(data), "--weights", str(weights),
+                     "--scales", "0.5,1",
                      "--kinds", "lowres8,identity", "--json", str(out), "--threads", "1"])
     assert code == 0
     printed = capsys.readouterr().out
