@@ -15,7 +15,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["segment_labels", "segment_graph", "grow_region", "region_masks"]
+__all__ = ["segment_labels", "segment_graph", "grow_region", "region_masks", "boundary_contrast"]
 
 
 def segment_labels(image: np.ndarray, scale: float, sigma: float = 0.8, min_size: int = 64) -> np.ndarray:
@@ -87,15 +87,21 @@ def _clean(mask: np.ndarray, min_hole: int) -> np.ndarray:
     return keep | small[holes]
 
 
+MIN_CONTRAST = 2.5
+
+
 def region_masks(image: np.ndarray, rng: np.random.Generator, count: int = 1,
-                 area_range: tuple[float, float] = (0.03, 0.35), tries: int = 8) -> list[np.ndarray]:
+                 area_range: tuple[float, float] = (0.03, 0.35), tries: int = 8,
+                 min_contrast: float = MIN_CONTRAST) -> list[np.ndarray]:
     """Up to ``count`` object-sized regions of ``image`` ((H, W, 3) uint8 RGB), each an (H, W)
     uint8 {0, 255} truth, from one segmentation.
 
     Felzenszwalb scale U(150, 700) (x sqrt(image size / 1 Mpx), so segments are comparable
     across sizes), min segment size 0.02% of the image; each region's target area is
     U(area_range) of the image. Holes below 0.2% of the image are filled and only the largest
-    component is kept; a region outside 0.5x-2x of its target area is redrawn (``tries`` seeds).
+    component is kept; a region outside 0.5x-2x of its target area, or whose boundary does not
+    lie on strong edges (:func:`boundary_contrast` < ``min_contrast``: a cut through texture or a
+    smooth gradient, whose "truth" no refiner could find), is redrawn (``tries`` seeds each).
     """
     h, w = image.shape[:2]
     npx = h * w
@@ -114,5 +120,25 @@ def region_masks(image: np.ndarray, rng: np.random.Generator, count: int = 1,
         mask = _clean(np.isin(labels, region), max(16, int(npx * 2e-3)))
         got = float(mask.sum())
         if 0.5 * target <= got <= 2.0 * target and got < 0.9 * npx:
-            out.append(np.where(mask, 255, 0).astype(np.uint8))
+            m = np.where(mask, 255, 0).astype(np.uint8)
+            if boundary_contrast(image, m) >= min_contrast:
+                out.append(m)
     return out
+
+
+def boundary_contrast(image: np.ndarray, mask: np.ndarray) -> float:
+    """How much the boundary of ``mask`` ((H, W) uint8) lies on strong edges of ``image`` (RGB):
+    the mean colour-gradient magnitude (CIELAB, Sobel after a 3 x 3 blur) on the mask's boundary
+    pixels over its mean on the whole image. ~1 for a cut through texture; >> 1 on object edges.
+    """
+    lab = cv2.cvtColor(cv2.GaussianBlur(image, (3, 3), 0), cv2.COLOR_RGB2LAB).astype(np.float32)
+    grad = np.zeros(mask.shape, np.float32)
+    for c in range(3):
+        gx = cv2.Sobel(lab[..., c], cv2.CV_32F, 1, 0, ksize=3)
+        gy = cv2.Sobel(lab[..., c], cv2.CV_32F, 0, 1, ksize=3)
+        grad += gx * gx + gy * gy
+    grad = np.sqrt(grad)
+    edge = cv2.morphologyEx((mask > 128).astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+    if not edge.any():
+        return 0.0
+    return float(grad[edge].mean() / max(float(grad.mean()), 1e-6))
