@@ -135,3 +135,18 @@ def test_jobs_run_as_python_m(module):
     )
     assert r.returncode == 0, r.stderr
     assert "usage:" in r.stdout
+
+
+def test_benchmark_exit_code_when_a_benchmark_returns_its_result(monkeypatch):
+    """A benchmark main() may return its result (a dict): the command still exits 0, not a TypeError."""
+    import types
+
+    import jobs.benchmark as bench
+
+    fake = types.ModuleType("fake_bench")
+    fake.main = lambda argv: {"rows": [1, 2]}
+    monkeypatch.setitem(sys.modules, "fake_bench", fake)
+    monkeypatch.setitem(bench.BENCHMARKS, "fake", ("fake_bench", "returns a dict"))
+    assert bench.main(["fake"]) == 0
+    fake.main = lambda argv: 3
+    assert bench.main(["fake"]) == 3
