@@ -78,7 +78,7 @@ def test_kill_mid_run_then_resume(tiny_data: Path, tmp_path: Path) -> None:
            "--checkpoint-dir", str(ckpt), *TINY]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 600  # a loaded machine: the loop ends as soon as 2 checkpoints exist
         while time.time() < deadline and len(list_checkpoints(str(ckpt))) < 2:
             time.sleep(0.2)
     finally:
