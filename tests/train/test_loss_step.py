@@ -147,8 +147,6 @@ def test_training_forward_equals_refine_on_the_same_crop() -> None:
     for _ in range(5):  # a decoder that is not zero any more
         train_step(model, opt, batch)
     model.eval()
-    with torch.no_grad():
-        train_prob = torch.sigmoid(forward_crops(model, batch))[0, 0].numpy()
     image = np.rint(batch["image"][0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
     coarse = np.rint(batch["coarse"][0, 0].numpy() * 255).astype(np.uint8)
     b = {"image": torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255,
