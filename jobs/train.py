@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--dropout", type=float, default=0.0,
                    help="fusion dropout while training (default 0; CRM's own 0.5 kept the short CPU runs "
                    "at a constant output, see MODEL_CARD); negative: keep the model's")
+    o.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                   help="train for about this long: after 50 timed steps the run's length becomes what fits "
+                   "(at most --steps) and the lr milestones are scaled with it")
     o.add_argument("--seed", type=int, default=0)
     r = ap.add_argument_group("run")
     r.add_argument("--checkpoint-dir", required=True, metavar="URI", help="checkpoints + log (fsspec URL)")
@@ -93,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--use-gpu", action="store_true", help="one GPU per worker, nccl backend")
     r.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: Ray's default)")
     r.add_argument("--loader-workers", type=int, default=0, help="DataLoader worker processes per worker")
+    r.add_argument("--epoch-repeats", type=int, default=1,
+                   help="each epoch visits every sample this many times, with other crops (fewer loader "
+                   "restarts on small datasets; default 1)")
     r.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
     r.add_argument("--no-ray", action="store_true", help="run the loop in this process (no Ray Train)")
     s = ap.add_argument_group("SAM colour maps (SAM-SR-v2.1 models)")
@@ -126,7 +132,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         p_input_scale=args.p_input_scale, log_every=args.log_every, ckpt_every=args.ckpt_every,
         keep_checkpoints=args.keep_checkpoints, seed=args.seed, loader_workers=args.loader_workers,
         threads=args.threads, use_gpu=args.use_gpu, export=args.export, fresh_init=not args.no_fresh_init,
-        dropout=None if args.dropout < 0 else args.dropout)
+        dropout=None if args.dropout < 0 else args.dropout,
+        epoch_repeats=args.epoch_repeats, time_budget_s=None if args.time_budget is None else 60.0 * args.time_budget)
 
 
 def build_source(args: argparse.Namespace):

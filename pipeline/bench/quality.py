@@ -102,10 +102,22 @@ def _summary(rows: list[dict[str, Any]], which: str) -> dict[str, float | None]:
             "area": 100 * float(np.mean([r[which]["area_change"] for r in rows])) if rows else None}
 
 
+def _shrink(image: np.ndarray, truth: np.ndarray, max_side: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Image (area interpolation) and truth (area, then > 128) with long side <= max_side."""
+    s = 1.0 if not max_side else max_side / max(image.shape[:2])
+    if s >= 1:
+        return image, truth
+    size = (max(1, round(image.shape[1] * s)), max(1, round(image.shape[0] * s)))
+    small = cv2.resize(truth, size, interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), np.where(small > 128, 255, 0).astype(np.uint8)
+
+
 def evaluate(model, refs: Sequence[Any], kinds: Sequence[str] = KINDS, options=None, seed: int = 0,
-             log: bool = True) -> dict[str, Any]:
+             log: bool = True, device: str = "cpu", max_side: int | None = None) -> dict[str, Any]:
     """Refine every sample of ``refs`` once per coarse kind. The refs' *mask* file is the truth
     (``list_samples(uri, "prefix", mask_suffix="_gt.png")``), resized to the image if it differs.
+    ``max_side`` first shrinks image and truth to that long side (photographs of everyday size);
+    the model runs on ``device``.
 
     Returns {"n", "kinds": {kind: {"coarse": summary, "refined": summary, "worse": percent,
     "seconds": float}}, "per_image": [...]} where a summary is {"iou", "mba", "biou", "area"}.
@@ -115,16 +127,16 @@ def evaluate(model, refs: Sequence[Any], kinds: Sequence[str] = KINDS, options=N
     from pipeline.refine import RefineOptions, prepare_model, refine
 
     options = options or RefineOptions()
-    model = prepare_model(model.eval(), options)
+    model = prepare_model(model.eval(), options).to(device)
     per_kind: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     seconds = dict.fromkeys(kinds, 0.0)
     for ref in refs:
         s = load_sample(ref, load_gt=False)
-        truth = s.coarse
+        image, truth = _shrink(s.image, s.coarse, max_side)
         for kind in kinds:
             coarse = make_coarse(truth, kind, s.key, seed)
             t = time.perf_counter()
-            prob = refine(model, s.image, coarse, options=options)
+            prob = refine(model, image, coarse, options=options, device=device)  # numpy: synchronised
             seconds[kind] += time.perf_counter() - t
             row = {"key": s.key, "kind": kind, "size": list(truth.shape)}
             for name, mask in (("coarse", coarse), ("refined", prob)):
@@ -179,6 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--align", type=int, default=8, help="RefineOptions.align (default 8; 1 = official)")
     ap.add_argument("--kinds", default=",".join(KINDS), help=f"coarse kinds (default {','.join(KINDS)})")
     ap.add_argument("--limit", type=int, default=None, help="at most this many samples per --data")
+    ap.add_argument("--max-side", type=int, default=None,
+                    help="shrink each image and truth to this long side first (default: as stored)")
+    ap.add_argument("--device", default="cpu", help="torch device: cpu or cuda[:N] (default cpu)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the perturbed kind")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--json", default=None, help="also write the full result (per image) here")
@@ -204,13 +219,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error(f"no samples found in {args.data}")
     model = build_model(args.model, checkpoint=args.weights)
     t0 = time.time()
-    result = evaluate(model, refs, kinds, options, args.seed)
-    result.update({"model": args.model, "weights": args.weights, "scales": list(options.scales),
+    result = evaluate(model, refs, kinds, options, args.seed, device=args.device, max_side=args.max_side)
+    result.update({"max_side": args.max_side, "device": args.device, "model": args.model, "weights": args.weights, "scales": list(options.scales),
                    "decode": options.decode, "align": options.align, "data": args.data,
                    "wall_s": time.time() - t0})
     print(f"\nmodel {args.model} weights {args.weights} scales {list(options.scales)} "
           f"decode {options.decode} "
-          f"align {options.align}; {result['n']} images from {', '.join(args.data)}")
+          f"align {options.align}; {result['n']} images from {', '.join(args.data)}"
+          + (f", long side <= {args.max_side}" if args.max_side else ""))
     print(format_table(result))
     if args.json:
         with open(args.json, "w") as f:

@@ -14,6 +14,7 @@ from .decode import (
     Sample,
     decode_image,
     decode_mask,
+    load_image_gt,
     load_sample,
     resize_mask,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "list_samples",
     "list_shards",
     "load_sample",
+    "load_image_gt",
     "manifest_dir",
     "mask_uri",
     "open_fs",

@@ -46,6 +46,7 @@ from .layouts import SampleRef
 __all__ = [
     "Sample",
     "load_sample",
+    "load_image_gt",
     "decode_image",
     "decode_mask",
     "resize_mask",
@@ -251,3 +252,21 @@ def load_sample(
                 key, "gt_size_mismatch", f"gt {gt.shape[1]}x{gt.shape[0]} differs from image {W}x{H}"
             )
     return Sample(key=key, image=image, coarse=coarse, coarse_size=(h, w), gt=gt, ref=ref)
+
+
+def load_image_gt(ref: SampleRef, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
+    """Image (H, W, 3) uint8 RGB and ground truth (H, W) uint8 of a sample, for training: a
+    coarse mask is neither needed nor read. Raises SampleError like :func:`load_sample`
+    (``missing_gt`` when the sample has none, ``gt_size_mismatch`` when it differs from the image)."""
+    key = ref.key
+    safe_key(key)
+    if ref.problem and ref.problem != "missing_mask":
+        raise SampleError(key, ref.problem, ref.problem_message or ref.problem)
+    if ref.gt_uri is None:
+        raise SampleError(key, "missing_gt", "no ground truth for this sample")
+    image = decode_image(_read(ref, "image"), key=key, max_pixels=max_pixels)
+    gt = decode_mask(_read(ref, "gt"), key=key, what="gt", max_pixels=max_pixels)
+    if gt.shape != image.shape[:2]:
+        raise SampleError(key, "gt_size_mismatch",
+                          f"gt {gt.shape[1]}x{gt.shape[0]} differs from image {image.shape[1]}x{image.shape[0]}")
+    return image, gt

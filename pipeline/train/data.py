@@ -53,7 +53,8 @@ def load_photo(uri: str, max_side: int) -> np.ndarray:
 class LayoutSource:
     """Samples with ground truth from a pipeline input layout.
 
-    get(i) -> (key, image (H, W, 3) uint8, gt (H, W) uint8). Raises ValueError naming the
+    get(i) -> (key, image (H, W, 3) uint8, gt (H, W) uint8). Only image + ground truth are
+    needed (a coarse mask, if the layout has one, is not read). Raises ValueError naming the
     sample when it has no ground truth.
     """
 
@@ -74,12 +75,10 @@ class LayoutSource:
         return len(self.refs)
 
     def get(self, i: int) -> tuple[str, np.ndarray, np.ndarray]:
-        from pipeline.io import load_sample
+        from pipeline.io import load_image_gt
 
-        s = load_sample(self.refs[i], max_pixels=self.max_pixels)
-        if s.gt is None:
-            raise ValueError(f"sample {s.key!r}: no ground truth")
-        return s.key, s.image, s.gt
+        image, gt = load_image_gt(self.refs[i], max_pixels=self.max_pixels)
+        return self.refs[i].key, image, gt
 
 
 class CompositeSource:

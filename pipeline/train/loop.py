@@ -27,7 +27,7 @@ from pipeline.train.fastconv import use_space_to_batch
 from pipeline.train.loss import LossWeights
 from pipeline.train.step import train_step
 
-__all__ = ["TrainConfig", "train_loop", "init_from_checkpoint", "init_for_training", "lr_milestones"]
+__all__ = ["TrainConfig", "train_loop", "init_from_checkpoint", "init_for_training", "lr_milestones", "fit_steps"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,9 @@ class TrainConfig:
     fresh_init: bool = True  # from-ImageNet start: orthogonal mask/SAM stem channels, Kaiming decoder MLP
     dropout: float | None = 0.0  # training dropout of the fusion (None: the model's own, 0.5 in CRM)
     export: str | None = None  # final weights (official key naming) written here by rank 0
+    time_budget_s: float | None = None  # stop after this long; steps and lr milestones shrink to fit (see fit_steps)
+    epoch_repeats: int = 1  # an epoch visits every sample this often (other crops): fewer loader restarts
+    calibration_steps: int = 50  # steps timed before the budget fixes the run's length
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.crop < 32:
@@ -75,6 +78,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: lr must be > 0, got {self.lr}")
         if self.log_every < 1 or self.ckpt_every < 1:
             raise ValueError("TrainConfig: log_every and ckpt_every must be >= 1")
+        if self.epoch_repeats < 1:
+            raise ValueError(f"TrainConfig: epoch_repeats must be >= 1, got {self.epoch_repeats}")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise ValueError(f"TrainConfig: time_budget_s must be > 0, got {self.time_budget_s}")
 
 
 def lr_milestones(cfg: TrainConfig) -> list[int]:
@@ -82,6 +89,19 @@ def lr_milestones(cfg: TrainConfig) -> list[int]:
     if cfg.lr_milestones is not None:
         return sorted(int(m) for m in cfg.lr_milestones)
     return [max(1, cfg.steps // 2), max(2, cfg.steps * 5 // 6)]
+
+
+def fit_steps(cfg: TrainConfig, step: int, seconds_left: float, s_per_step: float) -> tuple[int, list[int]]:
+    """The run's length under a time budget: (steps, lr milestones).
+
+    From ``step``, with ``seconds_left`` and the measured ``s_per_step``, the run ends at
+    min(cfg.steps, step + what fits in 97% of the time left); the milestones of
+    :func:`lr_milestones` are scaled by steps / cfg.steps, so the decay keeps its place in the run.
+    """
+    fits = step + int(0.97 * max(0.0, seconds_left) / max(s_per_step, 1e-9))
+    steps = max(step + 1, min(cfg.steps, fits))
+    scale = steps / cfg.steps
+    return steps, sorted({max(1, int(m * scale)) for m in lr_milestones(cfg)})
 
 
 def init_from_checkpoint(model: nn.Module, state: dict[str, torch.Tensor],
@@ -176,20 +196,27 @@ def train_loop(config: dict[str, Any]) -> None:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed + rank)
-    device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
+    if cfg.use_gpu and not torch.cuda.is_available():
+        raise RuntimeError("TrainConfig.use_gpu: no CUDA device is visible to this worker")
+    device = torch.device("cuda", torch.cuda.current_device()) if cfg.use_gpu else torch.device("cpu")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # training only: the decoder MLP's matmuls
+        torch.backends.cudnn.allow_tf32 = True
+    t_start = time.time()
 
     model = build_model(cfg.model, pretrained_backbone=cfg.pretrained_backbone)
     if cfg.init_checkpoint:
         init_from_checkpoint(model, load_checkpoint(cfg.init_checkpoint), cfg.init_checkpoint)
     elif cfg.fresh_init:
         init_for_training(model, cfg.seed)
-    if cfg.space_to_batch:
+    if cfg.space_to_batch and device.type == "cpu":  # a CPU-only speed-up (same function)
         use_space_to_batch(model)
     if cfg.dropout is not None:
         for m in model.modules():
             if isinstance(m, nn.Dropout):
                 m.p = cfg.dropout
     model.train()
+    model.to(device)  # before the optimizer: its state then lives beside the parameters
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, lr_milestones(cfg), gamma=cfg.lr_gamma)
     step, log = 0, []
@@ -202,7 +229,6 @@ def train_loop(config: dict[str, Any]) -> None:
         scheduler.milestones = Counter(lr_milestones(cfg))  # this run's schedule (steps may have changed)
         if rank == 0:
             _log({"event": "resumed", "step": step, "checkpoint_dir": cfg.checkpoint_dir})
-    model.to(device)
     core = model
     if in_ray:
         import ray.train.torch
@@ -211,24 +237,41 @@ def train_loop(config: dict[str, Any]) -> None:
         core = getattr(model, "module", model)
 
     dataset = CropDataset(config["source"], crop=cfg.crop, seed=cfg.seed, iou_range=cfg.iou_range,
+                          length=len(config["source"]) * cfg.epoch_repeats,
                           p_lowres=cfg.p_lowres, p_annotation=cfg.p_annotation, p_identity=cfg.p_identity,
                           sam_lookup=config.get("sam_lookup"))
     per_epoch = max(1, len(dataset) // (cfg.batch_size * world))
     t0, seen0 = time.time(), step
-    while step < cfg.steps:
+    total = cfg.steps
+    calibrate_at = step + max(2, cfg.calibration_steps) if cfg.time_budget_s else None
+    warm_at, t_warm = step + max(1, cfg.calibration_steps // 5), None  # rate timed after warm-up steps
+    while step < total:
         epoch, skip = divmod(step, per_epoch)
         dataset.set_epoch(epoch)
         sampler = _EpochSampler(len(dataset), cfg.seed, epoch, rank, world, skip * cfg.batch_size)
         loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                            num_workers=cfg.loader_workers)
+                            num_workers=cfg.loader_workers, pin_memory=device.type == "cuda",
+                            prefetch_factor=4 if cfg.loader_workers else None)
         for batch in loader:
-            batch = {k: v.to(device) for k, v in batch.items()}
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             rng = np.random.default_rng([cfg.seed, step, 5])
             scale = float(rng.uniform(*cfg.input_scale_range)) if rng.random() < cfg.p_input_scale else 1.0
             parts = train_step(model, optimizer, batch, cfg.loss_weights, scale, cfg.patch, cfg.patches, rng)
             scheduler.step()
             step += 1
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            if step == warm_at:
+                t_warm = time.time()
+            if step == calibrate_at:
+                rate = (time.time() - t_warm) / (step - warm_at)
+                total, miles = fit_steps(cfg, step, cfg.time_budget_s - (time.time() - t_start), rate)
+                total = _agree(total, device, world)
+                scheduler.milestones = Counter(miles)
+                if rank == 0:
+                    _log({"event": "time_budget", "steps": total, "lr_milestones": miles, "s_per_step": rate})
+            if cfg.time_budget_s and step % cfg.log_every == 0 and step < total:
+                over = time.time() - t_start > cfg.time_budget_s  # the estimate was off: stop here
+                total = _agree(step if over else total, device, world)
+            if step % cfg.log_every == 0 or step == total:
                 rec = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **parts,
                        "s_per_step": (time.time() - t0) / max(1, step - seen0), "time": time.time()}
                 log.append(rec)
@@ -238,16 +281,27 @@ def train_loop(config: dict[str, Any]) -> None:
                     import ray.train
 
                     ray.train.report({k: v for k, v in rec.items() if isinstance(v, (int, float))})
-            if rank == 0 and (step % cfg.ckpt_every == 0 or step == cfg.steps):
+            if rank == 0 and (step % cfg.ckpt_every == 0 or step == total):
                 save_train_state(cfg.checkpoint_dir, {
                     "step": step, "model": core.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "log": log, "config": _plain(cfg)},
                     keep=cfg.keep_checkpoints)
-            if step >= cfg.steps:
+            if step >= total:
                 break
     if rank == 0 and cfg.export:
         save_checkpoint(core, cfg.export)
         _log({"event": "exported", "uri": cfg.export, "step": step})
+
+
+def _agree(value: int, device: torch.device, world: int) -> int:
+    """Rank 0's value on every rank (DDP ranks must stop at the same step)."""
+    if world == 1:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
 
 
 def _plain(cfg: TrainConfig) -> dict[str, Any]:

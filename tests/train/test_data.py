@@ -92,3 +92,24 @@ def test_layout_source_and_crops(tmp_path: Path, photos: list[str]) -> None:
     (data / "extra_seg.png").write_bytes((data / f"{key}_seg.png").read_bytes())
     with pytest.raises(ValueError, match="no ground truth"):
         LayoutSource(str(data))
+
+
+def test_layout_source_needs_only_image_and_truth(tmp_path: Path, photos: list[str]) -> None:
+    """Training sets usually have no coarse masks: image + gt is enough, and bad truth is named."""
+    from pipeline.io import SampleError
+
+    src = CompositeSource(photos, count=2, size_range=(100, 140))
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        key, im, gt = src.get(i)
+        cv2.imwrite(str(data / f"{key}_im.png"), im[..., ::-1])
+        cv2.imwrite(str(data / f"{key}_gt.png"), gt)
+    layout = LayoutSource(str(data))
+    key, im, gt = layout.get(0)
+    assert key == src.get(0)[0]
+    np.testing.assert_array_equal(gt, src.get(0)[2])
+    np.testing.assert_array_equal(im, src.get(0)[1])
+    cv2.imwrite(str(data / f"{key}_gt.png"), gt[:-3])
+    with pytest.raises(SampleError, match=f"gt_size_mismatch.*{key}|{key}.*gt .* differs"):
+        LayoutSource(str(data)).get(0)

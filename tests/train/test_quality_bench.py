@@ -76,3 +76,23 @@ def test_quality_benchmark_end_to_end(tmp_path: Path, capsys) -> None:
     worse = sum(r["refined"]["mba"] < r["coarse"]["mba"] for r in rows)
     assert result["kinds"]["identity"]["worse"] == pytest.approx(100 * worse / 2)
     assert KINDS == ("lowres8", "lowres16", "perturbed", "identity")
+
+
+def test_max_side_shrinks_image_and_truth_together(tmp_path: Path) -> None:
+    from pipeline.bench.quality import evaluate
+    from pipeline.io import list_samples
+
+    rng = np.random.default_rng(4)
+    a = cv2.GaussianBlur(rng.integers(0, 255, (200, 260, 3), dtype=np.uint8), (0, 0), 4)
+    b = np.full((200, 260, 3), (40, 90, 200), np.uint8)
+    c = make_composite(np.random.default_rng(5), a, b, 120, 160, kind="blob")
+    cv2.imwrite(str(tmp_path / "s_im.png"), c.image[..., ::-1])
+    cv2.imwrite(str(tmp_path / "s_gt.png"), c.gt)
+    refs = list_samples(str(tmp_path), "prefix", mask_suffix="_gt.png")
+    torch.manual_seed(0)
+    got = evaluate(build_model("crm_mnv2"), refs, ("identity",), log=False, max_side=80)
+    assert got["per_image"][0]["size"] == [60, 80]
+    small = cv2.resize(c.gt, (80, 60), interpolation=cv2.INTER_AREA)
+    want = np.where(small > 128, 255, 0).astype(np.uint8)
+    assert got["kinds"]["identity"]["coarse"]["iou"] == pytest.approx(100)
+    assert got["per_image"][0]["coarse"]["intersection"] == np.count_nonzero(want)

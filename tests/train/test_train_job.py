@@ -48,7 +48,7 @@ def test_help_lists_the_options() -> None:
     text = build_parser().format_help()
     for flag in ("--data", "--photos", "--checkpoint-dir", "--num-workers", "--init-checkpoint",
                  "--sam-cache",
-                 "--loss-weights", "--lr-milestones", "--no-ray", "--export"):
+                 "--loss-weights", "--lr-milestones", "--no-ray", "--export", "--time-budget", "--epoch-repeats"):
         assert flag in text
 
 
@@ -106,3 +106,38 @@ def test_checkpoint_to_memory_fs() -> None:
     torch.testing.assert_close(got["model"][key], model.state_dict()[key])
     with pytest.raises(ValueError, match="step"):
         save_train_state(uri, {"model": {}})
+
+
+def test_fit_steps_scales_run_and_milestones() -> None:
+    from pipeline.train.loop import TrainConfig, fit_steps
+
+    cfg = TrainConfig(checkpoint_dir="x", steps=1000, lr_milestones=(500, 900))
+    steps, miles = fit_steps(cfg, 50, seconds_left=100.0, s_per_step=0.5)  # 97% of 100 s -> 194 more
+    assert steps == 50 + 194 and miles == [int(500 * 244 / 1000), int(900 * 244 / 1000)]
+    assert fit_steps(cfg, 50, 1e6, 0.5) == (1000, [500, 900]), "never past --steps"
+    assert fit_steps(cfg, 50, -5.0, 0.5)[0] == 51, "over budget: one more step, then stop"
+    default = TrainConfig(checkpoint_dir="x", steps=600)
+    assert fit_steps(default, 10, 1e6, 1.0) == (600, [300, 500])
+    with pytest.raises(ValueError, match="time_budget_s"):
+        TrainConfig(checkpoint_dir="x", time_budget_s=0)
+
+
+def test_time_budget_ends_the_run_early_and_exports(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    ckpt, export = tmp_path / "ckpt", tmp_path / "w.pt"
+    # 20,000 steps cannot fit in 12 s: after 50 timed steps the run is cut to what fits
+    args = ["--no-ray", "--data", str(tiny_data), "--checkpoint-dir", str(ckpt), "--steps", "20000",
+            "--time-budget", "0.2", "--export", str(export), "--threads", "1", *TINY,
+            "--log-every", "5", "--ckpt-every", "100000"]
+    t = time.time()
+    assert main(args) == 0
+    wall = time.time() - t
+    events = [json.loads(line[len("[train] "):]) for line in capsys.readouterr().out.splitlines()
+              if line.startswith("[train] {")]
+    budget = [e for e in events if e.get("event") == "time_budget"]
+    assert len(budget) == 1 and 50 < budget[0]["steps"] < 20000
+    n, miles = budget[0]["steps"], budget[0]["lr_milestones"]
+    assert len(miles) == 2 and abs(miles[0] - n / 2) <= 1 and abs(miles[1] - n * 5 / 6) <= 1
+    last = load_latest(str(ckpt))["step"]
+    assert 50 <= last <= budget[0]["steps"], "stopped at the estimate (or earlier, by the hard limit)"
+    assert wall < 12 + 120, "ends near its budget, not after 20,000 steps"
+    load_checkpoint(str(export))
