@@ -133,7 +133,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         keep_checkpoints=args.keep_checkpoints, seed=args.seed, loader_workers=args.loader_workers,
         threads=args.threads, use_gpu=args.use_gpu, export=args.export, fresh_init=not args.no_fresh_init,
         dropout=None if args.dropout < 0 else args.dropout,
-        epoch_repeats=args.epoch_repeats, time_budget_s=None if args.time_budget is None else 60.0 * args.time_budget)
+        epoch_repeats=args.epoch_repeats,
+        time_budget_s=None if args.time_budget is None else 60.0 * args.time_budget)
 
 
 def build_source(args: argparse.Namespace):

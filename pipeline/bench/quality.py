@@ -109,7 +109,8 @@ def _shrink(image: np.ndarray, truth: np.ndarray, max_side: int | None) -> tuple
         return image, truth
     size = (max(1, round(image.shape[1] * s)), max(1, round(image.shape[0] * s)))
     small = cv2.resize(truth, size, interpolation=cv2.INTER_AREA)
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), np.where(small > 128, 255, 0).astype(np.uint8)
+    image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return image, np.where(small > 128, 255, 0).astype(np.uint8)
 
 
 def evaluate(model, refs: Sequence[Any], kinds: Sequence[str] = KINDS, options=None, seed: int = 0,
@@ -220,7 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = build_model(args.model, checkpoint=args.weights)
     t0 = time.time()
     result = evaluate(model, refs, kinds, options, args.seed, device=args.device, max_side=args.max_side)
-    result.update({"max_side": args.max_side, "device": args.device, "model": args.model, "weights": args.weights, "scales": list(options.scales),
+    result.update({"max_side": args.max_side, "device": args.device,
+                   "model": args.model, "weights": args.weights, "scales": list(options.scales),
                    "decode": options.decode, "align": options.align, "data": args.data,
                    "wall_s": time.time() - t0})
     print(f"\nmodel {args.model} weights {args.weights} scales {list(options.scales)} "

@@ -267,6 +267,7 @@ def load_image_gt(ref: SampleRef, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple
     image = decode_image(_read(ref, "image"), key=key, max_pixels=max_pixels)
     gt = decode_mask(_read(ref, "gt"), key=key, what="gt", max_pixels=max_pixels)
     if gt.shape != image.shape[:2]:
-        raise SampleError(key, "gt_size_mismatch",
-                          f"gt {gt.shape[1]}x{gt.shape[0]} differs from image {image.shape[1]}x{image.shape[0]}")
+        h, w = image.shape[:2]
+        gh, gw = gt.shape
+        raise SampleError(key, "gt_size_mismatch", f"gt {gw}x{gh} differs from image {w}x{h}")
     return image, gt

@@ -48,7 +48,8 @@ def test_help_lists_the_options() -> None:
     text = build_parser().format_help()
     for flag in ("--data", "--photos", "--checkpoint-dir", "--num-workers", "--init-checkpoint",
                  "--sam-cache",
-                 "--loss-weights", "--lr-milestones", "--no-ray", "--export", "--time-budget", "--epoch-repeats"):
+                 "--loss-weights", "--lr-milestones", "--no-ray", "--export",
+                 "--time-budget", "--epoch-repeats"):
         assert flag in text
 
 
