@@ -66,7 +66,7 @@ class TrainConfig:
     fresh_init: bool = True  # from-ImageNet start: orthogonal mask/SAM stem channels, Kaiming decoder MLP
     dropout: float | None = 0.0  # training dropout of the fusion (None: the model's own, 0.5 in CRM)
     export: str | None = None  # final weights (official key naming) written here by rank 0
-    time_budget_s: float | None = None  # stop after this long; steps + lr milestones shrink to fit (fit_steps)
+    time_budget_s: float | None = None  # stop after this long; steps, lr milestones shrink to fit (fit_steps)
     epoch_repeats: int = 1  # an epoch visits every sample this often (other crops): fewer loader restarts
     calibration_steps: int = 50  # steps timed before the budget fixes the run's length
 
