@@ -135,13 +135,16 @@ def main(argv: list[str] | None = None, prog: str = "samsr refine") -> int:
     except ValueError as e:
         print(f"{prog}: config error: {e}", file=sys.stderr)
         return 2
-    from pipeline.ray_runner import format_run, run_refine
+    from pipeline.ray_runner import JobStalledError, format_run, run_refine
 
     try:
         result = run_refine(cfg)
     except ValueError as e:  # the input could not be listed: nothing was processed
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    except JobStalledError as e:  # finished rows are flushed; a rerun resumes
+        print(f"{prog}: error: job stalled: {e}", file=sys.stderr)
+        return 4
     print(format_run(result))
     return 3 if args.fail_on_error and result.summary["error"] else 0
 

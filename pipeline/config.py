@@ -140,7 +140,8 @@ class RayConfig:
     gpus_per_actor: float | None = _f(None, _non_negative)
     actor_start_timeout_s: float = _f(600.0, _positive)  # wait this long for the model actors to start
     manifest_rows_per_part: int = _f(256, _positive)
-    manifest_flush_s: float = _f(30.0, _positive)
+    manifest_flush_s: float = _f(30.0, _positive)  # on a timer; a driver crash redoes at most this much
+    stall_timeout_s: float = _f(300.0, _positive)  # no sample finished this long (or 10x the slowest): fail
     progress: bool = True
 
 

@@ -358,3 +358,36 @@ def test_demo_config_runs_on_the_bundled_samples(tmp_path, monkeypatch, capsys):
     assert "processed this run      1 (ok 1, failed 0)" in text
     (row,) = read_manifest(out).to_pylist()
     assert row["status"] == "ok" and row["iou_refined"] is not None and row["model_name"] == "crm_mnv2"
+
+
+def test_starved_cluster_fails_by_the_watchdog_not_a_hang(tmp_path, crm_checkpoint):
+    """Another tenant holds 1.5 of the 2 CPUs: the 1-CPU refiner actor can never start. The job
+    must fail within its stall timeout, naming what waits and what is missing."""
+    import time
+
+    import ray
+
+    from pipeline.ray_runner import JobStalledError
+
+    @ray.remote(num_cpus=1.5)
+    class Hog:
+        def ping(self) -> int:
+            return 1
+
+    hog = Hog.remote()
+    ray.get(hog.ping.remote())
+    try:
+        samples = make_samples(3, 48, 64)
+        uri = write_layout("prefix", str(tmp_path), samples)
+        out = str(tmp_path / "out")
+        t = time.monotonic()
+        with pytest.raises(JobStalledError) as err:
+            run_refine(_cfg(uri, out, crm_checkpoint, ray={"progress": False, "stall_timeout_s": 8}))
+        wall = time.monotonic() - t
+    finally:
+        ray.kill(hog)
+    msg = str(err.value)
+    assert "no sample finished for" in msg and "0 of 3 done" in msg
+    assert "model actors (each needs 1 CPU, 0.5 free)" in msg
+    assert wall < 8 + 120, "failed near its stall timeout"
+    assert read_manifest(out).num_rows == 0

@@ -44,3 +44,30 @@ def test_overrides_and_impossible_requests():
     assert (p.refine_actors, p.actor_cpus, p.decode_tasks, p.torch_threads) == (3, 4.0, 2, 4)
     with pytest.raises(ValueError, match="no CPUs"):
         plan_stages(0, 0, False, RayConfig())
+
+
+@pytest.mark.parametrize("nodes", [[(1, 0), (1, 0)], [(2, 0), (1, 0), (1, 0)], [(8, 0), (8, 0)],
+                                   [(4, 0), (16, 0), (4, 0)], [(1, 0), (1, 0), (1, 0), (1, 0)]])
+@pytest.mark.parametrize("uses_sam", [False, True])
+@pytest.mark.parametrize("actors", [None, 2])
+def test_multi_node_plans_fit_after_losing_the_largest_node(nodes, uses_sam, actors):
+    cpus = sum(c for c, _ in nodes)
+    p = plan_stages(cpus, 0, uses_sam, RayConfig(refine_actors=actors), nodes=nodes)
+    survivors = cpus - max(c for c, _ in nodes)
+    assert p.survives_node_loss and _requested_cpus(p) <= survivors + 1e-9
+    # each survivor node still has room for the decode/finish tasks next to any actors it gets
+    assert (p.decode_tasks + p.finish_tasks) * p.task_cpus > 0
+    # the work itself is sized from the whole cluster, like a single node of the same size
+    single = plan_stages(cpus, 0, uses_sam, RayConfig(refine_actors=actors))
+    assert (p.refine_actors, p.sam_actors, p.decode_tasks, p.torch_threads) == \
+        (single.refine_actors, single.sam_actors, single.decode_tasks, single.torch_threads)
+
+
+def test_two_one_cpu_nodes_leave_task_room_next_to_a_restarted_actor():
+    """The layout that hung (issue 14): 2 nodes x 1 CPU, the actor's node is lost."""
+    p = plan_stages(2, 0, False, RayConfig(), nodes=[(1, 0), (1, 0)])
+    assert (p.refine_actors, p.actor_cpus, p.torch_threads) == (1, 0.75, 1)
+    assert p.actor_cpus + (p.decode_tasks + p.finish_tasks) * p.task_cpus <= 1.0
+    assert not plan_stages(2, 0, False, RayConfig(), nodes=[(2, 0)]).survives_node_loss
+    with pytest.raises(ValueError, match="after losing the largest node"):
+        plan_stages(2, 0, False, RayConfig(refine_actors=200), nodes=[(1, 0), (1, 0)])

@@ -1,0 +1,57 @@
+"""The driver's manifest timer and progress watchdog (no Ray): rows are written on time without
+new rows arriving, and a stall interrupts the main thread with the reason."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pipeline.io import read_manifest
+from pipeline.ray_runner import _Interrupt, _ManifestWriter, _signals, _Watchdog
+
+
+def _row(key: str, ms: float = 10.0) -> dict:
+    return {"job_id": "j", "key": key, "status": "ok", "t_read_ms": ms, "t_refine_ms": ms}
+
+
+def test_rows_are_flushed_on_the_timer_without_new_rows(tmp_path):
+    out = str(tmp_path / "out")
+    writer = _ManifestWriter(out, "run", rows_per_part=1000, flush_s=0.3)
+    dog = _Watchdog(writer, stall_s=60, describe=lambda idle: "x", interrupt=False, tick_s=0.05)
+    dog.start()
+    try:
+        writer.add(_row("a"))
+        writer.add(_row("b"))
+        deadline = time.monotonic() + 20
+        while not writer.parts and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        dog.stop.set()
+        dog.join()
+    assert len(writer.parts) == 1 and not writer.pending
+    assert sorted(read_manifest(out).column("key").to_pylist()) == ["a", "b"]
+    assert writer.add(_row("a")) is False and writer.duplicates == 1
+
+
+def test_a_stall_interrupts_the_main_thread_with_the_reason(tmp_path):
+    writer = _ManifestWriter(str(tmp_path / "out"), "run", rows_per_part=1000, flush_s=999)
+    with _signals() as sig:
+        assert sig.active
+        dog = _Watchdog(writer, stall_s=0.5, describe=lambda idle: f"stuck {idle:.1f}", interrupt=True,
+                        tick_s=0.05)
+        t = time.monotonic()
+        with pytest.raises(_Interrupt):
+            dog.start()
+            while time.monotonic() - t < 30:
+                time.sleep(0.01)
+    assert dog.stalled is not None and dog.stalled.startswith("stuck ")
+    assert 0.5 <= time.monotonic() - t < 30
+
+
+def test_the_limit_scales_with_the_slowest_sample(tmp_path):
+    writer = _ManifestWriter(str(tmp_path / "out"), "run", rows_per_part=10, flush_s=999)
+    dog = _Watchdog(writer, stall_s=5, describe=lambda idle: "", interrupt=False)
+    assert dog.limit() == 5
+    dog.progress(_row("a", ms=400))  # 0.8 s of work: 10x is 8 s
+    assert dog.limit() == pytest.approx(8.0)
