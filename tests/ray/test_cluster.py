@@ -150,6 +150,15 @@ class Cluster:
                 return r
             time.sleep(2)
 
+    def kill_worker_node(self) -> None:
+        """SIGKILL the worker node: its ``ray start`` process, raylet and every worker under it."""
+        root = psutil.Process(self.procs[1].pid)
+        for p in [*root.children(recursive=True), root]:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+
     def stop(self) -> None:
         _stop(list(reversed(self.procs)))
         # workers that left the nodes' process groups exit on their own once the raylets are gone;
@@ -163,8 +172,7 @@ class Cluster:
                 continue
 
 
-@pytest.fixture(scope="module")
-def cluster():
+def _cluster():
     tmp = tempfile.mkdtemp(prefix="samsr-rc-", dir="/tmp")  # short: Ray's socket paths are length-limited
     c = Cluster(tmp)
     try:
@@ -173,6 +181,17 @@ def cluster():
     finally:
         c.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    yield from _cluster()
+
+
+@pytest.fixture
+def doomed_cluster():
+    """A cluster of its own for a test that kills a node."""
+    yield from _cluster()
 
 
 def _config(path: Path, uri: str, out: str, checkpoint: str, **ray) -> str:
@@ -250,3 +269,108 @@ def test_driver_killed_then_rerun_processes_only_missing(cluster, tmp_path, crm_
     rows = read_manifest(str(out)).to_pylist()
     ok = sorted(x["key"] for x in rows if x["status"] == "ok")
     assert ok == [s["key"] for s in samples]  # each sample exactly once
+
+
+def _driver(cluster: Cluster, config: str, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "jobs.refine", "--config", config],
+        env=dict(cluster.env, RAY_ADDRESS=cluster.gcs),
+        cwd=str(ROOT),
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _wait_masks(out: Path, n: int, driver: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while len(list((out / "masks").glob("*.png"))) < n:
+        assert driver.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "driver made no progress"
+        time.sleep(0.05)
+
+
+def _finish(driver: subprocess.Popen, timeout: float) -> int:
+    try:
+        return driver.wait(timeout=timeout)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+
+
+def test_sigterm_flushes_every_finished_row(cluster, tmp_path, crm_checkpoint):
+    """``ray job stop`` sends SIGTERM: rows the driver holds are written (flush timer far away),
+    each with its mask; a rerun completes the rest, one ok row per key."""
+    samples = make_samples(24, 96, 128)
+    uri = write_layout("prefix", str(tmp_path), samples)
+    out = tmp_path / "out"
+    config = _config(tmp_path / "job.yaml", uri, str(out), crm_checkpoint, manifest_flush_s=3600,
+                     manifest_rows_per_part=1000)
+    log = tmp_path / "driver.log"
+    driver = _driver(cluster, config, log)
+    try:
+        _wait_masks(out, 4, driver, log)
+        time.sleep(1.0)  # the rows of those masks reach the driver
+        assert not list((out / "manifest").glob("part-*.parquet")), "nothing flushed before SIGTERM"
+        driver.send_signal(signal.SIGTERM)
+        rc = _finish(driver, 60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert rc == 128 + signal.SIGTERM, log.read_text()[-3000:]
+    rows = read_manifest(str(out)).to_pylist()
+    assert len(rows) >= 3 and len({r["key"] for r in rows}) == len(rows)
+    for r in rows:
+        assert (out / "masks" / f"{r['key']}.png").exists()
+    r = cluster.submit(sys.executable, "-m", "jobs.refine", "--config", config)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ok = sorted(x["key"] for x in read_manifest(str(out)).to_pylist() if x["status"] == "ok")
+    assert ok == [s["key"] for s in samples]
+
+
+HOG = """
+import ray
+ray.init(namespace="samsr-test")
+
+@ray.remote
+class Hog:
+    def ping(self):
+        return 1
+
+h = Hog.options(name="hog", lifetime="detached", num_cpus={cpus},
+                resources={{"node:__internal_head__": 0.001}}).remote()
+ray.get(h.ping.remote())
+"""
+UNHOG = 'import ray\nray.init(namespace="samsr-test")\nray.kill(ray.get_actor("hog"))\n'
+
+
+def test_losing_the_node_with_the_actor_and_the_task_outputs(doomed_cluster, tmp_path, crm_checkpoint):
+    """Issue 14's hang: another tenant holds 0.9 of the head's CPU, so the refiner actor and the
+    decode/finish tasks all run on the worker node. SIGKILL that node (raylet, actor, task
+    outputs) and free the head: the job must finish on the head alone, the restarted actor next
+    to the re-run tasks, with exactly one ok row and one mask per key, in bounded time."""
+    samples = make_samples(24, 96, 128)
+    uri = write_layout("prefix", str(tmp_path), samples)
+    out = tmp_path / "out"
+    config = _config(tmp_path / "job.yaml", uri, str(out), crm_checkpoint, stall_timeout_s=120,
+                     manifest_rows_per_part=4)
+    doomed_cluster.python(HOG.format(cpus=0.9))
+    log = tmp_path / "driver.log"
+    driver = _driver(doomed_cluster, config, log)
+    try:
+        _wait_masks(out, 4, driver, log)
+        doomed_cluster.kill_worker_node()
+        doomed_cluster.python(UNHOG)
+        rc = _finish(driver, 400)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    text = log.read_text()
+    assert rc == 0, text[-4000:]
+    rows = read_manifest(str(out)).to_pylist()
+    assert sorted(r["key"] for r in rows if r["status"] == "ok") == [s["key"] for s in samples]
+    assert len(rows) == len(samples), "exactly one row per key"
+    for s in samples:
+        assert (out / "masks" / f"{s['key']}.png").exists()
+    assert len({r["worker_node"] for r in rows}) == 2, "the worker refined the first samples, the head the rest"
