@@ -17,7 +17,9 @@ On a cluster (the job's driver connects through RAY_ADDRESS, which ``ray job sub
 Rerunning the same command resumes: samples with an ``ok`` row are skipped.
 Exit status: 0 when the job finished (with or without error rows; see --fail-on-error),
 2 for a bad configuration or an input that cannot be listed (nothing was processed), 3 with
---fail-on-error and error rows.
+--fail-on-error and error rows, 4 when the job stalled (no sample finished for
+ray.stall_timeout_s; finished rows are written, a rerun resumes), 143 after SIGTERM (rows the
+driver held are written first).
 """
 
 from __future__ import annotations

@@ -373,4 +373,5 @@ def test_losing_the_node_with_the_actor_and_the_task_outputs(doomed_cluster, tmp
     assert len(rows) == len(samples), "exactly one row per key"
     for s in samples:
         assert (out / "masks" / f"{s['key']}.png").exists()
-    assert len({r["worker_node"] for r in rows}) == 2, "the worker refined the first samples, the head the rest"
+    nodes = {r["worker_node"] for r in rows}
+    assert len(nodes) == 2, "the worker refined the first samples, the head the rest"
