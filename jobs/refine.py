@@ -58,7 +58,9 @@ def build_parser(prog: str = "samsr refine") -> argparse.ArgumentParser:
         "Rerunning the same job resumes: samples with an ok row are skipped.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Keys of the config file are documented in configs/default.yaml. Flags override the file, "
-        "--set overrides both.",
+        "--set overrides both.\n\nExit status: 0 finished (error rows included, see --fail-on-error); 2 bad "
+        "config or unlistable input; 3 error rows with --fail-on-error; 4 stalled (no sample finished for "
+        "ray.stall_timeout_s; rows written, rerun resumes); 143 SIGTERM (rows written first).",
     )
     p.add_argument("--config", "-c", metavar="YAML", help="job config file (path or fsspec URL)")
     p.add_argument(
