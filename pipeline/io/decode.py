@@ -32,6 +32,7 @@ Guards:
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -88,13 +89,19 @@ class Sample:
 def _open(data: bytes, key: str, what: str, max_pixels: int) -> Image.Image:
     """Open, check the header size against max_pixels, then decode and apply EXIF."""
     if not data:
-        raise SampleError(key, "decode_error", f"{what}: empty file")
+        raise SampleError(key, "decode_error", f"{what}: empty file (0 bytes)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             im = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as exc:
-            raise SampleError(key, "too_large", f"{what}: {exc}") from exc
+        except Image.DecompressionBombError as exc:  # header over 2x Pillow's own limit
+            size = re.search(r"\((\d+) pixels\)", str(exc))
+            count = f"{size.group(1)} pixels" if size else "far more pixels"
+            message = f"{what}: header declares {count}, over max_pixels={max_pixels} (input.max_pixels)"
+            raise SampleError(key, "too_large", message + "; not decoded") from exc
+        except Image.UnidentifiedImageError as exc:
+            raise SampleError(key, "decode_error", f"{what}: not a readable image "
+                              f"({len(data)} bytes in no image format Pillow knows)") from exc
         except Exception as exc:  # Pillow raises many types on junk bytes
             raise SampleError(key, "decode_error", f"{what}: not a readable image ({exc})") from exc
         w, h = im.size
@@ -126,9 +133,12 @@ def _sixteen_to_u8(a: np.ndarray) -> np.ndarray:
     return (np.clip(a, 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
 
 
-def decode_image(data: bytes, *, key: str = "?", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Encoded image bytes -> (H, W, 3) uint8 RGB (rules in the module docstring)."""
-    im = _open(data, key, "image", max_pixels)
+def decode_image(
+    data: bytes, *, key: str = "?", max_pixels: int = DEFAULT_MAX_PIXELS, source: str | None = None
+) -> np.ndarray:
+    """Encoded image bytes -> (H, W, 3) uint8 RGB (rules in the module docstring); ``source``
+    (the URI) is named in errors."""
+    im = _open(data, key, f"image {source!r}" if source else "image", max_pixels)
     try:
         if im.mode == "RGB":
             arr = np.asarray(im)
@@ -139,7 +149,7 @@ def decode_image(data: bytes, *, key: str = "?", max_pixels: int = DEFAULT_MAX_P
         else:
             arr = np.asarray(im.convert("RGBA").convert("RGB") if "A" in im.mode else im.convert("RGB"))
     except Exception as exc:
-        message = f"image: unsupported pixel format {im.mode!r} ({exc})"
+        message = f"image{f' {source!r}' if source else ''}: unsupported pixel format {im.mode!r} ({exc})"
         raise SampleError(key, "decode_error", message) from exc
     return np.ascontiguousarray(arr, dtype=np.uint8)
 
@@ -155,9 +165,16 @@ def _colour_to_grey(rgb: np.ndarray) -> np.ndarray:
 
 
 def decode_mask(
-    data: bytes, *, key: str = "?", what: str = "mask", max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes,
+    *,
+    key: str = "?",
+    what: str = "mask",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    source: str | None = None,
 ) -> np.ndarray:
-    """Encoded mask bytes -> (h, w) uint8 in 0..255 (rules in the module docstring)."""
+    """Encoded mask bytes -> (h, w) uint8 in 0..255 (rules in the module docstring); ``source``
+    (the URI) is named in errors."""
+    what = f"{what} {source!r}" if source else what
     im = _open(data, key, what, max_pixels)
     mode = im.mode
     try:
@@ -231,9 +248,9 @@ def load_sample(
     safe_key(key)
     if ref.problem:
         raise SampleError(key, ref.problem, ref.problem_message or ref.problem)
-    image = decode_image(_read(ref, "image"), key=key, max_pixels=max_pixels)
+    image = decode_image(_read(ref, "image"), key=key, max_pixels=max_pixels, source=ref.image_uri)
     H, W = image.shape[:2]
-    raw = decode_mask(_read(ref, "mask"), key=key, what="mask", max_pixels=max_pixels)
+    raw = decode_mask(_read(ref, "mask"), key=key, what="mask", max_pixels=max_pixels, source=ref.mask_uri)
     h, w = raw.shape
     expected_h = w * H / W
     if abs(h - expected_h) > max(1.0, aspect_tolerance * expected_h):
@@ -246,7 +263,7 @@ def load_sample(
     coarse = resize_mask(raw, H, W)
     gt = None
     if load_gt and ref.gt_uri is not None:
-        gt = decode_mask(_read(ref, "gt"), key=key, what="gt", max_pixels=max_pixels)
+        gt = decode_mask(_read(ref, "gt"), key=key, what="gt", max_pixels=max_pixels, source=ref.gt_uri)
         if gt.shape != (H, W):
             raise SampleError(
                 key, "gt_size_mismatch", f"gt {gt.shape[1]}x{gt.shape[0]} differs from image {W}x{H}"
@@ -264,8 +281,8 @@ def load_image_gt(ref: SampleRef, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple
         raise SampleError(key, ref.problem, ref.problem_message or ref.problem)
     if ref.gt_uri is None:
         raise SampleError(key, "missing_gt", "no ground truth for this sample")
-    image = decode_image(_read(ref, "image"), key=key, max_pixels=max_pixels)
-    gt = decode_mask(_read(ref, "gt"), key=key, what="gt", max_pixels=max_pixels)
+    image = decode_image(_read(ref, "image"), key=key, max_pixels=max_pixels, source=ref.image_uri)
+    gt = decode_mask(_read(ref, "gt"), key=key, what="gt", max_pixels=max_pixels, source=ref.gt_uri)
     if gt.shape != image.shape[:2]:
         h, w = image.shape[:2]
         gh, gw = gt.shape

@@ -13,7 +13,7 @@ __all__ = ["SampleError", "ERROR_TYPES", "safe_key", "MAX_KEY_LENGTH"]
 
 #: Error types a SampleError (and so a manifest ``error_type``) can carry.
 ERROR_TYPES: tuple[str, ...] = (
-    "bad_key",  # empty, '.', '..', starts with '.', or not a string
+    "bad_key",  # empty or not a string
     "duplicate_key",  # two inputs map to the same (escaped) key
     "missing_image",  # a mask/gt without its image, or the image object does not exist
     "missing_mask",  # an image without its coarse mask, or the mask object does not exist
@@ -59,21 +59,21 @@ def safe_key(key: str) -> str:
         ``é`` -> ``_xC3_xA9``), so ``/``, ``\\`` and absolute paths cannot form path parts;
       - a result longer than :data:`MAX_KEY_LENGTH` becomes its first 183 characters, ``-``,
         and 16 hex digits of the key's sha256;
-      - keys that are empty, ``.``, ``..`` or start with ``.`` are rejected with
-        ``SampleError(key, "bad_key", ...)`` (hidden or parent-directory names).
+      - a leading ``.`` is escaped too (``.hidden`` -> ``_x2Ehidden``, ``..`` -> ``_x2E.``), so
+        no output name is hidden or a parent directory;
+      - an empty key (or one that is not a string) is rejected with
+        ``SampleError(key, "bad_key", ...)``.
 
     Two different keys can map to the same safe key (``a/b`` and a literal ``a_x2Fb``):
     ``list_samples`` reports such collisions as ``duplicate_key``.
     """
     if not isinstance(key, str):
-        raise SampleError(str(key), "bad_key", f"key must be a string, got {type(key).__name__}")
-    if key in ("", ".", ".."):
-        raise SampleError(key, "bad_key", "key is empty, '.' or '..'")
-    if key.startswith("."):
-        raise SampleError(key, "bad_key", "key starts with '.' (hidden or relative path)")
+        raise SampleError(str(key), "bad_key", f"key {key!r}: must be a string, got {type(key).__name__}")
+    if key == "":
+        raise SampleError(key, "bad_key", "key '' is empty")
     out = []
-    for ch in key:
-        if _SAFE.fullmatch(ch):
+    for i, ch in enumerate(key):
+        if _SAFE.fullmatch(ch) and not (i == 0 and ch == "."):
             out.append(ch)
         else:
             out.extend(f"_x{b:02X}" for b in ch.encode("utf-8", errors="surrogatepass"))

@@ -128,6 +128,20 @@ def _match(name: str, pairs: list[tuple[str, str]]) -> tuple[str, str] | None:
     return None
 
 
+def _check_bucket(fs, base: str, uri: str) -> None:
+    """Object stores: say so when the bucket itself does not exist (else: "no samples found")."""
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    if not {"s3", "s3a", "gs", "gcs"} & set(protocols):
+        return
+    bucket = base.split("/", 1)[0]
+    try:
+        exists = fs.exists(bucket)
+    except Exception:  # no permission to look: leave the message as it is
+        return
+    if not exists:
+        raise ValueError(f"bucket {bucket!r} of {uri!r} does not exist")
+
+
 def _list_prefix(uri: str, pairs) -> tuple[_Entries, dict[str, str]]:
     fs, base = open_fs(uri)
     base = base.rstrip("/")
@@ -145,6 +159,7 @@ def _list_prefix(uri: str, pairs) -> tuple[_Entries, dict[str, str]]:
         entries[key][role].append((to_uri(fs, p, uri), None, None))
         shards.setdefault(key, to_uri(fs, posixpath.dirname(p), uri))
     if not entries:
+        _check_bucket(fs, base, uri)
         raise ValueError(f"no samples found under {uri!r} (suffixes {[s for s, _ in pairs]})")
     return entries, shards
 

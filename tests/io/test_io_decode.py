@@ -166,7 +166,9 @@ def test_corrupt_bytes_are_decode_errors():
     assert _error(jpg[: len(jpg) // 2]).error_type == "decode_error"
     assert _error(png[: len(png) - 30]).error_type == "decode_error"
     assert _error(b"hello, I am a text file").error_type == "decode_error"
-    assert _error(b"").error_type == "decode_error"
+    assert _error(b"").error_type == "decode_error" and "empty file (0 bytes)" in _error(b"").message
+    text = _error(b"hello, I am a text file").message
+    assert "BytesIO" not in text and "23 bytes" in text, text
     assert _error(png[:40], kind="mask").error_type == "decode_error"
 
 
@@ -179,6 +181,7 @@ def test_decompression_bomb_rejected_from_header_before_decoding(monkeypatch):
     assert len(big) < 200_000
     err = _error(big)
     assert err.error_type == "too_large"
+    assert "400000000 pixels, over max_pixels=" in err.message and "178956970" not in err.message, err.message
     medium = bomb_png(12000, 9000)  # 108 MP: under Pillow's limit, over ours
     assert _error(medium, kind="mask").error_type == "too_large"
     assert "max_pixels" in _error(encode_image(_quadrants(), "png"), max_pixels=1000).message
@@ -211,12 +214,16 @@ def test_load_sample_corrupt_inputs_become_typed_errors(storage_root, layout):
             load_sample(refs[key])
         assert (err.value.key, err.value.error_type) == (key, kind), err.value
         assert key in str(err.value)
+        assert "BytesIO" not in err.value.message
+        if kind in ("decode_error", "too_large"):  # the message names the file that failed
+            role = "image" if "image" in key else "mask"
+            assert repr(getattr(refs[key], f"{role}_uri")) in err.value.message, err.value.message
     np.testing.assert_array_equal(load_sample(refs["fine"]).image, base["image"])
 
 
 def test_bad_keys_and_short_reads_are_errors(tmp_path):
     put(str(tmp_path / "i.png"), encode_image(_quadrants(), "png"))
-    ref = SampleRef("..", str(tmp_path / "i.png"), str(tmp_path / "i.png"))
+    ref = SampleRef("", str(tmp_path / "i.png"), str(tmp_path / "i.png"))
     with pytest.raises(SampleError) as err:
         load_sample(ref)
     assert err.value.error_type == "bad_key"

@@ -18,6 +18,7 @@ from pipeline.io import (
     load_sample,
     open_fs,
     read_bytes,
+    safe_key,
 )
 from tests.helpers import (
     encode_image,
@@ -129,7 +130,7 @@ def test_escaped_key_collisions_are_duplicates(tmp_path):
     put(f"{root}/list.csv", text.getvalue().encode())
     refs = {r.key: r for r in list_samples(f"{root}/list.csv", layout="list")}
     assert refs["a/b"].problem == refs["a_x2Fb"].problem == "duplicate_key"
-    assert refs["../evil"].problem == "bad_key"
+    assert refs["../evil"].problem is None and safe_key("../evil") == "_x2E._x2Fevil"
     assert refs["ok"].problem is None
 
 
@@ -169,6 +170,14 @@ def test_list_layout_resolution_absolute_and_missing_objects(tmp_path):
     with pytest.raises(ValueError, match="missing column 'mask_uri'"):
         put(str(root / "bad.csv"), b"key,image_uri\na,img.png\n")
         list_samples(str(root / "bad.csv"), layout="list")
+
+
+def test_a_missing_bucket_is_named(s3_bucket):
+    missing = "s3://samsr-no-such-bucket-" + s3_bucket.rsplit("-", 1)[-1][-8:].lower()
+    with pytest.raises(ValueError, match="bucket 'samsr-no-such-bucket-.*' of .* does not exist"):
+        list_samples(f"{missing}/data", layout="prefix")
+    with pytest.raises(ValueError, match="no samples found"):  # the bucket exists, the data does not
+        list_samples(f"{s3_bucket}/nothing-here", layout="prefix")
 
 
 def test_list_layout_relative_uris_on_s3(s3_bucket):

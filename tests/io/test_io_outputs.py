@@ -46,11 +46,20 @@ def test_safe_key_escapes_deterministically(key, expected):
     assert "/" not in expected and not expected.startswith(".")
 
 
-@pytest.mark.parametrize("key", ["", ".", "..", ".hidden", "./x"])
-def test_safe_key_rejects_hidden_and_relative(key):
-    with pytest.raises(SampleError) as err:
-        safe_key(key)
-    assert err.value.error_type == "bad_key" and err.value.key == key
+@pytest.mark.parametrize("key, expected", [
+    (".", "_x2E"), ("..", "_x2E."), (".hidden", "_x2Ehidden"), ("./x", "_x2E_x2Fx"),
+    ("..%2F..%2Fescape", "_x2E._x252F.._x252Fescape")])
+def test_safe_key_escapes_a_leading_dot(key, expected):
+    """Legal file names that start with a dot are escaped, never hidden or parent directories."""
+    assert safe_key(key) == expected
+
+
+def test_safe_key_rejects_empty_and_non_strings():
+    for key in ("", 7):
+        with pytest.raises(SampleError) as err:
+            safe_key(key)
+        assert err.value.error_type == "bad_key" and err.value.key == str(key)
+        assert repr(key) in err.value.message, "the message repeats the key"
 
 
 def test_safe_key_long_keys_are_shortened_with_a_hash():
@@ -81,7 +90,7 @@ def test_write_mask_binary_soft_idempotent(storage_root):
     np.testing.assert_array_equal(_png(write_mask(storage_root, "u8", u8)), [[0, 0, 255, 255]])
     np.testing.assert_array_equal(_png(write_mask(storage_root, "b", u8 > 200)), [[0, 0, 0, 255]])
     with pytest.raises(SampleError):
-        write_mask(storage_root, "..", u8)
+        write_mask(storage_root, "", u8)
     with pytest.raises(ValueError, match="shape"):
         write_mask(storage_root, "rgb", np.zeros((2, 2, 3), np.uint8))
 
