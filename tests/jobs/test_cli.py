@@ -150,3 +150,15 @@ def test_benchmark_exit_code_when_a_benchmark_returns_its_result(monkeypatch):
     assert bench.main(["fake"]) == 0
     fake.main = lambda argv: 3
     assert bench.main(["fake"]) == 3
+
+
+def test_print_config_does_not_import_torch_or_ray():
+    """`--print-config` answers at once: validating refine.options needs no torch (issue 13)."""
+    code = ("import sys; from jobs.refine import main; "
+            "rc = main(['--config', 'configs/demo.yaml', '--print-config']); "
+            "heavy = [m for m in ('torch', 'ray', 'cv2') if m in sys.modules]; "
+            "assert rc == 0 and not heavy, heavy")
+    r = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert '"method": "crm"' in r.stdout
