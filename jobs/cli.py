@@ -3,6 +3,7 @@
     samsr refine --config configs/demo.yaml      # refine a dataset on Ray (jobs.refine)
     samsr evaluate ./out/demo                    # coarse vs refined table (jobs.evaluate)
     samsr query ./out/demo --summary             # SQL over manifests (jobs.query)
+    samsr report ./out/demo                      # HTML report with overlays (jobs.report)
     samsr benchmark refiner                      # benchmarks (jobs.benchmark)
     samsr train --help                           # train the refiner (jobs.train)
 
@@ -22,6 +23,7 @@ COMMANDS = {
     "refine": ("jobs.refine", "refine coarse masks on Ray: masks + Parquet manifest, resumable"),
     "evaluate": ("jobs.evaluate", "dataset IoU / mBA of coarse vs refined masks from a manifest"),
     "query": ("jobs.query", "SQL over manifests with DuckDB (--summary, --worst N, --failures)"),
+    "report": ("jobs.report", "static HTML report: overlays, plots, worst/best samples, failures"),
     "benchmark": ("jobs.benchmark", "benchmarks: 'samsr benchmark refiner' or 'samsr benchmark sam'"),
     "train": ("jobs.train", "train the refiner (Ray Train)"),
 }
