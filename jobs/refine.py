@@ -95,6 +95,8 @@ def build_parser(prog: str = "samsr refine") -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     p.add_argument("--fail-on-error", action="store_true", help="exit with status 3 if any sample failed")
+    p.add_argument("--report", action="store_true",
+                   help="at the end, write the HTML report (samsr report) to OUTPUT/report")
     return p
 
 
@@ -150,6 +152,10 @@ def main(argv: list[str] | None = None, prog: str = "samsr refine") -> int:
         print(f"{prog}: error: job stalled: {e}", file=sys.stderr)
         return 4
     print(format_run(result))
+    if args.report:
+        from pipeline.report import build_report
+
+        print(f"report: {build_report(cfg.output.prefix, progress=cfg.ray.progress)}")
     return 3 if args.fail_on_error and result.summary["error"] else 0
 
 

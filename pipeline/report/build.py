@@ -65,8 +65,9 @@ def _table(head: list[str] | None, rows: list[list[Any]], cls: str = "") -> str:
 
 
 def _write_png(fs, path: str, rgb: np.ndarray, local: str) -> None:
-    ok, buf = cv2.imencode(".png" if local.endswith(".png") else ".jpg", rgb[..., ::-1],
-                           [cv2.IMWRITE_JPEG_QUALITY, 88])
+    png = local.endswith(".png")
+    params = [] if png else [cv2.IMWRITE_JPEG_QUALITY, 88]
+    ok, buf = cv2.imencode(".png" if png else ".jpg", rgb[..., ::-1], params)
     if not ok:
         raise ValueError(f"cannot encode {path}")
     with fs.open(path, "wb") as f:

@@ -62,7 +62,9 @@ def _draw(rgb: np.ndarray, masks: dict[str, np.ndarray], width: int) -> np.ndarr
     out = rgb.copy()
     for name in ("coarse", "gt", "refined"):  # refined on top
         if name in masks:
-            contours, _ = cv2.findContours(masks[name].astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+            # padded by replication: a region cut by the picture's edge gets no contour along that edge
+            padded = cv2.copyMakeBorder(masks[name].astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_REPLICATE)
+            contours, _ = cv2.findContours(padded, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE, offset=(-1, -1))
             cv2.drawContours(out, contours, -1, COLOURS[name], width, lineType=cv2.LINE_AA)
     return out
 

@@ -268,10 +268,12 @@ def test_refine_cli_in_process_prints_summary(tmp_path, crm_checkpoint, capsys):
     config = tmp_path / "job.yaml"
     config.write_text(f"input: {{uri: {root}}}\nmodel: {{name: crm_mnv2, checkpoint: {crm_checkpoint}}}\n")
     out = str(tmp_path / "out")
-    code = main(["refine", "--config", str(config), "--output", out, "--set", "ray.batch_size=2"])
+    code = main(["refine", "--config", str(config), "--output", out, "--set", "ray.batch_size=2", "--report"])
     assert code == 0
     captured = capsys.readouterr()
     assert "processed this run      2 (ok 2, failed 0)" in captured.out and "IoU %" in captured.out
+    assert f"report: {out}/report/index.html" in captured.out
+    assert "2: ok 2, error 0" in (tmp_path / "out" / "report" / "index.html").read_text()
     assert "2/2" in captured.err and "img/s" in captured.err and "failed=0" in captured.err  # progress bar
     assert main(["evaluate", out]) == 0
     assert "refined" in capsys.readouterr().out
