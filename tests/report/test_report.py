@@ -20,6 +20,8 @@ from pipeline.report import rank_samples
 from pipeline.report.overlay import COLOURS, make_overlay
 from tests.helpers import encode_mask, make_samples, put, write_layout
 
+USES_S3 = True  # the module's Ray starts after the S3 endpoint's variables are set
+
 
 @pytest.fixture(scope="module")
 def refined(tmp_path_factory, crm_checkpoint, local_ray) -> str:
@@ -60,6 +62,18 @@ def test_report_files_table_and_ranking(refined, tmp_path, capsys):
     assert "<h3>decode_error (2)</h3>" in page and "empty file (0 bytes)" in page
     big = next(iter(sorted(out.glob("s*.jpg"))))
     assert max(cv2.imread(str(big)).shape[:2]) <= 480
+
+
+def test_report_to_s3(refined, s3_bucket):
+    from pipeline.io import open_fs, read_bytes
+    from pipeline.report import build_report
+
+    index = build_report(refined, f"{s3_bucket}/reports/r1", worst=1, best=1, progress=False)
+    assert index == f"{s3_bucket}/reports/r1/index.html"
+    page = read_bytes(index).decode()
+    fs, base = open_fs(f"{s3_bucket}/reports/r1")
+    names = {p.rsplit("/", 1)[-1] for p in fs.ls(base, detail=False)}
+    assert set(re.findall(r'src="([^"]+)"', page)) <= names and "stages.png" in names
 
 
 def test_overlay_draws_each_contour_in_its_colour(refined):
