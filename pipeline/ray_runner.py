@@ -17,8 +17,10 @@ store at any time.
 Progress: the driver writes finished rows on a timer (``ray.manifest_flush_s``) whether or not
 new rows arrive, and on SIGTERM (``ray job stop``) flushes every row it holds before exiting.
 A watchdog fails the job with :class:`JobStalledError` (after flushing) when no sample has
-finished for ``ray.stall_timeout_s`` (or 10x the slowest sample so far, if longer), naming the
-stage that waits and the resources that are missing, instead of hanging silently.
+finished for ``ray.stall_timeout_s`` (or 10x the slowest sample so far, if longer; before the
+first sample, plus ``ray.actor_start_timeout_s`` for loading the models), naming the stage that
+waits and the resources that are missing, instead of hanging silently. Model actors that do not
+start within ``ray.actor_start_timeout_s`` fail the same way.
 
 Resume and retries: a rerun skips keys that already have an ``ok`` row; other keys get a new
 attempt number. Mask URIs are deterministic (retries overwrite), and the manifest is written
@@ -296,26 +298,32 @@ class _Interrupt(KeyboardInterrupt):
 class _Watchdog(threading.Thread):
     """Flushes due manifest rows on a timer and detects a job that stopped making progress.
 
-    On a stall it records the reason, flushes, and interrupts the main thread (SIGUSR1, whose
-    handler :func:`_signals` installs) so that ``run_refine`` raises :class:`JobStalledError`.
+    On a stall it records the reason and interrupts the main thread (SIGUSR1, whose handler
+    :class:`_signals` installs) so that ``run_refine`` flushes and raises :class:`JobStalledError`.
+    Outside the main thread it can only report the stall on stderr. Before the first row the
+    limit also allows ``startup_s`` for the model actors to load.
     """
 
     def __init__(self, writer: _ManifestWriter, stall_s: float, describe: Callable[[float], str],
-                 interrupt: bool, tick_s: float = 1.0) -> None:
+                 interrupt: bool, tick_s: float = 1.0, startup_s: float = 0.0) -> None:
         super().__init__(name="samsr-watchdog", daemon=True)
         self.writer, self.stall_s, self.describe = writer, stall_s, describe
-        self.interrupt, self.tick_s = interrupt, tick_s
+        self.interrupt, self.tick_s, self.startup_s = interrupt, tick_s, startup_s
         self.last_progress = time.monotonic()
+        self.rows = 0
         self.slowest_s = 0.0
         self.stalled: str | None = None
         self.stop = threading.Event()
 
     def progress(self, row: dict) -> None:
         self.last_progress = time.monotonic()
+        self.rows += 1
         work = sum(float(row.get(k) or 0.0) for k in ("t_read_ms", "t_sam_ms", "t_refine_ms")) / 1000
         self.slowest_s = max(self.slowest_s, work)
 
     def limit(self) -> float:
+        if self.rows == 0:
+            return self.stall_s + self.startup_s
         return max(self.stall_s, 10.0 * self.slowest_s)
 
     def run(self) -> None:
@@ -329,6 +337,8 @@ class _Watchdog(threading.Thread):
                 self.stalled = self.describe(idle)
                 if self.interrupt:
                     signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+                else:
+                    print(f"[samsr] job stalled: {self.stalled}", file=sys.stderr, flush=True)
                 return
 
 
@@ -448,7 +458,8 @@ def run_refine(cfg: RefineJobConfig, *, on_row: Callable[[dict], None] | None = 
             with _signals() as sig:
                 describe = lambda idle: _describe_stall(idle, cfg.ray.stall_timeout_s, plan, nodes,  # noqa: E731
                                                         sum(counts.values()), len(items))
-                dog = _Watchdog(writer, cfg.ray.stall_timeout_s, describe, interrupt=sig.active)
+                dog = _Watchdog(writer, cfg.ray.stall_timeout_s, describe, interrupt=sig.active,
+                                startup_s=cfg.ray.actor_start_timeout_s)
                 dog.start()
                 try:
                     for out in ds.iter_rows():
@@ -461,6 +472,12 @@ def run_refine(cfg: RefineJobConfig, *, on_row: Callable[[dict], None] | None = 
                         bar.set_postfix(ok=counts["ok"], failed=counts["error"], refresh=False)
                         if on_row is not None:
                             on_row(row)
+                except ray.exceptions.GetTimeoutError as exc:  # Ray Data: the pool's actors did not start
+                    if dog.rows:
+                        raise
+                    why = f"model actors did not start within ray.actor_start_timeout_s = " \
+                          f"{cfg.ray.actor_start_timeout_s:g} s ({exc}); "
+                    raise JobStalledError(why + describe(time.monotonic() - dog.last_progress)) from None
                 except KeyboardInterrupt:
                     if dog.stalled is not None:
                         raise JobStalledError(dog.stalled) from None

@@ -354,6 +354,7 @@ def test_losing_the_node_with_the_actor_and_the_task_outputs(doomed_cluster, tmp
     uri = write_layout("prefix", str(tmp_path), samples)
     out = tmp_path / "out"
     config = _config(tmp_path / "job.yaml", uri, str(out), crm_checkpoint, stall_timeout_s=120,
+                     actor_start_timeout_s=120,
                      manifest_rows_per_part=4)
     doomed_cluster.python(HOG.format(cpus=0.9))
     log = tmp_path / "driver.log"

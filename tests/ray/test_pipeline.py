@@ -384,12 +384,13 @@ def test_starved_cluster_fails_by_the_watchdog_not_a_hang(tmp_path, crm_checkpoi
         out = str(tmp_path / "out")
         t = time.monotonic()
         with pytest.raises(JobStalledError) as err:
-            run_refine(_cfg(uri, out, crm_checkpoint, ray={"progress": False, "stall_timeout_s": 8}))
+            run_refine(_cfg(uri, out, crm_checkpoint,
+                            ray={"progress": False, "stall_timeout_s": 8, "actor_start_timeout_s": 5}))
         wall = time.monotonic() - t
     finally:
         ray.kill(hog)
     msg = str(err.value)
-    assert "no sample finished for" in msg and "0 of 3 done" in msg
-    assert "model actors (each needs 1 CPU, 0.5 free)" in msg
-    assert wall < 8 + 120, "failed near its stall timeout"
+    assert "model actors did not start within ray.actor_start_timeout_s = 5 s" in msg
+    assert "0 of 3 done" in msg and "model actors (each needs 1 CPU, 0.5 free)" in msg
+    assert wall < 5 + 120, "failed near its start timeout"
     assert read_manifest(out).num_rows == 0

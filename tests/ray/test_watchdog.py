@@ -51,7 +51,9 @@ def test_a_stall_interrupts_the_main_thread_with_the_reason(tmp_path):
 
 def test_the_limit_scales_with_the_slowest_sample(tmp_path):
     writer = _ManifestWriter(str(tmp_path / "out"), "run", rows_per_part=10, flush_s=999)
-    dog = _Watchdog(writer, stall_s=5, describe=lambda idle: "", interrupt=False)
-    assert dog.limit() == 5
+    dog = _Watchdog(writer, stall_s=5, describe=lambda idle: "", interrupt=False, startup_s=60)
+    assert dog.limit() == 65, "before the first row the models may still be loading"
     dog.progress(_row("a", ms=400))  # 0.8 s of work: 10x is 8 s
     assert dog.limit() == pytest.approx(8.0)
+    dog.progress(_row("b", ms=100))
+    assert dog.limit() == pytest.approx(8.0), "the slowest sample so far counts"
