@@ -9,7 +9,6 @@ import shutil
 import subprocess
 
 import cv2
-import numpy as np
 import pytest
 
 from jobs.cli import main as cli_main
@@ -18,23 +17,22 @@ from pipeline.io import read_manifest
 from pipeline.ray_runner import run_refine
 from pipeline.report import rank_samples
 from pipeline.report.overlay import COLOURS, make_overlay
-from tests.helpers import encode_mask, make_samples, put, write_layout
+from tests.helpers import make_sample, make_samples, write_layout
 
 USES_S3 = True  # the module's Ray starts after the S3 endpoint's variables are set
 
 
 @pytest.fixture(scope="module")
 def refined(tmp_path_factory, crm_checkpoint, local_ray) -> str:
-    """A refine output: 7 samples with ground truth (two of them 1800x1200) and 2 corrupt ones."""
+    """A refine output of 3 WebDataset shards: 7 samples with ground truth (two of them
+    1800x1200) and 2 corrupt ones (non-image bytes, an empty file)."""
     root = tmp_path_factory.mktemp("report")
     samples = make_samples(5, 96, 128) + make_samples(2, 1200, 1800, prefix="big")
-    uri = write_layout("prefix", str(root / "in"), samples)
-    put(f"{uri}/broken_im.png", b"not an image")
-    put(f"{uri}/broken_seg.png", encode_mask(np.zeros((8, 8), np.uint8)))
-    put(f"{uri}/empty_im.png", b"")
-    put(f"{uri}/empty_seg.png", encode_mask(np.zeros((8, 8), np.uint8)))
+    samples[1:1] = [dict(make_sample("broken"), image_bytes=b"not an image"),
+                    dict(make_sample("empty"), image_bytes=b"")]
+    uri = write_layout("webdataset", str(root / "in"), samples, per_shard=3)
     out = str(root / "out")
-    cfg = config_from_dict({"input": {"uri": uri}, "output": {"prefix": out},
+    cfg = config_from_dict({"input": {"uri": uri, "layout": "webdataset"}, "output": {"prefix": out},
                             "model": {"name": "crm_mnv2", "checkpoint": crm_checkpoint},
                             "refine": {"options": {"scales": [1.0]}}, "ray": {"progress": False}})
     run_refine(cfg)
@@ -60,6 +58,12 @@ def test_report_files_table_and_ranking(refined, tmp_path, capsys):
     for src in re.findall(r'src="([^"]+)"', page):
         assert (out / src).exists() and "/" not in src, src
     assert "<h3>decode_error (2)</h3>" in page and "empty file (0 bytes)" in page
+    shards = sorted({r["shard"] for r in rows})
+    assert len(shards) == 3 and "<h2>Per shard</h2>" in page
+    for shard in shards:  # one row per shard: samples, ok, error
+        n = [r for r in rows if r["shard"] == shard]
+        ok = sum(r["status"] == "ok" for r in n)
+        assert f"<tr><td>{shard}</td><td>{len(n)}</td><td>{ok}</td><td>{len(n) - ok}</td>" in page
     big = next(iter(sorted(out.glob("s*.jpg"))))
     assert max(cv2.imread(str(big)).shape[:2]) <= 480
 
