@@ -19,7 +19,7 @@ def test_console_script_help_lists_every_command():
     assert r.returncode == 0, r.stderr
     for name in COMMANDS:
         assert name in r.stdout
-    assert set(COMMANDS) == {"refine", "evaluate", "query", "benchmark", "train"}
+    assert set(COMMANDS) == {"refine", "evaluate", "query", "report", "benchmark", "train"}
 
 
 @pytest.mark.parametrize(
@@ -28,6 +28,7 @@ def test_console_script_help_lists_every_command():
         ("refine", ["--config", "--set KEY=VALUE", "--input", "--output", "--method", "--decode"]),
         ("evaluate", ["OUTPUT_PREFIX", "--job-id", "--json"]),
         ("query", ["MANIFEST_PREFIX", "--summary", "--worst N", "--failures", "--format"]),
+        ("report", ["OUTPUT", "--out", "--worst", "--best"]),
         ("benchmark", ["refiner", "sam", "quality"]),
         ("train", ["usage: samsr train"]),
     ],
