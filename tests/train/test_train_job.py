@@ -79,8 +79,15 @@ def test_kill_mid_run_then_resume(tiny_data: Path, tmp_path: Path) -> None:
            "--checkpoint-dir", str(ckpt), *TINY]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 600  # a loaded machine: the loop ends as soon as 2 checkpoints exist
-        while time.time() < deadline and len(list_checkpoints(str(ckpt))) < 2:
+        deadline = time.time() + 600  # a loaded machine: the loop ends as soon as step 2 is the latest
+
+        def latest_step() -> int:  # the marker is written after the file: wait for it, not the file
+            if len(list_checkpoints(str(ckpt))) < 2 or not (ckpt / "latest").exists():
+                return 0
+            state = load_latest(str(ckpt))
+            return state["step"] if state else 0
+
+        while time.time() < deadline and latest_step() < 2:
             time.sleep(0.2)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
