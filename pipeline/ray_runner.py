@@ -37,7 +37,6 @@ import os
 import secrets
 import signal
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -46,13 +45,17 @@ from typing import Any
 
 from pipeline.config import RayConfig, RefineJobConfig, with_absolute_paths
 from pipeline.plan import StagePlan, plan_stages
+from pipeline.progress import (
+    DriverSignals,
+    JobStalledError,
+    ManifestWriter,
+    Watchdog,
+    alive_nodes,
+    describe_stall,
+)
 from pipeline.stages import decode_batch, finish_batch, refine_batch, sam_batch
 
 __all__ = ["StagePlan", "plan_stages", "init_ray", "run_refine", "RunResult", "format_run", "JobStalledError"]
-
-
-class JobStalledError(RuntimeError):
-    """No sample finished for the stall timeout; the message names the waiting stage."""
 
 
 def init_ray(cfg: RayConfig) -> bool:
@@ -246,126 +249,6 @@ def build_dataset(items: list[dict], cfg: RefineJobConfig, plan: StagePlan, stat
     )
 
 
-class _ManifestWriter:
-    """Driver-side manifest parts ``part-<run_id>-<seq>.parquet``, one row per key per run."""
-
-    def __init__(self, prefix: str, run_id: str, rows_per_part: int, flush_s: float) -> None:
-        self.prefix, self.run_id = prefix, run_id
-        self.rows_per_part, self.flush_s = rows_per_part, flush_s
-        self.pending: list[dict] = []
-        self.seen: set[str] = set()
-        self.parts: list[str] = []
-        self.duplicates = 0
-        self.last = time.monotonic()
-        self.lock = threading.Lock()  # rows arrive on the driver's thread, timed flushes on the watchdog's
-
-    def add(self, row: dict) -> bool:
-        with self.lock:
-            if row["key"] in self.seen:
-                self.duplicates += 1
-                return False
-            self.seen.add(row["key"])
-            self.pending.append(row)
-            if len(self.pending) >= self.rows_per_part or time.monotonic() - self.last >= self.flush_s:
-                self._flush()
-            return True
-
-    def flush_if_due(self) -> None:
-        with self.lock:
-            if self.pending and time.monotonic() - self.last >= self.flush_s:
-                self._flush()
-
-    def flush(self) -> None:
-        with self.lock:
-            self._flush()
-
-    def _flush(self) -> None:
-        from pipeline.io import write_manifest_part
-
-        if self.pending:
-            name = f"{self.run_id}-{len(self.parts):05d}"
-            self.parts.append(write_manifest_part(self.pending, self.prefix, name))
-            self.pending = []
-        self.last = time.monotonic()
-
-
-class _Interrupt(KeyboardInterrupt):
-    """Raised in the driver's main thread by SIGTERM or by the watchdog (via SIGUSR1). A
-    KeyboardInterrupt because that is what Ray lets through a blocking ``ray.get`` (it turns it
-    into a KeyboardInterrupt of its own): callers check ``_signals.received``."""
-
-
-class _Watchdog(threading.Thread):
-    """Flushes due manifest rows on a timer and detects a job that stopped making progress.
-
-    On a stall it records the reason and interrupts the main thread (SIGUSR1, whose handler
-    :class:`_signals` installs) so that ``run_refine`` flushes and raises :class:`JobStalledError`.
-    Outside the main thread it can only report the stall on stderr. Before the first row the
-    limit also allows ``startup_s`` for the model actors to load.
-    """
-
-    def __init__(self, writer: _ManifestWriter, stall_s: float, describe: Callable[[float], str],
-                 interrupt: bool, tick_s: float = 1.0, startup_s: float = 0.0) -> None:
-        super().__init__(name="samsr-watchdog", daemon=True)
-        self.writer, self.stall_s, self.describe = writer, stall_s, describe
-        self.interrupt, self.tick_s, self.startup_s = interrupt, tick_s, startup_s
-        self.last_progress = time.monotonic()
-        self.rows = 0
-        self.slowest_s = 0.0
-        self.stalled: str | None = None
-        self.stop = threading.Event()
-
-    def progress(self, row: dict) -> None:
-        self.last_progress = time.monotonic()
-        self.rows += 1
-        work = sum(float(row.get(k) or 0.0) for k in ("t_read_ms", "t_sam_ms", "t_refine_ms")) / 1000
-        self.slowest_s = max(self.slowest_s, work)
-
-    def limit(self) -> float:
-        if self.rows == 0:
-            return self.stall_s + self.startup_s
-        return max(self.stall_s, 10.0 * self.slowest_s)
-
-    def run(self) -> None:
-        while not self.stop.wait(self.tick_s):
-            try:
-                self.writer.flush_if_due()
-            except Exception as exc:  # storage hiccup: the next tick or the final flush retries
-                print(f"[samsr] manifest flush failed, will retry: {exc!r}", file=sys.stderr, flush=True)
-            idle = time.monotonic() - self.last_progress
-            if idle >= self.limit():
-                self.stalled = self.describe(idle)
-                if self.interrupt:
-                    signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
-                else:
-                    print(f"[samsr] job stalled: {self.stalled}", file=sys.stderr, flush=True)
-                return
-
-
-class _signals:
-    """SIGTERM and SIGUSR1 raise :class:`_Interrupt` in the main thread while the job runs
-    (only when run_refine runs in the main thread; elsewhere nothing is installed)."""
-
-    def __init__(self) -> None:
-        self.active = threading.current_thread() is threading.main_thread()
-        self.received: int | None = None
-        self.saved: dict[int, Any] = {}
-
-    def _handler(self, signum, frame) -> None:
-        self.received = signum
-        raise _Interrupt(signum)
-
-    def __enter__(self) -> _signals:
-        if self.active:
-            for sig in (signal.SIGTERM, signal.SIGUSR1):
-                self.saved[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self.saved.items():
-            signal.signal(sig, old)
-
-
 @dataclass
 class RunResult:
     job_id: str
@@ -432,7 +315,7 @@ def run_refine(cfg: RefineJobConfig, *, on_row: Callable[[dict], None] | None = 
     items = [
         {"meta": json.dumps({"key": r.key, "ref": r.to_dict(), "attempt": attempts[r.key] + 1})} for r in todo
     ]
-    writer = _ManifestWriter(
+    writer = ManifestWriter(
         cfg.output.prefix, run_id, cfg.ray.manifest_rows_per_part, cfg.ray.manifest_flush_s
     )
     counts = Counter()
@@ -442,7 +325,7 @@ def run_refine(cfg: RefineJobConfig, *, on_row: Callable[[dict], None] | None = 
         started = init_ray(cfg.ray)
         try:
             res = ray.cluster_resources()
-            nodes = _alive_nodes()
+            nodes = alive_nodes()
             plan = plan_stages(
                 res.get("CPU", 0.0), res.get("GPU", 0.0), cfg.uses_sam, cfg.ray, cfg.refine.threads,
                 nodes=nodes,
@@ -455,10 +338,10 @@ def run_refine(cfg: RefineJobConfig, *, on_row: Callable[[dict], None] | None = 
             ctx.wait_for_min_actors_s = int(cfg.ray.actor_start_timeout_s)
             ds = build_dataset(items, cfg, plan, static)
             bar = _progress(len(items), cfg.ray.progress)
-            with _signals() as sig:
-                describe = lambda idle: _describe_stall(idle, cfg.ray.stall_timeout_s, plan, nodes,  # noqa: E731
+            with DriverSignals() as sig:
+                describe = lambda idle: describe_stall(idle, cfg.ray.stall_timeout_s, plan, nodes,  # noqa: E731
                                                         sum(counts.values()), len(items))
-                dog = _Watchdog(writer, cfg.ray.stall_timeout_s, describe, interrupt=sig.active,
+                dog = Watchdog(writer, cfg.ray.stall_timeout_s, describe, interrupt=sig.active,
                                 startup_s=cfg.ray.actor_start_timeout_s)
                 dog.start()
                 try:
@@ -508,41 +391,6 @@ def run_refine(cfg: RefineJobConfig, *, on_row: Callable[[dict], None] | None = 
         parts=writer.parts,
         duplicates_dropped=writer.duplicates,
     )
-
-
-def _alive_nodes() -> list[tuple[float, float]]:
-    """(CPUs, GPUs) of each alive node."""
-    import ray
-
-    return [(float(n["Resources"].get("CPU", 0.0)), float(n["Resources"].get("GPU", 0.0)))
-            for n in ray.nodes() if n.get("Alive")]
-
-
-def _describe_stall(idle: float, limit: float, plan: StagePlan, nodes: list[tuple[float, float]],
-                    done: int, total: int) -> str:
-    """Why the job stopped: which stage waits for which resource, from the cluster as it is now."""
-    import ray
-
-    try:
-        free, now = ray.available_resources(), _alive_nodes()
-    except Exception as exc:  # the cluster itself is unreachable
-        return (f"no sample finished for {idle:.0f} s (ray.stall_timeout_s = {limit:g}); {done} of {total} "
-                f"done; the Ray cluster does not answer ({exc!r})")
-    cpu, gpu = free.get("CPU", 0.0), free.get("GPU", 0.0)
-    waits = []
-    if plan.refine_gpus > gpu or plan.sam_gpus > gpu:
-        waits.append(f"model actors (each needs {max(plan.refine_gpus, plan.sam_gpus):g} GPU, "
-                     f"{gpu:g} free)")
-    if plan.actor_cpus > cpu:
-        waits.append(f"model actors (each needs {plan.actor_cpus:g} CPU, {cpu:g} free)")
-    if plan.task_cpus > cpu:
-        waits.append(f"decode/finish tasks (each needs {plan.task_cpus:g} CPU, {cpu:g} free)")
-    stage = "; ".join(waits) or "no stage lacks resources (see the Ray logs of the model actors)"
-    return (f"no sample finished for {idle:.0f} s (ray.stall_timeout_s = {limit:g}); {done} of {total} done. "
-            f"Nodes alive: {len(now)} of {len(nodes)} at start; free now: {cpu:g} CPU, {gpu:g} GPU of "
-            f"{sum(c for c, _ in now):g} CPU, {sum(g for _, g in now):g} GPU. Waiting: {stage}. "
-            "Finished rows are in the manifest; rerun the same command to resume once the cluster has "
-            "the resources.")
 
 
 def format_run(result: RunResult) -> str:

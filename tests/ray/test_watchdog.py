@@ -8,7 +8,7 @@ import time
 import pytest
 
 from pipeline.io import read_manifest
-from pipeline.ray_runner import _Interrupt, _ManifestWriter, _signals, _Watchdog
+from pipeline.progress import DriverInterrupt, DriverSignals, ManifestWriter, Watchdog
 
 
 def _row(key: str, ms: float = 10.0) -> dict:
@@ -17,8 +17,8 @@ def _row(key: str, ms: float = 10.0) -> dict:
 
 def test_rows_are_flushed_on_the_timer_without_new_rows(tmp_path):
     out = str(tmp_path / "out")
-    writer = _ManifestWriter(out, "run", rows_per_part=1000, flush_s=0.3)
-    dog = _Watchdog(writer, stall_s=60, describe=lambda idle: "x", interrupt=False, tick_s=0.05)
+    writer = ManifestWriter(out, "run", rows_per_part=1000, flush_s=0.3)
+    dog = Watchdog(writer, stall_s=60, describe=lambda idle: "x", interrupt=False, tick_s=0.05)
     dog.start()
     try:
         writer.add(_row("a"))
@@ -35,13 +35,13 @@ def test_rows_are_flushed_on_the_timer_without_new_rows(tmp_path):
 
 
 def test_a_stall_interrupts_the_main_thread_with_the_reason(tmp_path):
-    writer = _ManifestWriter(str(tmp_path / "out"), "run", rows_per_part=1000, flush_s=999)
-    with _signals() as sig:
+    writer = ManifestWriter(str(tmp_path / "out"), "run", rows_per_part=1000, flush_s=999)
+    with DriverSignals() as sig:
         assert sig.active
-        dog = _Watchdog(writer, stall_s=0.5, describe=lambda idle: f"stuck {idle:.1f}", interrupt=True,
+        dog = Watchdog(writer, stall_s=0.5, describe=lambda idle: f"stuck {idle:.1f}", interrupt=True,
                         tick_s=0.05)
         t = time.monotonic()
-        with pytest.raises(_Interrupt):
+        with pytest.raises(DriverInterrupt):
             dog.start()
             while time.monotonic() - t < 30:
                 time.sleep(0.01)
@@ -50,8 +50,8 @@ def test_a_stall_interrupts_the_main_thread_with_the_reason(tmp_path):
 
 
 def test_the_limit_scales_with_the_slowest_sample(tmp_path):
-    writer = _ManifestWriter(str(tmp_path / "out"), "run", rows_per_part=10, flush_s=999)
-    dog = _Watchdog(writer, stall_s=5, describe=lambda idle: "", interrupt=False, startup_s=60)
+    writer = ManifestWriter(str(tmp_path / "out"), "run", rows_per_part=10, flush_s=999)
+    dog = Watchdog(writer, stall_s=5, describe=lambda idle: "", interrupt=False, startup_s=60)
     assert dog.limit() == 65, "before the first row the models may still be loading"
     dog.progress(_row("a", ms=400))  # 0.8 s of work: 10x is 8 s
     assert dog.limit() == pytest.approx(8.0)

@@ -65,15 +65,22 @@ def test_composite_source_is_deterministic(photos: list[str]) -> None:
         CompositeSource(photos[:1], count=3)
 
 
+def _write_prefix(src: CompositeSource, data: Path, coarse: bool) -> str:
+    """The source's samples as NAME_im.png + NAME_gt.png (+ an 8x smaller NAME_seg.png); the last key."""
+    data.mkdir()
+    for i in range(len(src)):
+        key, im, gt = src.get(i)
+        cv2.imwrite(str(data / f"{key}_im.png"), im[..., ::-1])
+        if coarse:
+            cv2.imwrite(str(data / f"{key}_seg.png"), gt[::8, ::8])
+        cv2.imwrite(str(data / f"{key}_gt.png"), gt)
+    return key
+
+
 def test_layout_source_and_crops(tmp_path: Path, photos: list[str]) -> None:
     src = CompositeSource(photos, count=2, size_range=(100, 140))
     data = tmp_path / "data"
-    data.mkdir()
-    for i in range(2):
-        key, im, gt = src.get(i)
-        cv2.imwrite(str(data / f"{key}_im.png"), im[..., ::-1])
-        cv2.imwrite(str(data / f"{key}_seg.png"), gt[::8, ::8])
-        cv2.imwrite(str(data / f"{key}_gt.png"), gt)
+    _write_prefix(src, data, coarse=True)
     layout = LayoutSource(str(data))
     assert len(layout) == 2
     key, im, gt = layout.get(1)
@@ -100,11 +107,7 @@ def test_layout_source_needs_only_image_and_truth(tmp_path: Path, photos: list[s
 
     src = CompositeSource(photos, count=2, size_range=(100, 140))
     data = tmp_path / "data"
-    data.mkdir()
-    for i in range(2):
-        key, im, gt = src.get(i)
-        cv2.imwrite(str(data / f"{key}_im.png"), im[..., ::-1])
-        cv2.imwrite(str(data / f"{key}_gt.png"), gt)
+    _write_prefix(src, data, coarse=False)
     layout = LayoutSource(str(data))
     key, im, gt = layout.get(0)
     assert key == src.get(0)[0]
