@@ -3,6 +3,7 @@
     samsr benchmark refiner --help
     samsr benchmark sam --help
     samsr benchmark quality --help
+    samsr benchmark proposals --help
     python -m jobs.benchmark refiner [ARGS...]
 
 Dispatches to ``pipeline.bench.refiner.main(argv)`` and ``pipeline.bench.sam.main(argv)``,
@@ -20,6 +21,7 @@ __all__ = ["BENCHMARKS", "main"]
 BENCHMARKS = {
     "refiner": ("pipeline.bench.refiner", "refiner speed/memory/accuracy per decoding mode and optimisation"),
     "sam": ("pipeline.bench.sam", "SAM automatic mask generation: stock vs fast generator"),
+    "proposals": ("pipeline.bench.proposals", "regions proposals vs the refiner's time on the same images"),
     "quality": ("pipeline.bench.quality", "coarse vs refined IoU/mBA/BIoU per coarse kind on held-out data"),
 }
 

@@ -42,6 +42,7 @@ _FLAG_KEYS = {
     "checkpoint": "model.checkpoint",
     "sam_model": "sam.model_type",
     "sam_checkpoint": "sam.checkpoint",
+    "proposals": "sam.proposals",
     "decode": "refine.decode",
     "stride": "refine.stride",
     "device": "refine.device",
@@ -81,6 +82,9 @@ def build_parser(prog: str = "samsr refine") -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="URI", help="refiner checkpoint (model.checkpoint)")
     p.add_argument("--sam-model", metavar="TYPE", help="SAM type: vit_h, vit_l, vit_b, tiny (sam.model_type)")
     p.add_argument("--sam-checkpoint", metavar="URI", help="SAM checkpoint (sam.checkpoint)")
+    p.add_argument("--proposals", choices=["sam", "regions"],
+                   help="proposal source of the samsr methods (sam.proposals): sam needs --sam-checkpoint; "
+                   "regions (a classical segmentation, no weights) is the default without one")
     p.add_argument(
         "--decode", choices=["full", "strided", "bbox", "contour"], help="decoding mode (refine.decode)"
     )

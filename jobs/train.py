@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
     r.add_argument("--no-ray", action="store_true", help="run the loop in this process (no Ray Train)")
     s = ap.add_argument_group("SAM colour maps (SAM-SR-v2.1 models)")
+    s.add_argument("--proposals", choices=["sam", "regions"], default=None,
+                   help="proposal source of the colour maps: sam (needs --sam-checkpoint, or "
+                   "--sam-model-type tiny for tests) or regions (no weights; the default without "
+                   "--sam-checkpoint)")
     s.add_argument("--sam-model-type", default="vit_h", help="vit_h, vit_l, vit_b or tiny")
     s.add_argument("--sam-checkpoint", default=None, metavar="URI",
                    help="SAM weights (none: random, tests only)")
@@ -163,7 +167,9 @@ def _sam_lookup(args: argparse.Namespace, source, cfg: TrainConfig):
         return None
     from pipeline.train.sam_cache import SamColourCache, SamSettings, precompute_colour_maps
 
-    settings = SamSettings(model_type=args.sam_model_type, checkpoint=args.sam_checkpoint,
+    proposals = args.proposals or ("sam" if args.sam_checkpoint else "regions")
+    settings = SamSettings(proposals=proposals, model_type=args.sam_model_type,
+                           checkpoint=args.sam_checkpoint,
                            points_per_side=args.sam_points_per_side, working_size=args.sam_working_size,
                            seed=args.seed)
     cache = SamColourCache(args.sam_cache or cfg.checkpoint_dir.rstrip("/") + "/sam_cache", settings)

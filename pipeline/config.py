@@ -30,6 +30,7 @@ __all__ = [
     "OutputConfig",
     "ModelConfig",
     "SamConfig",
+    "RegionsConfig",
     "V1Config",
     "RefineConfig",
     "RayConfig",
@@ -97,6 +98,12 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class SamConfig:
+    """The proposal stage of the samsr methods (DESIGN 2.4b): ``proposals`` picks the source
+    (``sam``: segment-anything, needs ``checkpoint``; ``regions``: a classical segmentation, no
+    weights, parameters in the ``regions`` section). None: ``sam`` when ``checkpoint`` is set,
+    else ``regions`` (resolved by validation). ``working_size`` and ``seed`` apply to both."""
+
+    proposals: Literal["sam", "regions"] | None = None
     model_type: Literal["vit_h", "vit_l", "vit_b", "tiny"] = "vit_h"
     checkpoint: str | None = None
     working_size: int = _f(1024, _positive)
@@ -106,6 +113,32 @@ class SamConfig:
     stability_score_thresh: float = _f(0.95, _unit)
     box_nms_thresh: float = _f(0.7, _unit)
     seed: int = _f(0, _non_negative)
+
+
+def _segment_size(v: int) -> str | None:
+    return None if v >= 16 else "must be >= 16"
+
+
+def _fraction(v: float) -> str | None:
+    return None if 0.0 < v < 1.0 else "must be in (0, 1)"
+
+
+def _above_one(v: float) -> str | None:
+    return None if v > 1.0 else "must be > 1"
+
+
+@dataclass(frozen=True)
+class RegionsConfig:
+    """The ``regions`` proposal source (``pipeline.sam.regions.RegionSettings``, same fields)."""
+
+    algorithm: Literal["felzenszwalb"] = "felzenszwalb"
+    segment_size: int = _f(512, _segment_size)
+    scale: float = _f(100.0, _positive)
+    sigma: float = _f(0.8, _non_negative)
+    min_segment: float = _f(0.0005, _fraction)
+    levels: int = _f(4, _positive)
+    merge_factor: float = _f(3.0, _above_one)
+    min_area: float = _f(0.001, _unit)
 
 
 @dataclass(frozen=True)
@@ -153,6 +186,7 @@ class RefineJobConfig:
     output: OutputConfig
     model: ModelConfig = field(default_factory=ModelConfig)
     sam: SamConfig = field(default_factory=SamConfig)
+    regions: RegionsConfig = field(default_factory=RegionsConfig)
     v1: V1Config = field(default_factory=V1Config)
     refine: RefineConfig = field(default_factory=RefineConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -169,6 +203,7 @@ _SECTIONS = {
     "output": OutputConfig,
     "model": ModelConfig,
     "sam": SamConfig,
+    "regions": RegionsConfig,
     "v1": V1Config,
     "refine": RefineConfig,
     "ray": RayConfig,
@@ -272,6 +307,9 @@ def config_from_dict(data: Mapping[str, Any]) -> RefineJobConfig:
         raise ValueError(f"method: must be one of {shown} (got {method!r})")
     if method is None:
         method = "samsr-v2.1" if sections["sam"].checkpoint else "crm"
+    if sections["sam"].proposals is None:
+        source = "sam" if sections["sam"].checkpoint else "regions"
+        sections["sam"] = dataclasses.replace(sections["sam"], proposals=source)
     job_id = data.get("job_id")
     if job_id is None:
         job_id = default_job_id(sections["output"].prefix)
@@ -418,10 +456,13 @@ def check_runtime(cfg: RefineJobConfig) -> None:
     if _model_takes_sam(cfg.model.name) != wants_sam_channels:
         kind = "a SAM-SR-v2.1 (7-channel)" if wants_sam_channels else "a CRM (4-channel)"
         raise ValueError(f"model.name: method {cfg.method} needs {kind} model (got {cfg.model.name!r})")
-    if cfg.uses_sam:
+    if cfg.uses_sam and cfg.sam.proposals == "regions":
+        _require_package("skimage", "regions proposals", "sam.proposals")
+    elif cfg.uses_sam:
         _require_package("segment_anything", f"method {cfg.method}", "method")
         if not cfg.sam.checkpoint:
-            raise ValueError(f"sam.checkpoint: required for method {cfg.method}")
+            raise ValueError(f"sam.checkpoint: required for method {cfg.method} with sam.proposals: sam "
+                             "(or use sam.proposals: regions, which needs no weights)")
         if not _exists(cfg.sam.checkpoint):
             raise ValueError(f"sam.checkpoint: file not found: {cfg.sam.checkpoint}")
     if cfg.refine.device == "cuda":

@@ -56,6 +56,7 @@ def plan_stages(
     cfg: RayConfig,
     threads: int | None = None,
     nodes: Sequence[tuple[float, float]] = (),
+    sam_on_gpu: bool = True,
 ) -> StagePlan:
     """Size the stages from the cluster's CPUs/GPUs so that everything fits at once.
 
@@ -65,6 +66,8 @@ def plan_stages(
     GPUs each refiner actor gets a GPU (half a GPU each for SAM and refiner actors).
     ``nodes``: (CPUs, GPUs) of each alive node; with two or more, the CPU asks fit the cluster
     minus its largest node (module docstring), and the plan says ``survives_node_loss``.
+    ``sam_on_gpu=False`` (the ``regions`` proposals, CPU only): proposal actors take no GPU and
+    every GPU slot goes to a refiner.
     """
     if cpus <= 0:
         raise ValueError(f"cluster has no CPUs ({cpus})")
@@ -78,11 +81,16 @@ def plan_stages(
     avail_budget = budget - task_cpus * (decode + finish)
     sam_gpus = refine_gpus = 0.0
     if gpus > 0:
-        per = cfg.gpus_per_actor or (0.5 if uses_sam else 1.0)
+        gpu_sam = uses_sam and sam_on_gpu
+        per = cfg.gpus_per_actor or (0.5 if gpu_sam else 1.0)
         slots = max(1, int(gpus / per + 1e-9)) if per > 0 else 1
-        sam = (cfg.sam_actors or max(1, slots // 2)) if uses_sam else 0
-        refine = cfg.refine_actors or max(1, slots - sam)
-        sam_gpus = per if uses_sam else 0.0
+        if gpu_sam:
+            sam = cfg.sam_actors or max(1, slots // 2)
+            refine = cfg.refine_actors or max(1, slots - sam)
+        else:
+            refine = cfg.refine_actors or slots
+            sam = (cfg.sam_actors or refine) if uses_sam else 0
+        sam_gpus = per if gpu_sam else 0.0
         refine_gpus = per
         want = cfg.cpus_per_actor or 1.0
     else:

@@ -123,12 +123,14 @@ class _RefinerActor:
 
 
 class _SamActor:
-    """One SAM automatic mask generator per actor."""
+    """One proposal source per actor: SAM's automatic mask generator or ``regions``."""
 
     def __init__(
         self,
+        proposals: str,
+        regions: dict,
         model_type: str,
-        checkpoint: str,
+        checkpoint: str | None,
         generator: dict,
         device: str,
         threads: int,
@@ -139,11 +141,16 @@ class _SamActor:
     ) -> None:
         import torch
 
-        from pipeline.sam import FastMaskGenerator, build_sam
-
         torch.set_num_threads(threads)
-        sam = build_sam(model_type, checkpoint, device=_device(device))
-        self.generator = FastMaskGenerator(sam, **generator)
+        if proposals == "regions":
+            from pipeline.sam.regions import RegionGenerator, RegionSettings
+
+            self.generator = RegionGenerator(RegionSettings(**regions))
+        else:
+            from pipeline.sam import FastMaskGenerator, build_sam
+
+            sam = build_sam(model_type, checkpoint, device=_device(device))
+            self.generator = FastMaskGenerator(sam, **generator)
         self.kwargs = dict(method=method, working_size=working_size, seed=seed, v1_kwargs=v1)
 
     def __call__(self, batch: dict) -> dict:
@@ -168,11 +175,24 @@ def _static_fields(cfg: RefineJobConfig, run_id: str) -> dict[str, Any]:
         "method": cfg.method,
         "model_name": cfg.model.name,
         "model_hash": checkpoint_hash(cfg.model.checkpoint),
-        "sam_model": cfg.sam.model_type if cfg.uses_sam else None,
-        "sam_hash": checkpoint_hash(cfg.sam.checkpoint) if cfg.uses_sam else None,
+        "sam_model": _proposal_source(cfg)[0] if cfg.uses_sam else None,
+        "sam_hash": _proposal_source(cfg)[1] if cfg.uses_sam else None,
         "decode_mode": cfg.refine.decode,
         "decode_stride": cfg.refine.stride if cfg.refine.decode == "strided" else None,
     }
+
+
+def _proposal_source(cfg: RefineJobConfig) -> tuple[str, str]:
+    """What the manifest records as ``sam_model`` and ``sam_hash``: the SAM model type and its
+    checkpoint's hash, or ``regions:<algorithm>`` and the hash of the regions parameters."""
+    if cfg.sam.proposals == "regions":
+        from pipeline.sam.regions import RegionSettings
+
+        settings = RegionSettings(**dataclasses.asdict(cfg.regions))
+        return settings.describe(), settings.digest()
+    from pipeline.models import checkpoint_hash
+
+    return cfg.sam.model_type, checkpoint_hash(cfg.sam.checkpoint)
 
 
 def build_dataset(items: list[dict], cfg: RefineJobConfig, plan: StagePlan, static: dict[str, Any]):
@@ -212,6 +232,8 @@ def build_dataset(items: list[dict], cfg: RefineJobConfig, plan: StagePlan, stat
             num_gpus=plan.sam_gpus,
             compute=rd.ActorPoolStrategy(size=plan.sam_actors, **pool),
             fn_constructor_kwargs=dict(
+                proposals=s.proposals,
+                regions=dataclasses.asdict(cfg.regions),
                 model_type=s.model_type,
                 checkpoint=s.checkpoint,
                 generator=generator,
@@ -328,7 +350,7 @@ def run_refine(cfg: RefineJobConfig, *, on_row: Callable[[dict], None] | None = 
             nodes = alive_nodes()
             plan = plan_stages(
                 res.get("CPU", 0.0), res.get("GPU", 0.0), cfg.uses_sam, cfg.ray, cfg.refine.threads,
-                nodes=nodes,
+                nodes=nodes, sam_on_gpu=cfg.sam.proposals == "sam",
             )
             ctx = DataContext.get_current()
             ctx.enable_progress_bars = False

@@ -1,24 +1,26 @@
-"""SAM colour maps for SAM-SR-v2.1 training: computed once (a Ray job), cached, read per crop.
+"""Proposal colour maps (SAM or ``regions``) for SAM-SR-v2.1 training: computed once (a Ray
+job), cached, read per crop.
 
 Cache layout: ``<cache_uri>/<settings digest>/<image key>.png`` where the image key is the
 content hash of the decoded image (:func:`pipeline.train.data.image_key`) and the digest covers
-every SAM setting that changes the map (model type, checkpoint URI, points per side, thresholds,
-working size, colour seed). A second run with the same settings reuses every file; changing a
-setting gives a fresh folder. Files are written whole (idempotent overwrite), so a killed job
-resumes by skipping what exists.
+every setting that changes the map (the source; SAM's model type, checkpoint URI, points per
+side, thresholds; the regions parameters; working size, colour seed). A second run with the
+same settings reuses every file; changing a setting gives a fresh folder. Files are written
+whole (idempotent overwrite), so a killed job resumes by skipping what exists.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import cv2
 import numpy as np
 
 from pipeline.io.fs import open_fs
+from pipeline.sam.regions import RegionGenerator, RegionSettings
 from pipeline.train.data import image_key
 
 __all__ = ["SamSettings", "SamColourCache", "compute_colour_map", "precompute_colour_maps"]
@@ -26,8 +28,11 @@ __all__ = ["SamSettings", "SamColourCache", "compute_colour_map", "precompute_co
 
 @dataclass(frozen=True)
 class SamSettings:
-    """SAM stage settings that determine a colour map."""
+    """Proposal settings that determine a colour map: the source (``sam`` or ``regions``, see
+    DESIGN 2.4b) and its parameters (the SAM fields, or ``regions``)."""
 
+    proposals: str = "sam"
+    regions: RegionSettings = field(default_factory=RegionSettings)
     model_type: str = "vit_h"
     checkpoint: str | None = None
     points_per_side: int = 32
@@ -40,8 +45,15 @@ class SamSettings:
         """16 hex chars of sha256 over the settings as sorted JSON."""
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
+    def __post_init__(self) -> None:
+        if self.proposals not in ("sam", "regions"):
+            raise ValueError(f"proposals: must be 'sam' or 'regions' (got {self.proposals!r})")
+
     def generator(self) -> Any:
-        """A FastMaskGenerator for these settings (builds the SAM model; CPU)."""
+        """The proposal source: ``RegionGenerator`` or a ``FastMaskGenerator`` (builds the SAM
+        model; CPU)."""
+        if self.proposals == "regions":
+            return RegionGenerator(self.regions)
         from pipeline.sam import FastMaskGenerator, build_sam
 
         sam = build_sam(self.model_type, self.checkpoint, seed=self.seed)  # seed: random weights (tests)

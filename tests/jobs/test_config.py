@@ -39,7 +39,9 @@ def test_shipped_configs_validate():
     assert demo.ray.address is None  # local Ray in-process
     default = load_config(str(ROOT / "configs" / "default.yaml"))
     # every key of every section is spelled out in default.yaml, with the dataclass defaults
-    assert default.sam == type(default.sam)() and default.refine == type(default.refine)()
+    # (sam.proposals: null resolves to regions without a SAM checkpoint)
+    assert default.sam == dataclasses.replace(type(default.sam)(), proposals="regions")
+    assert default.regions == type(default.regions)() and default.refine == type(default.refine)()
     assert default.ray == type(default.ray)() and default.v1 == type(default.v1)()
     with pytest.raises(dataclasses.FrozenInstanceError):
         demo.method = "samsr-v1"
@@ -49,7 +51,13 @@ def test_method_defaults_to_samsr_v21_only_with_a_sam_checkpoint():
     assert config_from_dict(BASE).method == "crm"
     assert config_from_dict(_with("sam.checkpoint", "sam.pth")).method == "samsr-v2.1"
     cfg = config_from_dict({**_with("sam.checkpoint", "sam.pth"), "method": "samsr-v1"})
-    assert cfg.method == "samsr-v1" and cfg.uses_sam
+    assert cfg.method == "samsr-v1" and cfg.uses_sam and cfg.sam.proposals == "sam"
+    # no SAM checkpoint: the samsr methods use the regions proposals (no weights) unless told
+    regions = config_from_dict({**BASE, "method": "samsr-v2.1"})
+    assert regions.sam.proposals == "regions"
+    explicit = config_from_dict({**_with("sam.proposals", "regions"), "sam": {"checkpoint": "sam.pth",
+                                                                            "proposals": "regions"}})
+    assert explicit.sam.proposals == "regions" and explicit.method == "samsr-v2.1"
 
 
 @pytest.mark.parametrize(
@@ -67,6 +75,11 @@ def test_method_defaults_to_samsr_v21_only_with_a_sam_checkpoint():
         (_with("ray.batch_size", 1.5), "ray.batch_size: must be an integer"),
         (_with("sam.pred_iou_thresh", 1.5), "sam.pred_iou_thresh: must be in [0, 1]"),
         (_with("sam.model_type", "vit_x"), "sam.model_type: must be one of"),
+        (_with("sam.proposals", "slic"), "sam.proposals: must be one of 'sam', 'regions'"),
+        (_with("regions.min_segment", 0), "regions.min_segment: must be in (0, 1)"),
+        (_with("regions.merge_factor", 1), "regions.merge_factor: must be > 1"),
+        (_with("regions.algorithm", "watershed"), "regions.algorithm: must be one of 'felzenszwalb'"),
+        (_with("regions.segment_size", 8), "regions.segment_size: must be >= 16"),
         (_with("output.soft", "yes"), "output.soft: must be true or false"),
         (_with("input.layout", "zip"), "input.layout: must be one of"),
         (_with("refine.options", [1]), "refine.options: must be a mapping"),
@@ -166,7 +179,6 @@ def test_check_runtime_names_the_key_before_any_work(checkpoints, tmp_path):
         (("model", "checkpoint"), None, "model.checkpoint: required"),
         (("model", "name"), "crm_r18", "model.name: must be one of"),
         (("method",), "samsr-v2.1", "model.name: method samsr-v2.1 needs a SAM-SR-v2.1"),
-        (("method",), "samsr-v1", "sam.checkpoint: required for method samsr-v1"),
         (("output", "prefix"), "nosuchproto://x/y", "output.prefix: cannot open nosuchproto://"),
     ]
     for path, value, message in cases:
@@ -179,4 +191,8 @@ def test_check_runtime_names_the_key_before_any_work(checkpoints, tmp_path):
     )
     with pytest.raises(ValueError, match="sam.checkpoint: file not found"):
         check_runtime(config_from_dict(v1))
+    no_sam = apply_overrides(ok, [(["method"], "samsr-v1"), (["sam", "proposals"], "sam")])
+    with pytest.raises(ValueError, match="sam.checkpoint: required for method samsr-v1 with sam.proposals"):
+        check_runtime(config_from_dict(no_sam))
+    check_runtime(config_from_dict(apply_overrides(ok, [(["method"], "samsr-v1")])))  # regions: no weights
     assert not (tmp_path / "o").exists()  # nothing was written

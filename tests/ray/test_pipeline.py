@@ -279,15 +279,19 @@ def test_refine_cli_in_process_prints_summary(tmp_path, crm_checkpoint, capsys):
     assert "refined" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("proposals", ["sam", "regions"])
 @pytest.mark.parametrize("method", ["samsr-v1", "samsr-v2.1"])
-def test_samsr_methods_end_to_end_with_tiny_sam(
-    method, tmp_path, crm_checkpoint, v21_checkpoint, sam_checkpoint
+def test_samsr_methods_end_to_end(
+    method, proposals, tmp_path, crm_checkpoint, v21_checkpoint, sam_checkpoint
 ):
+    """Both methods with both proposal sources (a tiny random SAM; ``regions``, no weights):
+    every row equals the computation done by hand."""
     import torch
 
     from pipeline.models import build_model
     from pipeline.refine import RefineOptions, prepare_model, refine
     from pipeline.sam import FastMaskGenerator, build_sam, merge_v1, propose
+    from pipeline.sam.regions import RegionGenerator, RegionSettings
 
     samples = make_samples(2, 48, 64)
     uri = write_layout("prefix", str(tmp_path), samples)
@@ -296,6 +300,9 @@ def test_samsr_methods_end_to_end_with_tiny_sam(
     model["checkpoint"] = v21_checkpoint if method == "samsr-v2.1" else crm_checkpoint
     gen = {"points_per_side": 6, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
     sam = {"model_type": "tiny", "checkpoint": sam_checkpoint, "working_size": 128, "seed": 7, **gen}
+    regions = {"segment_size": 32, "scale": 50.0, "min_area": 0.01}
+    if proposals == "regions":
+        sam = {"proposals": "regions", "working_size": 128, "seed": 7}
     cfg = _cfg(
         uri,
         out,
@@ -303,6 +310,7 @@ def test_samsr_methods_end_to_end_with_tiny_sam(
         method=method,
         model=model,
         sam=sam,
+        regions=regions,
         output={"soft": True},
         v1={"deform_iou_thresh": 0.0, "sparsity_thresh": 0.0, "cover_thresh": 0.5},
     )
@@ -312,13 +320,20 @@ def test_samsr_methods_end_to_end_with_tiny_sam(
     result = run_refine(cfg)
     assert (result.ok, result.error) == (2, 0)
     rows = {r["key"]: r for r in read_manifest(out).to_pylist()}
-    assert all(r["method"] == method and r["sam_model"] == "tiny" and r["sam_hash"] for r in rows.values())
+    settings = RegionSettings(**regions)
+    source = ("tiny", None) if proposals == "sam" else (settings.describe(), settings.digest())
+    for r in rows.values():
+        assert r["method"] == method and r["sam_model"] == source[0] and r["sam_hash"]
+        assert proposals == "sam" or r["sam_hash"] == source[1]
 
     # the same computation by hand, single-threaded like the actors
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        generator = FastMaskGenerator(build_sam("tiny", sam_checkpoint), points_per_batch=64, **gen)
+        if proposals == "sam":
+            generator = FastMaskGenerator(build_sam("tiny", sam_checkpoint), points_per_batch=64, **gen)
+        else:
+            generator = RegionGenerator(settings)
         options = RefineOptions()
         refiner = prepare_model(build_model(model["name"], model["checkpoint"]), options)
         for ref in list_samples(uri):

@@ -37,6 +37,10 @@ def test_gpus_give_each_model_actor_a_gpu_share():
     assert (s.sam_actors, s.refine_actors, s.sam_gpus, s.refine_gpus) == (1, 1, 0.5, 0.5)
     s8 = plan_stages(64, 8, True, RayConfig())
     assert s8.sam_actors + s8.refine_actors == 16 and _requested_cpus(s8) <= 64
+    # regions proposals run on CPUs: every GPU goes to a refiner, proposal actors take no GPU
+    r = plan_stages(16, 2, True, RayConfig(), sam_on_gpu=False)
+    assert (r.sam_actors, r.refine_actors, r.sam_gpus, r.refine_gpus) == (2, 2, 0.0, 1.0)
+    assert _requested_cpus(r) <= 16
 
 
 def test_overrides_and_impossible_requests():

@@ -91,7 +91,8 @@ def test_v21_job_end_to_end_with_ray(ray_local, tiny_data: Path, tmp_path: Path)
     save_checkpoint(crm, crm_path)
     ckpt = tmp_path / "v21"
     assert main(["--data", str(tiny_data), "--model", "samsr_v21_mnv2", "--init-checkpoint", crm_path,
-                 "--sam-model-type", "tiny", "--sam-points-per-side", "4", "--sam-working-size", "128",
+                 "--proposals", "sam", "--sam-model-type", "tiny", "--sam-points-per-side", "4",
+                 "--sam-working-size", "128",
                  "--steps", "1", "--batch-size", "2", "--crop", "64", "--patch", "16", "--patches", "1",
                  "--checkpoint-dir", str(ckpt)]) == 0
     state = load_latest(str(ckpt))
