@@ -114,11 +114,18 @@ def _shrink(image: np.ndarray, truth: np.ndarray, max_side: int | None) -> tuple
 
 
 def evaluate(model, refs: Sequence[Any], kinds: Sequence[str] = KINDS, options=None, seed: int = 0,
-             log: bool = True, device: str = "cpu", max_side: int | None = None) -> dict[str, Any]:
+             log: bool = True, device: str = "cpu", max_side: int | None = None, method: str = "crm",
+             proposer: Any = None, working_size: int = 1024,
+             v1_kwargs: dict[str, float] | None = None) -> dict[str, Any]:
     """Refine every sample of ``refs`` once per coarse kind. The refs' *mask* file is the truth
     (``list_samples(uri, "prefix", mask_suffix="_gt.png")``), resized to the image if it differs.
     ``max_side`` first shrinks image and truth to that long side (photographs of everyday size);
     the model runs on ``device``.
+
+    ``method``: ``crm`` (the model sees image + coarse), ``samsr-v2.1`` (+ the colour map of
+    ``proposer``'s masks, a 7-channel model), ``samsr-v1`` (the coarse mask merged with the
+    proposals by `pipeline.sam.merge_v1` first, unless a gate fires). Proposals are made once per
+    image (at ``working_size``, colour seed 0) and shared by its coarse kinds, as in the pipeline.
 
     Returns {"n", "kinds": {kind: {"coarse": summary, "refined": summary, "worse": percent,
     "seconds": float}}, "per_image": [...]} where a summary is {"iou", "mba", "biou", "area"}.
@@ -126,7 +133,10 @@ def evaluate(model, refs: Sequence[Any], kinds: Sequence[str] = KINDS, options=N
     from pipeline.io import load_sample
     from pipeline.metrics import image_metrics
     from pipeline.refine import RefineOptions, prepare_model, refine
+    from pipeline.sam import merge_v1, propose
 
+    if method != "crm" and proposer is None:
+        raise ValueError(f"method {method}: needs a proposal source")
     options = options or RefineOptions()
     model = prepare_model(model.eval(), options).to(device)
     per_kind: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
@@ -134,12 +144,20 @@ def evaluate(model, refs: Sequence[Any], kinds: Sequence[str] = KINDS, options=N
     for ref in refs:
         s = load_sample(ref, load_gt=False)
         image, truth = _shrink(s.image, s.coarse, max_side)
+        props = None if method == "crm" else propose(proposer, image, s.key, working_size=working_size)
         for kind in kinds:
             coarse = make_coarse(truth, kind, s.key, seed)
             t = time.perf_counter()
-            prob = refine(model, image, coarse, options=options, device=device)  # numpy: synchronised
+            gate = None
+            if method == "samsr-v2.1":
+                prob = refine(model, image, coarse, props.colour_map, options=options, device=device)
+            elif method == "samsr-v1":
+                merged, gate = merge_v1(coarse, props.masks, **(v1_kwargs or {}))
+                prob = refine(model, image, merged, options=options, device=device)
+            else:
+                prob = refine(model, image, coarse, options=options, device=device)  # numpy: synchronised
             seconds[kind] += time.perf_counter() - t
-            row = {"key": s.key, "kind": kind, "size": list(truth.shape)}
+            row = {"key": s.key, "kind": kind, "size": list(truth.shape), "gate": gate}
             for name, mask in (("coarse", coarse), ("refined", prob)):
                 row[name] = image_metrics(mask, truth)
                 row[name]["area_change"] = _area_change(mask, truth)
@@ -186,6 +204,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data", action="append", required=True, metavar="URI",
                     help="prefix-layout set with _im/_gt files (repeatable; any fsspec URI)")
     ap.add_argument("--model", default="crm_mnv2", help="registry model (default crm_mnv2)")
+    ap.add_argument("--method", default="crm", choices=["crm", "samsr-v1", "samsr-v2.1"],
+                    help="crm (default), samsr-v2.1 (a samsr_v21 model + proposal colour maps) or samsr-v1 "
+                    "(coarse mask merged with the proposals, then the CRM model)")
+    ap.add_argument("--proposals", default="regions", choices=["regions", "sam"],
+                    help="proposal source of the samsr methods (default regions, config defaults)")
+    ap.add_argument("--sam-model-type", default="vit_h", help="SAM type for --proposals sam")
+    ap.add_argument("--sam-checkpoint", default=None, help="SAM weights for --proposals sam")
     ap.add_argument("--weights", default="pipeline/weights/crm_mnv2.pt", help="weights (path/URL)")
     ap.add_argument("--scales", default="1.0", help="cascade scales, comma-separated (default 1.0)")
     ap.add_argument("--decode", default="full", help="decode mode: full, strided, bbox, contour")
@@ -219,13 +244,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not refs:
         ap.error(f"no samples found in {args.data}")
     model = build_model(args.model, checkpoint=args.weights)
+    proposer = None
+    if args.method != "crm":
+        if args.proposals == "regions":
+            from pipeline.sam.regions import RegionGenerator
+
+            proposer = RegionGenerator()
+        else:
+            from pipeline.sam import FastMaskGenerator, build_sam
+
+            if not args.sam_checkpoint:
+                ap.error("--proposals sam: needs --sam-checkpoint")
+            proposer = FastMaskGenerator(build_sam(args.sam_model_type, args.sam_checkpoint))
     t0 = time.time()
-    result = evaluate(model, refs, kinds, options, args.seed, device=args.device, max_side=args.max_side)
-    result.update({"max_side": args.max_side, "device": args.device,
+    result = evaluate(model, refs, kinds, options, args.seed, device=args.device, max_side=args.max_side,
+                      method=args.method, proposer=proposer)
+    result.update({"max_side": args.max_side, "device": args.device, "method": args.method,
+                   "proposals": args.proposals if args.method != "crm" else None,
                    "model": args.model, "weights": args.weights, "scales": list(options.scales),
                    "decode": options.decode, "align": options.align, "data": args.data,
                    "wall_s": time.time() - t0})
-    print(f"\nmodel {args.model} weights {args.weights} scales {list(options.scales)} "
+    print(f"\nmethod {args.method}" + (f" ({args.proposals} proposals)" if proposer else "")
+          + f", model {args.model} weights {args.weights} scales {list(options.scales)} "
           f"decode {options.decode} "
           f"align {options.align}; {result['n']} images from {', '.join(args.data)}"
           + (f", long side <= {args.max_side}" if args.max_side else ""))

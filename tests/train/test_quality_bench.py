@@ -96,3 +96,39 @@ def test_max_side_shrinks_image_and_truth_together(tmp_path: Path) -> None:
     want = np.where(small > 128, 255, 0).astype(np.uint8)
     assert got["kinds"]["identity"]["coarse"]["iou"] == pytest.approx(100)
     assert got["per_image"][0]["coarse"]["intersection"] == np.count_nonzero(want)
+
+
+def test_quality_benchmark_samsr_methods_with_regions_proposals(tmp_path: Path) -> None:
+    """v2.1 from CRM weights (colour channels zeroed) scores exactly like CRM; v1 runs the merge."""
+    from pipeline.models import load_checkpoint
+    from pipeline.train.loop import init_from_checkpoint
+
+    rng = np.random.default_rng(5)
+    a = cv2.GaussianBlur(rng.integers(0, 255, (200, 260, 3), dtype=np.uint8), (0, 0), 4)
+    b = np.full((200, 260, 3), (200, 60, 40), np.uint8)
+    data = tmp_path / "data"
+    data.mkdir()
+    c = make_composite(np.random.default_rng(20), a, b, 96, 128, kind="blob")
+    cv2.imwrite(str(data / "p0_im.png"), c.image[..., ::-1])
+    cv2.imwrite(str(data / "p0_gt.png"), c.gt)
+    torch.manual_seed(0)
+    crm = tmp_path / "crm.pt"
+    save_checkpoint(build_model("crm_mnv2"), str(crm))
+    v21 = build_model("samsr_v21_mnv2")
+    init_from_checkpoint(v21, load_checkpoint(str(crm)), str(crm))
+    v21_path = tmp_path / "v21.pt"
+    save_checkpoint(v21, str(v21_path))
+    results = {}
+    for method, model, weights in (("crm", "crm_mnv2", crm), ("samsr-v2.1", "samsr_v21_mnv2", v21_path),
+                                   ("samsr-v1", "crm_mnv2", crm)):
+        out = tmp_path / f"{method}.json"
+        assert cli_main(["benchmark", "quality", "--data", str(data), "--model", model, "--weights",
+                         str(weights), "--method", method, "--kinds", "perturbed", "--json", str(out),
+                         "--threads", "1"]) == 0
+        results[method] = json.loads(out.read_text())
+    got = {m: r["kinds"]["perturbed"]["refined"] for m, r in results.items()}
+    assert got["samsr-v2.1"]["iou"] == pytest.approx(got["crm"]["iou"], abs=1e-4)
+    assert got["samsr-v2.1"]["mba"] == pytest.approx(got["crm"]["mba"], abs=1e-4)
+    assert results["samsr-v2.1"]["proposals"] == "regions" and results["crm"]["proposals"] is None
+    row = results["samsr-v1"]["per_image"][0]
+    assert row["gate"] in (None, "sparsity", "deformation")
