@@ -163,7 +163,9 @@ def build_source(args: argparse.Namespace):
 
 def _sam_lookup(args: argparse.Namespace, source, cfg: TrainConfig):
     """For 7-channel models: precompute (Ray job) and return the cached colour-map reader."""
-    if not args.model.startswith("samsr_v21"):
+    from pipeline.models import model_spec
+
+    if not model_spec(args.model).takes_proposals:
         return None
     from pipeline.train.sam_cache import SamColourCache, SamSettings, precompute_colour_maps
 

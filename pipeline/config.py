@@ -444,18 +444,20 @@ def check_runtime(cfg: RefineJobConfig) -> None:
             except (ImportError, ValueError) as e:
                 raise ValueError(f"{key}: cannot open {proto}:// URLs ({e})") from e
 
-    from pipeline.models import MODELS
+    from pipeline.models import SPECS
 
-    if cfg.model.name not in MODELS:
-        raise ValueError(f"model.name: must be one of {', '.join(sorted(MODELS))} (got {cfg.model.name!r})")
+    if cfg.model.name not in SPECS:
+        raise ValueError(f"model.name: must be one of {', '.join(sorted(SPECS))} (got {cfg.model.name!r})")
     if not cfg.model.checkpoint:
         raise ValueError("model.checkpoint: required (weights are never fetched implicitly)")
     if not _exists(cfg.model.checkpoint):
         raise ValueError(f"model.checkpoint: file not found: {cfg.model.checkpoint}")
-    wants_sam_channels = cfg.method == "samsr-v2.1"
-    if _model_takes_sam(cfg.model.name) != wants_sam_channels:
-        kind = "a SAM-SR-v2.1 (7-channel)" if wants_sam_channels else "a CRM (4-channel)"
-        raise ValueError(f"model.name: method {cfg.method} needs {kind} model (got {cfg.model.name!r})")
+    spec = SPECS[cfg.model.name]
+    wants_proposals = cfg.method == "samsr-v2.1"
+    if spec.takes_proposals != wants_proposals:
+        kind = "a SAM-SR-v2.1 (7-channel)" if wants_proposals else "a CRM (4-channel)"
+        raise ValueError(f"model.name: method {cfg.method} needs {kind} model (got {cfg.model.name!r}, "
+                         f"{spec.kind})")
     if cfg.uses_sam and cfg.sam.proposals == "regions":
         _require_package("skimage", "regions proposals", "sam.proposals")
     elif cfg.uses_sam:
@@ -470,11 +472,6 @@ def check_runtime(cfg: RefineJobConfig) -> None:
 
         if not torch.cuda.is_available() and not cfg.ray.address and not os.environ.get("RAY_ADDRESS"):
             raise ValueError("refine.device: 'cuda' but no CUDA device is visible")
-
-
-def _model_takes_sam(name: str) -> bool:
-    """Whether the registry entry ``name`` is a 7-channel SAM-SR-v2.1 refiner."""
-    return name.startswith("samsr_v21")
 
 
 def with_absolute_paths(cfg: RefineJobConfig) -> RefineJobConfig:

@@ -100,7 +100,7 @@ def _calibrated_model(name: str, seed: int):
     mask = torch.nn.functional.interpolate(
         torch.from_numpy(coarse)[None, None].float() / 255, size=(160, 192), mode="bilinear"
     )
-    colors = torch.rand(1, 3, 160, 192) if model.in_channels == 7 else None
+    colors = torch.rand(1, 3, 160, 192) if model.takes_proposals else None
     inp = make_input(img, mask, colors)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):

@@ -8,10 +8,14 @@ from pipeline.models.checkpoint import (
     save_checkpoint,
 )
 from pipeline.models.crm import IMAGENET_MEAN, IMAGENET_STD, CRMNet, make_coord, make_input
-from pipeline.models.registry import MODELS, STEM_KEYS, build_model, expand_stem
+from pipeline.models.registry import MODELS, SPECS, STEM_KEYS, build_model, expand_stem, model_spec
+from pipeline.models.spec import ModelSpec
 
 __all__ = [
     "MODELS",
+    "SPECS",
+    "ModelSpec",
+    "model_spec",
     "STEM_KEYS",
     "build_model",
     "expand_stem",

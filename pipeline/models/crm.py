@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "BASE_CHANNELS",
+    "PROPOSAL_CHANNELS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "CRMNet",
@@ -24,6 +26,8 @@ __all__ = [
     "ENSEMBLE_EPS",
 ]
 
+BASE_CHANNELS = 4  # RGB + mask (CRM)
+PROPOSAL_CHANNELS = 3  # + the proposal colour map (SAM-SR-v2.1)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ENSEMBLE_EPS = 1e-6  # official eps shift and clamp margin of the local ensemble
@@ -181,6 +185,11 @@ class CRMNet(nn.Module):
         self.in_channels: int = encoder.in_channels
         self.feat_dim: int = fusion.out_channels
         self.mask_prior: float = float(mask_prior)
+
+    @property
+    def takes_proposals(self) -> bool:
+        """Whether the input has the proposal colour map (SAM-SR-v2.1) after RGB and mask."""
+        return self.in_channels == BASE_CHANNELS + PROPOSAL_CHANNELS
 
     def encode(self, inp: Tensor, run_layer4: bool = False) -> Tensor:
         """(B, C_in, h, w) -> feature map F (B, feat_dim, ceil(h/2), ceil(w/2))."""

@@ -1,4 +1,4 @@
-"""Model registry: one plain builder per variant, a dict from name to builder.
+"""Model registry: one plain builder and one `ModelSpec` per variant.
 
 - `crm_r50`: CRM with the dilated ResNet-50 encoder, 4 input channels (loads official CRM).
 - `samsr_v21_r50`: the same with 7 input channels (RGB, mask, SAM colours).
@@ -18,12 +18,15 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.models.checkpoint import CheckpointError, load_checkpoint, load_weights, strip_prefix
-from pipeline.models.crm import CRMNet, Fusion
+from pipeline.models.crm import BASE_CHANNELS, PROPOSAL_CHANNELS, CRMNet, Fusion
 from pipeline.models.mobilenet import MobileNetV2Encoder, imagenet_mnv2_state_dict
 from pipeline.models.resnet import resnet50_encoder
+from pipeline.models.spec import ModelSpec
 
 __all__ = [
     "MODELS",
+    "SPECS",
+    "model_spec",
     "build_model",
     "crm_r50",
     "samsr_v21_r50",
@@ -33,8 +36,8 @@ __all__ = [
     "STEM_KEYS",
 ]
 
-CRM_CHANNELS = 4
-SAMSR_CHANNELS = 7
+CRM_CHANNELS = BASE_CHANNELS
+SAMSR_CHANNELS = BASE_CHANNELS + PROPOSAL_CHANNELS
 # The light models predict a correction of the incoming mask (CRMNet.mask_prior): logit =
 # decoder + MNV2_MASK_PRIOR * mask in [-1, 1]; a binary mask alone gives p = sigmoid(2) = 0.88.
 MNV2_MASK_PRIOR = 2.0
@@ -121,16 +124,26 @@ def samsr_v21_mnv2(
     return _finish(_build_mnv2(SAMSR_CHANNELS, pretrained), checkpoint, crm_checkpoint, STEM_KEYS["mnv2"])
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "crm_r50": crm_r50,
-    "samsr_v21_r50": samsr_v21_r50,
-    "crm_mnv2": crm_mnv2,
-    "samsr_v21_mnv2": samsr_v21_mnv2,
+SPECS: dict[str, ModelSpec] = {
+    s.name: s
+    for s in (
+        ModelSpec("crm_r50", crm_r50, "r50", False, STEM_KEYS["r50"]),
+        ModelSpec("samsr_v21_r50", samsr_v21_r50, "r50", True, STEM_KEYS["r50"], crm_counterpart="crm_r50"),
+        ModelSpec("crm_mnv2", crm_mnv2, "mnv2", False, STEM_KEYS["mnv2"], default_weights="crm_mnv2.pt"),
+        ModelSpec("samsr_v21_mnv2", samsr_v21_mnv2, "mnv2", True, STEM_KEYS["mnv2"],
+                  crm_counterpart="crm_mnv2"),
+    )
 }
+MODELS: dict[str, Callable[..., nn.Module]] = {name: spec.builder for name, spec in SPECS.items()}
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The spec of registry model ``name``; ValueError naming the known ones otherwise."""
+    if name not in SPECS:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(SPECS))}")
+    return SPECS[name]
 
 
 def build_model(name: str, checkpoint: str | None = None, **kwargs) -> nn.Module:
     """Build registry model `name` in eval() mode on CPU, optionally loading `checkpoint`."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
-    return MODELS[name](checkpoint=checkpoint, **kwargs).eval()
+    return model_spec(name).builder(checkpoint=checkpoint, **kwargs).eval()

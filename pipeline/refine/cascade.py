@@ -53,7 +53,7 @@ def _check_inputs(
         raise ValueError(f"coarse must be (h, w) uint8, got {_describe(coarse)}")
     if min(image.shape[:2]) < 1 or min(coarse.shape) < 1:
         raise ValueError(f"empty image {image.shape} or coarse mask {coarse.shape}")
-    needs_colors = model.in_channels == 7
+    needs_colors = model.takes_proposals
     if needs_colors and sam_colors is None:
         raise ValueError("this model takes a SAM colour map (7 input channels): pass sam_colors")
     if not needs_colors and sam_colors is not None:
@@ -169,9 +169,10 @@ def refine(
     """Refine a coarse mask with CRM / SAM-SR-v2.1 through the official cascade.
 
     image: (H, W, 3) uint8 RGB; coarse: (h, w) uint8 in 0..255, any size (bilinearly resized
-    to (H, W)); sam_colors: (h', w', 3) uint8 SAM colour map (nearest-resized to (H, W)),
-    required iff model.in_channels == 7. The model must already sit on `device` (it runs in
-    eval mode; its mode is restored afterwards); BN folding happens in `prepare_model`.
+    to (H, W)); sam_colors: (h', w', 3) uint8 proposal colour map (nearest-resized to (H, W)),
+    required iff model.takes_proposals (SAM-SR-v2.1). The model must already sit on `device`
+    (it runs in eval mode; its mode is restored afterwards); BN folding happens in
+    `prepare_model`.
     Returns (H, W) float32 probabilities in [0, 1]; an empty coarse mask ((mask + 1).sum() < 2
     in the [-1, 1] scale) gives all zeros.
     """

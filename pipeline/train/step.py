@@ -23,8 +23,8 @@ from pipeline.train.loss import LossWeights, refine_loss
 __all__ = ["forward_crops", "patch_origins", "train_step"]
 
 
-def _in_channels(model: nn.Module) -> int:
-    return int(getattr(model, "module", model).in_channels)
+def _takes_proposals(model: nn.Module) -> bool:
+    return bool(getattr(model, "module", model).takes_proposals)  # through DDP's wrapper
 
 
 def patch_origins(gt: Tensor, patch: int, count: int, rng: np.random.Generator,
@@ -73,8 +73,9 @@ def forward_crops(model: nn.Module, batch: dict[str, Tensor], input_scale: float
     """
     image, coarse = batch["image"], batch["coarse"]
     b, _, h, w = image.shape
-    sam = batch.get("sam") if _in_channels(model) == 7 else None
-    if _in_channels(model) == 7 and sam is None:
+    takes = _takes_proposals(model)
+    sam = batch.get("sam") if takes else None
+    if takes and sam is None:
         raise ValueError("model takes 7 input channels (SAM-SR-v2.1) but the batch has no 'sam' colour maps")
     inp = make_input(image, coarse, sam)
     if input_scale != 1.0:  # sizes in multiples of 8, as refine(align=8) encodes

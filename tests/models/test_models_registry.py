@@ -138,3 +138,23 @@ def test_mnv2_encoder_is_dilated_to_stride_8():
     with torch.no_grad():
         _, _, x3 = model.feats(torch.zeros(1, 4, 64, 96))
     assert x3.shape == (1, 96, 8, 12)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_spec_says_what_the_built_model_is(name):
+    """Callers ask the spec (or the model), never the name: channels, proposals, stem, weights."""
+    from pipeline.models import SPECS, model_spec
+
+    spec = model_spec(name)
+    assert spec is SPECS[name] and spec.name == name
+    model = build_model(name)
+    assert model.in_channels == spec.in_channels and model.takes_proposals == spec.takes_proposals
+    state = model.state_dict()
+    assert state[spec.stem_key].shape[1] == spec.in_channels
+    if spec.crm_counterpart:
+        crm = model_spec(spec.crm_counterpart)
+        assert not crm.takes_proposals and crm.backbone == spec.backbone and spec.takes_proposals
+    if spec.default_weights:
+        build_model(name, spec.default_weights_path)  # the shipped file loads strictly
+    with pytest.raises(ValueError, match="unknown model 'crm_r18'; known: crm_mnv2"):
+        model_spec("crm_r18")
