@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import secrets
@@ -58,11 +59,39 @@ from pipeline.stages import decode_batch, finish_batch, refine_batch, sam_batch
 __all__ = ["StagePlan", "plan_stages", "init_ray", "run_refine", "RunResult", "format_run", "JobStalledError"]
 
 
+class _DropNotices(logging.Filter):
+    """Drops log records whose message starts with one of ``starts`` (Ray's notices about
+    choices this job made on purpose, which users took for errors)."""
+
+    def __init__(self, *starts: str) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.starts)
+
+
+# the local Ray we start keeps token auth on (Ray's default) and we show our own progress bar
+_QUIET = {
+    "ray._private.authentication.authentication_token_setup": ("Token authentication is enabled",),
+    "ray.data._internal.progress": ("Progress bars disabled", "Progress bars for operators disabled"),
+}
+
+
+def quiet_ray_notices() -> None:
+    """Silence the notices of `_QUIET` (idempotent); every other Ray message still shows."""
+    for name, starts in _QUIET.items():
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropNotices) for f in log.filters):
+            log.addFilter(_DropNotices(*starts))
+
+
 def init_ray(cfg: RayConfig) -> bool:
     """Connect to Ray: an already initialised Ray, ``ray.address`` / $RAY_ADDRESS, or a local
     Ray started in-process. Returns True when this call started it (the caller shuts it down)."""
     import ray
 
+    quiet_ray_notices()
     if ray.is_initialized():
         return False
     address = cfg.address or os.environ.get("RAY_ADDRESS")

@@ -163,3 +163,26 @@ def test_print_config_does_not_import_torch_or_ray():
                        timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert '"method": "crm"' in r.stdout
+
+
+def test_demo_with_regions_proposals_shows_our_output_not_ray_notices(tmp_path):
+    """A fresh process, as a user runs it: SAM-SR-v1 on the shipped weights with the regions
+    proposals (no SAM weights), through a local Ray it starts and stops. The user sees our
+    summary; Ray's notices about choices we made (token auth kept on, its progress bars off in
+    favour of ours) are not printed."""
+    out = tmp_path / "v1"
+    r = subprocess.run(
+        [sys.executable, "-m", "jobs.refine", "--config", "configs/demo.yaml", "--method", "samsr-v1",
+         "--proposals", "regions", "--limit", "1", "--output", str(out), "--no-progress"],
+        capture_output=True, text=True, timeout=600, cwd=str(ROOT),
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "ok 1, failed 0" in r.stdout and "refined" in r.stdout
+    for notice in ("Token authentication is enabled", "Progress bars disabled"):
+        assert notice not in r.stderr, notice
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(str(out / "manifest")).to_pylist()
+    assert [(x["method"], x["sam_model"], x["status"]) for x in rows] == [
+        ("samsr-v1", "regions:felzenszwalb", "ok")]
+    assert rows[0]["sam_mask_count"] > 10
