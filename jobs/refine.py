@@ -122,7 +122,8 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(cfg):
-    """Check what the job needs, then run it; returns pipeline.ray_runner.RunResult."""
+    """Check what the job needs, then run it; returns pipeline.ray_runner.RunResult. Raises
+    ValueError (bad config, unlistable input: nothing processed) or JobStalledError."""
     from pipeline.config import check_runtime
     from pipeline.ray_runner import run_refine
 
@@ -145,10 +146,10 @@ def main(argv: list[str] | None = None, prog: str = "samsr refine") -> int:
     except ValueError as e:
         print(f"{prog}: config error: {e}", file=sys.stderr)
         return 2
-    from pipeline.ray_runner import JobStalledError, format_run, run_refine
+    from pipeline.ray_runner import JobStalledError, format_run
 
     try:
-        result = run_refine(cfg)
+        result = run(cfg)
     except ValueError as e:  # the input could not be listed: nothing was processed
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

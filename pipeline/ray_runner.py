@@ -345,7 +345,7 @@ def run_refine(cfg: RefineJobConfig, *, on_row: Callable[[dict], None] | None = 
     import ray
     from ray.data import DataContext
 
-    from pipeline.io import list_samples, read_manifest
+    from pipeline.io import list_samples, read_manifest, resume_state
     from pipeline.summary import summarize_manifest
 
     t_start = time.perf_counter()
@@ -359,9 +359,7 @@ def run_refine(cfg: RefineJobConfig, *, on_row: Callable[[dict], None] | None = 
         raise ValueError(f"input.uri: {e}") from e
     if cfg.input.limit:
         refs = refs[: cfg.input.limit]
-    prior = read_manifest(cfg.output.prefix, columns=["key", "status"]).to_pylist()
-    done = {r["key"] for r in prior if r["status"] == "ok"}
-    attempts = Counter(r["key"] for r in prior)
+    done, attempts = resume_state(cfg.output.prefix)
     todo = [r for r in refs if r.key not in done]
     items = [
         {"meta": json.dumps({"key": r.key, "ref": r.to_dict(), "attempt": attempts[r.key] + 1})} for r in todo

@@ -265,7 +265,7 @@ def finish_batch(
     The mask (and soft mask) are written before the row exists, so a manifest row with
     status ok always has its mask.
     """
-    from pipeline.io import encode_png, mask_uri, write_bytes, write_mask
+    from pipeline.io import write_masks
     from pipeline.metrics import change_metrics, image_metrics
 
     rows = []
@@ -299,11 +299,9 @@ def finish_batch(
                 rec["null_reason"] = "; ".join(reasons) or None
                 rec["t_metrics_ms"] = _ms(t0)
                 t0 = time.perf_counter()
-                if row["soft"].size:
-                    rec["soft_output_uri"] = write_bytes(
-                        mask_uri(output_prefix, meta["key"], "soft"), encode_png(row["soft"])
-                    )
-                rec["output_uri"] = write_mask(output_prefix, meta["key"], refined)
+                rec["output_uri"], rec["soft_output_uri"] = write_masks(
+                    output_prefix, meta["key"], refined, row["soft"] if row["soft"].size else None
+                )
                 rec["t_write_ms"] = _ms(t0)
                 rec["status"] = "ok"
             except Exception as exc:  # noqa: BLE001

@@ -30,11 +30,12 @@ from .manifest import (
     latest_rows,
     manifest_dir,
     read_manifest,
+    resume_state,
     rows_to_table,
     write_manifest_part,
 )
 from .webdataset import expand_braces, iter_tar_members
-from .writer import encode_png, mask_uri, to_binary_u8, to_soft_u8, write_mask
+from .writer import encode_png, mask_uri, to_binary_u8, to_soft_u8, write_mask, write_masks
 
 __all__ = [
     "ASPECT_TOLERANCE",
@@ -49,6 +50,7 @@ __all__ = [
     "SampleError",
     "SampleRef",
     "completed_keys",
+    "resume_state",
     "decode_image",
     "decode_mask",
     "encode_png",
@@ -77,4 +79,5 @@ __all__ = [
     "write_bytes",
     "write_manifest_part",
     "write_mask",
+    "write_masks",
 ]

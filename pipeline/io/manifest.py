@@ -62,11 +62,11 @@ import datetime as dt
 import io
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .fs import join_uri, open_fs, to_uri, write_bytes
@@ -78,6 +78,7 @@ __all__ = [
     "write_manifest_part",
     "read_manifest",
     "completed_keys",
+    "resume_state",
     "latest_rows",
     "manifest_dir",
     "rows_to_table",
@@ -274,23 +275,24 @@ def read_manifest(output_prefix: str, columns: list[str] | None = None) -> pa.Ta
     return table
 
 
+def resume_state(output_prefix: str) -> tuple[set[str], Counter]:
+    """The resume rule, in one place: (keys with at least one ``ok`` row, which a rerun skips;
+    rows so far per key, so the next attempt of a key is numbered ``count + 1``)."""
+    rows = read_manifest(output_prefix, columns=["key", "status"]).to_pylist()
+    return {r["key"] for r in rows if r["status"] == "ok"}, Counter(r["key"] for r in rows)
+
+
 def completed_keys(output_prefix: str) -> set[str]:
     """Keys that have at least one ``ok`` row in the manifest (skip these on resume)."""
-    table = read_manifest(output_prefix, columns=["key", "status"])
-    ok = table.filter(pc.equal(table.column("status"), "ok"))
-    return set(ok.column("key").to_pylist())
+    return resume_state(output_prefix)[0]
 
 
 def latest_rows(table: pa.Table) -> pa.Table:
-    """One row per key: its newest ``ok`` row if any, else its newest row (by finished_at)."""
+    """One row per key: its newest ``ok`` row if any, else its newest row (by finished_at; a
+    later attempt wins a tie), in key order. The rule is ``pipeline.query.LATEST_SQL``, the same
+    SQL that ``samsr query`` uses for its ``latest`` view."""
     if table.num_rows == 0:
         return table
-    rows = table.to_pylist()
-    epoch = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
-    best: dict[str, tuple[tuple[bool, dt.datetime, int], int]] = {}
-    for i, r in enumerate(rows):
-        rank = (r["status"] == "ok", r["finished_at"] or epoch, i)
-        if r["key"] not in best or rank > best[r["key"]][0]:
-            best[r["key"]] = (rank, i)
-    keep = sorted(i for _, i in best.values())
-    return table.take(pa.array(keep, type=pa.int64()))
+    from pipeline.query import latest_of_table
+
+    return latest_of_table(table)

@@ -15,7 +15,7 @@ import numpy as np
 from .fs import join_uri, write_bytes
 from .keys import safe_key
 
-__all__ = ["write_mask", "mask_uri", "encode_png", "to_binary_u8", "to_soft_u8"]
+__all__ = ["write_mask", "write_masks", "mask_uri", "encode_png", "to_binary_u8", "to_soft_u8"]
 
 _KINDS = ("masks", "soft")
 
@@ -76,9 +76,18 @@ def write_mask(output_prefix: str, key: str, mask: np.ndarray, *, soft: bool = F
     ``<prefix>/soft/<safe_key>.png`` (URI from ``mask_uri(prefix, key, "soft")``).
     Raises SampleError("bad_key") for keys :func:`safe_key` rejects.
     """
+    return write_masks(output_prefix, key, to_binary_u8(mask), to_soft_u8(mask) if soft else None)[0]
+
+
+def write_masks(output_prefix: str, key: str, binary: np.ndarray,
+                soft: np.ndarray | None = None) -> tuple[str, str | None]:
+    """The one place masks are written: ``binary`` (H, W) uint8 {0, 255} to
+    ``<prefix>/masks/<safe_key>.png`` and, if given, ``soft`` (H, W) uint8 (round(p * 255)) to
+    ``<prefix>/soft/<safe_key>.png``. Returns (mask URI, soft URI or None). The soft mask is
+    written first, so an existing binary mask means both are complete."""
     uri = mask_uri(output_prefix, key)
-    binary = to_binary_u8(mask)
-    if soft:
-        write_bytes(mask_uri(output_prefix, key, "soft"), encode_png(to_soft_u8(mask)))
+    soft_uri = None
+    if soft is not None:
+        soft_uri = write_bytes(mask_uri(output_prefix, key, "soft"), encode_png(soft))
     write_bytes(uri, encode_png(binary))
-    return uri
+    return uri, soft_uri

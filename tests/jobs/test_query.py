@@ -114,6 +114,21 @@ def test_sql_summary_worst_and_failures(manifest, capsys):
     table = capsys.readouterr().out
     assert "iou_refined_pct" in table and "(1 row)" in table
 
+    # the library's rules give the same answers as the SQL (latest row, dataset IoU, mean mBA)
+    from pipeline.io import latest_rows, read_manifest
+    from pipeline.summary import summarize_manifest
+
+    rows = read_manifest(manifest)
+    py_latest = latest_rows(rows).to_pylist()
+    assert [(r["key"], r["status"], r["attempt"]) for r in py_latest] == [
+        (r["key"], r["status"], r["attempt"]) for r in latest]
+    py = summarize_manifest(rows)
+    assert (py["samples"], py["ok"], py["error"], py["with_gt"]) == (s["samples"], s["ok"], s["failed"],
+                                                                    s["with_gt"])
+    assert round(100 * py["refined"]["dataset_iou"], 2) == pytest.approx(s["iou_refined_pct"])
+    assert round(100 * py["coarse"]["dataset_iou"], 2) == pytest.approx(s["iou_coarse_pct"])
+    assert round(100 * py["refined"]["mean_mba"], 2) == pytest.approx(s["mba_refined_pct"])
+
 
 def test_query_errors_and_empty_manifests(tmp_path, capsys):
     empty = str(tmp_path / "nothing")

@@ -1,0 +1,122 @@
+"""The SQL over refine manifests, in one place (DuckDB, in-process; local, S3 or any fsspec URL).
+
+Views: ``manifest`` (every row: one per sample and attempt) and ``latest`` (one row per key: its
+newest ok row, else its newest row; :data:`LATEST_SQL`, also behind
+``pipeline.io.latest_rows``). The summary's dataset IoU is total intersection over total union
+(DESIGN 3), as ``pipeline.metrics.aggregate_metrics`` computes it. Remote manifests are read
+through the fsspec filesystem registered with DuckDB (no httpfs extension is installed).
+Used by ``samsr query``, ``samsr evaluate`` and ``samsr report`` through their jobs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["WORST_BY", "LATEST_SQL", "SUMMARY_SQL", "FAILURES_SQL", "worst_sql", "connect", "query",
+           "latest_of_table"]
+
+# The "latest row per key" rule: its newest ok row, else its newest row (later attempts win ties).
+LATEST_ORDER = "(status = 'ok') DESC, finished_at DESC NULLS LAST, attempt DESC NULLS LAST"
+LATEST_SQL = f"""
+SELECT * FROM manifest
+QUALIFY row_number() OVER (PARTITION BY key ORDER BY {LATEST_ORDER}) = 1
+"""
+
+SUMMARY_SQL = """
+SELECT job_id, method,
+       count(*) AS samples,
+       count(*) FILTER (WHERE status = 'ok') AS ok,
+       count(*) FILTER (WHERE status = 'error') AS failed,
+       count(union_refined) AS with_gt,
+       round(100 * sum(intersection_coarse) / sum(union_coarse), 2) AS iou_coarse_pct,
+       round(100 * sum(intersection_refined) / sum(union_refined), 2) AS iou_refined_pct,
+       round(100 * avg(mba_coarse), 2) AS mba_coarse_pct,
+       round(100 * avg(mba_refined), 2) AS mba_refined_pct,
+       round(avg(t_total_ms), 1) AS mean_ms
+FROM latest GROUP BY ALL ORDER BY job_id, method
+"""
+
+FAILURES_SQL = """
+SELECT error_type, count(*) AS samples, min(key) AS example_key, any_value(error_message) AS example_message
+FROM latest WHERE status = 'error' GROUP BY error_type ORDER BY samples DESC, error_type
+"""
+
+WORST_BY = {"mba": "mba_refined", "iou": "iou_refined", "biou": "biou_refined",
+            "gain": "mba_refined - mba_coarse"}
+
+
+def worst_sql(n: int, by: str = "mba") -> str:
+    """The ``n`` ok samples with the lowest refined metric ``by`` (mba, iou, biou, or gain in mBA)."""
+    if by not in WORST_BY:
+        raise ValueError(f"--by: must be one of {', '.join(WORST_BY)} (got {by!r})")
+    if n < 1:
+        raise ValueError(f"--worst: must be >= 1 (got {n})")
+    expr = WORST_BY[by]
+    return f"""
+SELECT key, round({expr}, 4) AS {by.replace("gain", "mba_gain")},
+       iou_coarse, iou_refined, mba_coarse, mba_refined, width, height, output_uri
+FROM latest WHERE status = 'ok' AND ({expr}) IS NOT NULL
+ORDER BY {expr} ASC, key LIMIT {int(n)}
+"""
+
+
+def _parts_glob(prefix: str) -> tuple[str, Any]:
+    """(glob URL of the manifest parts, filesystem to register or None for local paths)."""
+    from pipeline.io import is_local, join_uri, manifest_dir, open_fs
+
+    uri = prefix.rstrip("/")
+    fs, path = open_fs(uri)
+    if hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache()
+    if not uri.endswith("/manifest") and fs.isdir(path + "/manifest"):
+        uri = manifest_dir(uri)
+    glob = join_uri(uri, "part-*.parquet")
+    return glob, (None if is_local(uri) else fs)
+
+
+def connect(prefix: str):
+    """A DuckDB connection with views ``manifest`` and ``latest`` over the parts under ``prefix``."""
+    import duckdb
+
+    from pipeline.io import MANIFEST_SCHEMA, open_fs
+
+    con = duckdb.connect()
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    glob, fs = _parts_glob(prefix)
+    if fs is not None:
+        con.register_filesystem(fs)
+    fs_all, path = open_fs(glob)
+    if fs_all.glob(path):
+        con.execute(f"CREATE VIEW manifest AS SELECT * FROM read_parquet('{glob}', union_by_name = true)")
+    else:  # no parts yet: an empty table with the schema, so every query still works
+        con.register("manifest_empty", MANIFEST_SCHEMA.empty_table())
+        con.execute("CREATE VIEW manifest AS SELECT * FROM manifest_empty")
+    con.execute(f"CREATE VIEW latest AS {LATEST_SQL}")
+    return con
+
+
+def query(prefix: str, sql: str) -> tuple[list[str], list[tuple]]:
+    """Run ``sql`` against the manifest under ``prefix``; returns (column names, rows)."""
+    con = connect(prefix)
+    try:
+        cur = con.execute(sql)
+        return [d[0] for d in cur.description], cur.fetchall()
+    finally:
+        con.close()
+
+
+def latest_of_table(table):
+    """:data:`LATEST_SQL` over an in-memory manifest table (pyarrow), rows in key order."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.execute("SET autoinstall_known_extensions = false")
+        con.execute("SET autoload_known_extensions = false")
+        con.register("manifest", table)
+        cur = con.execute(f"SELECT * FROM ({LATEST_SQL}) ORDER BY key")
+        fetch = getattr(cur, "to_arrow_table", None) or cur.fetch_arrow_table  # DuckDB 2.x / 1.x
+        return fetch().cast(table.schema)
+    finally:
+        con.close()
