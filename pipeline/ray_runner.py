@@ -196,7 +196,7 @@ def _refine_options(cfg: RefineJobConfig) -> dict:
 
 
 def _static_fields(cfg: RefineJobConfig, run_id: str) -> dict[str, Any]:
-    from pipeline.models import checkpoint_hash
+    from pipeline.io.weights import checkpoint_hash
 
     return {
         "job_id": cfg.job_id,
@@ -219,7 +219,7 @@ def _proposal_source(cfg: RefineJobConfig) -> tuple[str, str]:
 
         settings = RegionSettings(**dataclasses.asdict(cfg.regions))
         return settings.describe(), settings.digest()
-    from pipeline.models import checkpoint_hash
+    from pipeline.io.weights import checkpoint_hash
 
     return cfg.sam.model_type, checkpoint_hash(cfg.sam.checkpoint)
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from pipeline.models.checkpoint import CheckpointError, load_checkpoint, load_weights, strip_prefix
+from pipeline.models.checkpoint import CheckpointError, load_weights, strip_prefix
 from pipeline.models.crm import BASE_CHANNELS, PROPOSAL_CHANNELS, CRMNet, Fusion
 from pipeline.models.mobilenet import MobileNetV2Encoder, imagenet_mnv2_state_dict
 from pipeline.models.resnet import resnet50_encoder
@@ -81,11 +81,14 @@ def _finish(
 ) -> CRMNet:
     if checkpoint is not None and crm_checkpoint is not None:
         raise ValueError("give either checkpoint or crm_checkpoint, not both")
+    if checkpoint is not None or isinstance(crm_checkpoint, str):
+        from pipeline.io.weights import read_state_dict  # the one reader (fsspec lives in pipeline.io)
+
     if checkpoint is not None:
-        load_weights(model, load_checkpoint(checkpoint), source=checkpoint)
+        load_weights(model, read_state_dict(checkpoint), source=checkpoint)
     elif crm_checkpoint is not None:
         if isinstance(crm_checkpoint, str):
-            source, state = crm_checkpoint, load_checkpoint(crm_checkpoint)
+            source, state = crm_checkpoint, read_state_dict(crm_checkpoint)
         else:
             source, state = "<CRM state dict>", crm_checkpoint
         load_weights(model, expand_stem(state, stem_key, model.in_channels), source=source)

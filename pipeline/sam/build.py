@@ -15,8 +15,6 @@ from pathlib import Path
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from pipeline.sam.checkpoint import load_state_dict_checked, read_state_dict
-
 __all__ = ["SAM_BUILDERS", "build_sam", "build_sam_tiny", "build_sam_vit"]
 
 
@@ -76,7 +74,7 @@ def build_sam(
 
     model_type: "vit_h", "vit_l", "vit_b", "tiny", or a `Sam` instance (used as is).
     checkpoint: a path or fsspec URL of a state dict in segment-anything's key naming (remote
-        files are cached, see `pipeline.sam.checkpoint`); None keeps random weights.
+        files are cached, see `pipeline.io.weights`); None keeps random weights.
     seed: seeds the random initialisation (without touching the global torch RNG).
     Raises ValueError for an unknown model type, and for a missing, corrupt or mismatched
     checkpoint (naming the file and the problem) before any image is seen.
@@ -91,6 +89,11 @@ def build_sam(
     else:
         raise ValueError(f"unknown SAM model type {model_type!r}; known: {sorted(SAM_BUILDERS)}")
     if checkpoint is not None:
-        state = read_state_dict(str(checkpoint), cache_dir)
-        load_state_dict_checked(sam, state, str(checkpoint))
+        from pipeline.io.weights import read_state_dict  # the one reader (remote files cached)
+        from pipeline.models.checkpoint import load_weights
+
+        uri = str(checkpoint)
+        cache = cache_dir if cache_dir is not None else True
+        state = read_state_dict(uri, cache=cache, what="SAM checkpoint")
+        load_weights(sam, state, uri, what="SAM checkpoint")
     return sam.eval().to(device)

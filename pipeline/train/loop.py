@@ -107,30 +107,15 @@ def fit_steps(cfg: TrainConfig, step: int, seconds_left: float, s_per_step: floa
 
 def init_from_checkpoint(model: nn.Module, state: dict[str, torch.Tensor],
                          source: str = "checkpoint") -> None:
-    """Load ``state`` into ``model``; input-conv weights with fewer input channels (a CRM checkpoint
-    into a SAM-SR-v2.1 model) are copied into the first channels and the new channels are zeroed,
-    so the model computes exactly what the source computes. Other mismatches raise ValueError."""
-    target = model.state_dict()
-    out = {}
-    for key, value in state.items():
-        key = key[len("module."):] if key.startswith("module.") else key
-        if key not in target:
-            raise ValueError(f"{source}: unexpected key {key!r}")
-        t = target[key]
-        if value.shape != t.shape:
-            if value.dim() == 4 and value.shape[0] == t.shape[0] and value.shape[1] < t.shape[1] \
-                    and value.shape[2:] == t.shape[2:]:
-                grown = torch.zeros_like(t)
-                grown[:, : value.shape[1]] = value
-                value = grown
-            else:
-                raise ValueError(f"{source}: key {key!r} has shape {tuple(value.shape)}, "
-                                 f"model wants {tuple(t.shape)}")
-        out[key] = value
-    missing = [k for k in target if k not in out]
-    if missing:
-        raise ValueError(f"{source}: missing key {missing[0]!r} ({len(missing)} missing)")
-    model.load_state_dict(out, strict=True)
+    """Load ``state`` into ``model`` (`pipeline.models.load_weights`, strict): a stem with fewer
+    input channels (a CRM checkpoint into a SAM-SR-v2.1 model) is copied into the first channels
+    and the new channels are zeroed, so the model computes exactly what the source computes.
+    Other mismatches raise CheckpointError (a ValueError) naming ``source`` and the key."""
+    from pipeline.models import STEM_KEYS, load_weights
+
+    own = model.state_dict()
+    stem = next((k for k in STEM_KEYS.values() if k in own), None)
+    load_weights(model, state, source, grow_stem=stem)
 
 
 def init_for_training(model: nn.Module, seed: int = 0) -> None:
@@ -190,7 +175,8 @@ def _log(msg: dict[str, Any]) -> None:
 
 def train_loop(config: dict[str, Any]) -> None:
     """Train per ``config["cfg"]`` on ``config["source"]`` (see module docstring)."""
-    from pipeline.models import build_model, load_checkpoint, save_checkpoint
+    from pipeline.io.weights import read_state_dict, save_checkpoint
+    from pipeline.models import build_model
 
     cfg: TrainConfig = config["cfg"]
     in_ray, rank, world = _ray_context()
@@ -207,7 +193,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
     model = build_model(cfg.model, pretrained_backbone=cfg.pretrained_backbone)
     if cfg.init_checkpoint:
-        init_from_checkpoint(model, load_checkpoint(cfg.init_checkpoint), cfg.init_checkpoint)
+        init_from_checkpoint(model, read_state_dict(cfg.init_checkpoint), cfg.init_checkpoint)
     elif cfg.fresh_init:
         init_for_training(model, cfg.seed)
     if cfg.space_to_batch and device.type == "cpu":  # a CPU-only speed-up (same function)

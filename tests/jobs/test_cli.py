@@ -81,7 +81,8 @@ def test_refine_config_errors_exit_2_naming_the_key_before_any_work(tmp_path, ca
 def test_refine_input_that_cannot_be_listed_exits_2(tmp_path, capsys):
     import torch
 
-    from pipeline.models import build_model, save_checkpoint
+    from pipeline.io.weights import save_checkpoint
+    from pipeline.models import build_model
 
     torch.manual_seed(0)
     save_checkpoint(build_model("crm_mnv2"), str(tmp_path / "w.pt"))

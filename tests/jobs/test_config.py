@@ -158,7 +158,8 @@ def test_absolute_paths_for_workers(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    from pipeline.models import build_model, save_checkpoint
+    from pipeline.io.weights import save_checkpoint
+    from pipeline.models import build_model
 
     d = tmp_path_factory.mktemp("ckpt")
     torch.manual_seed(0)

@@ -10,14 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.models import (
-    CheckpointError,
-    build_model,
-    checkpoint_hash,
-    load_checkpoint,
-    load_weights,
-    save_checkpoint,
-)
+from pipeline.io.weights import checkpoint_hash, read_state_dict, save_checkpoint
+from pipeline.models import CheckpointError, build_model, load_weights
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden_crm" / "weights_official_format.pt.gz"
 
@@ -31,7 +25,7 @@ def crm_mnv2():
 def test_save_writes_official_prefix_and_round_trips(tmp_path, crm_mnv2):
     path = str(tmp_path / "sub" / "model.pt")
     assert save_checkpoint(crm_mnv2, path) == path
-    state = load_checkpoint(path)
+    state = read_state_dict(path)
     assert all(k.startswith("module.") for k in state)
     assert len(state) == len(crm_mnv2.state_dict())
     rebuilt = build_model("crm_mnv2", checkpoint=path)
@@ -66,7 +60,7 @@ def test_fsspec_memory_url_round_trip_and_hash(crm_mnv2):
 def test_missing_file_names_the_file(tmp_path):
     path = str(tmp_path / "nope.pt")
     with pytest.raises(CheckpointError, match="nope.pt.*not found"):
-        load_checkpoint(path)
+        read_state_dict(path)
     with pytest.raises(CheckpointError, match="nope.pt"):
         build_model("crm_r50", checkpoint=path)
     with pytest.raises(CheckpointError, match="nope.pt"):
@@ -79,11 +73,11 @@ def test_truncated_file_names_the_file(tmp_path, crm_mnv2):
     path = tmp_path / "half.pt"
     path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     with pytest.raises(CheckpointError, match="half.pt.*(truncated|cannot be read)"):
-        load_checkpoint(str(path))
+        read_state_dict(str(path))
     gz = tmp_path / "half.pt.gz"
     gz.write_bytes(gzip.compress(buffer.getvalue())[:1000])
     with pytest.raises(CheckpointError, match="half.pt.gz"):
-        load_checkpoint(str(gz))
+        read_state_dict(str(gz))
 
 
 def test_missing_key_is_named(tmp_path, crm_mnv2):
@@ -114,14 +108,14 @@ def test_shape_mismatch_names_key_and_shapes(tmp_path):
 
 def test_wrong_architecture_names_first_bad_key():
     with pytest.raises(CheckpointError, match=r"golden.*missing key 'feats.features.0.0.weight'"):
-        load_weights(build_model("crm_mnv2"), load_checkpoint(str(GOLDEN)), source="golden")
+        load_weights(build_model("crm_mnv2"), read_state_dict(str(GOLDEN)), source="golden")
 
 
 def test_non_tensor_entries_are_rejected(tmp_path):
     path = tmp_path / "weird.pt"
     torch.save({"a": torch.zeros(1), "b": 3}, path)
     with pytest.raises(CheckpointError, match=r"weird.pt.*'b'"):
-        load_checkpoint(str(path))
+        read_state_dict(str(path))
     torch.save([torch.zeros(1)], tmp_path / "list.pt")
     with pytest.raises(CheckpointError, match=r"list.pt.*state dict"):
-        load_checkpoint(str(tmp_path / "list.pt"))
+        read_state_dict(str(tmp_path / "list.pt"))

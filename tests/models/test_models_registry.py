@@ -92,7 +92,7 @@ def test_v21_from_crm_computes_crm_whatever_the_colour_map(crm_name, v21_name, a
 
 
 def test_v21_from_crm_checkpoint_file(tmp_path):
-    from pipeline.models import save_checkpoint
+    from pipeline.io.weights import save_checkpoint
 
     crm = _randomise_bn(build_model("crm_mnv2"), seed=2)
     path = str(tmp_path / "crm.pt")

@@ -10,7 +10,8 @@ import torch
 @pytest.fixture(scope="session")
 def crm_checkpoint(tmp_path_factory) -> str:
     """A randomly initialised crm_mnv2 (the real class), saved in the official key format."""
-    from pipeline.models import build_model, save_checkpoint
+    from pipeline.io.weights import save_checkpoint
+    from pipeline.models import build_model
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "crm_mnv2_random.pt"
@@ -21,7 +22,8 @@ def crm_checkpoint(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def v21_checkpoint(tmp_path_factory) -> str:
     """A randomly initialised samsr_v21_mnv2 (7 input channels)."""
-    from pipeline.models import build_model, save_checkpoint
+    from pipeline.io.weights import save_checkpoint
+    from pipeline.models import build_model
 
     torch.manual_seed(1)
     path = tmp_path_factory.mktemp("weights") / "samsr_v21_mnv2_random.pt"

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.models import build_model, load_checkpoint, load_weights
+from pipeline.io.weights import read_state_dict
+from pipeline.models import build_model, load_weights
 from tests.refine._golden import GOLDEN_DIR, read_golden
 
 
@@ -24,7 +25,7 @@ def _single_thread():
 @pytest.fixture(scope="session")
 def golden_crm() -> nn.Module:
     """crm_r50 with the golden (random, BN-calibrated) official-format weights."""
-    state = load_checkpoint(str(GOLDEN_DIR / "weights_official_format.pt.gz"))
+    state = read_state_dict(str(GOLDEN_DIR / "weights_official_format.pt.gz"))
     return load_weights(build_model("crm_r50"), state, source="golden")
 
 

@@ -13,8 +13,9 @@ import torch
 
 from jobs.cli import main as cli_main
 from pipeline.bench.quality import KINDS, make_coarse
+from pipeline.io.weights import save_checkpoint
 from pipeline.metrics import dataset_iou, image_metrics
-from pipeline.models import build_model, save_checkpoint
+from pipeline.models import build_model
 from pipeline.train.composites import make_composite
 from pipeline.train.perturb import mask_iou
 
@@ -100,7 +101,7 @@ def test_max_side_shrinks_image_and_truth_together(tmp_path: Path) -> None:
 
 def test_quality_benchmark_samsr_methods_with_regions_proposals(tmp_path: Path) -> None:
     """v2.1 from CRM weights (colour channels zeroed) scores exactly like CRM; v1 runs the merge."""
-    from pipeline.models import load_checkpoint
+    from pipeline.io.weights import read_state_dict
     from pipeline.train.loop import init_from_checkpoint
 
     rng = np.random.default_rng(5)
@@ -115,7 +116,7 @@ def test_quality_benchmark_samsr_methods_with_regions_proposals(tmp_path: Path) 
     crm = tmp_path / "crm.pt"
     save_checkpoint(build_model("crm_mnv2"), str(crm))
     v21 = build_model("samsr_v21_mnv2")
-    init_from_checkpoint(v21, load_checkpoint(str(crm)), str(crm))
+    init_from_checkpoint(v21, read_state_dict(str(crm)), str(crm))
     v21_path = tmp_path / "v21.pt"
     save_checkpoint(v21, str(v21_path))
     results = {}

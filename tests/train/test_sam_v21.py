@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.models import build_model, load_checkpoint, make_coord, save_checkpoint
+from pipeline.io.weights import read_state_dict, save_checkpoint
+from pipeline.models import build_model, make_coord
 from pipeline.train.data import CropDataset, LayoutSource
 from pipeline.train.loop import init_from_checkpoint
 from pipeline.train.sam_cache import SamColourCache, SamSettings, precompute_colour_maps
@@ -40,7 +41,7 @@ def test_v21_from_crm_checkpoint_computes_crm(tmp_path: Path) -> None:
     path = str(tmp_path / "crm.pt")
     save_checkpoint(crm, path)
     v21 = build_model("samsr_v21_mnv2")
-    init_from_checkpoint(v21, load_checkpoint(path), path)
+    init_from_checkpoint(v21, read_state_dict(path), path)
     stem = v21.state_dict()["feats.features.0.0.weight"]
     assert stem.shape[1] == 7 and torch.all(stem[:, 4:] == 0)
     x = torch.randn(1, 4, 40, 48)
@@ -49,7 +50,7 @@ def test_v21_from_crm_checkpoint_computes_crm(tmp_path: Path) -> None:
     cell = torch.full_like(coord, 2 / 40)
     with torch.no_grad():
         torch.testing.assert_close(v21(torch.cat([x, sam], 1), coord, cell), crm(x, coord, cell))
-    with pytest.raises(ValueError, match="unexpected key"):
+    with pytest.raises(ValueError, match="bad.pt: missing key"):
         init_from_checkpoint(v21, {"nope": torch.zeros(1)}, "bad.pt")
 
 

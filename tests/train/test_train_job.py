@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from jobs.train import build_parser, main
-from pipeline.models import build_model, load_checkpoint
+from pipeline.io.weights import read_state_dict
+from pipeline.models import build_model
 from pipeline.train.checkpoint import list_checkpoints, load_latest, save_train_state
 from pipeline.train.composites import make_composite
 
@@ -61,7 +62,7 @@ def test_torchtrainer_checkpoints_then_resumes(ray_local, tiny_data: Path, tmp_p
     assert (ckpt / "latest").read_text() == "ckpt-00000002.pt"
     log = _log(ckpt)
     assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r["total"]) for r in log)
-    state = load_checkpoint(str(weights))  # exported in the official key style, loads strictly
+    state = read_state_dict(str(weights))  # exported in the official key style, loads strictly
     model = build_model("crm_mnv2", checkpoint=str(weights))
     assert set(model.state_dict()) == {k.removeprefix("module.") for k in state}
     # resume (same loop, in-process this time) continues at step 3 with the saved optimizer state
@@ -148,4 +149,4 @@ def test_time_budget_ends_the_run_early_and_exports(tiny_data: Path, tmp_path: P
     last = load_latest(str(ckpt))["step"]
     assert 50 <= last <= budget[0]["steps"], "stopped at the estimate (or earlier, by the hard limit)"
     assert wall < 12 + 120, "ends near its budget, not after 20,000 steps"
-    load_checkpoint(str(export))
+    read_state_dict(str(export))
