@@ -241,3 +241,48 @@ def write_layout(layout: str, root: str, samples: list[dict], *, per_shard: int 
     if layout == "list-parquet":
         return write_list_layout(root, samples, fmt="parquet", **kwargs)
     raise ValueError(f"write_layout: unknown layout {layout!r}")
+
+
+def randomise_bn(model, seed: int = 0, weight: tuple[float, float] = (0.5, 1.5)):
+    """Non-trivial BatchNorm statistics and affine parameters (seeded), so that equivalence
+    tests (BN folding, key mapping) are meaningful; returns ``model``."""
+    import torch
+    from torch import nn
+
+    gen = torch.Generator().manual_seed(seed)
+    lo, hi = weight
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=gen) * (hi - lo) + lo)
+                m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+    return model
+
+
+def write_composites(root, n: int, height: int = 96, width: int = 128, *, seed: int = 0,
+                     colour: tuple[int, int, int] = (30, 160, 90), kind: str | None = None,
+                     prefix: str = "s", ext: str = "jpg", seg: bool = True,
+                     first: int = 0) -> list[np.ndarray]:
+    """``n`` composites (pipeline.train.composites, exact truth) in the prefix layout under the
+    local folder ``root``: ``<prefix><i>_im.<ext>``, ``_gt.png`` and (``seg``) a 16x12 coarse
+    ``_seg.png``. Composite i uses ``default_rng(first + i)`` over a blurred-noise foreground
+    (``seed``) and a flat ``colour`` background. Returns the truths ({0, 255} uint8)."""
+    from pipeline.train.composites import make_composite
+
+    rng = np.random.default_rng(seed)
+    a = cv2.GaussianBlur(rng.integers(0, 255, (200, 260, 3), dtype=np.uint8), (0, 0), 4)
+    b = np.full((200, 260, 3), colour, np.uint8)
+    truths = []
+    kw = {"kind": kind} if kind else {}
+    for i in range(n):
+        c = make_composite(np.random.default_rng(first + i), a, b, height, width, **kw)
+        cv2.imwrite(f"{root}/{prefix}{i}_im.{ext}", c.image[..., ::-1])
+        cv2.imwrite(f"{root}/{prefix}{i}_gt.png", c.gt)
+        if seg:
+            small = cv2.resize(c.gt, (16, 12), interpolation=cv2.INTER_AREA)
+            cv2.imwrite(f"{root}/{prefix}{i}_seg.png", small)
+        truths.append(np.where(c.gt > 128, 255, 0).astype(np.uint8))
+    return truths

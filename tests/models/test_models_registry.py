@@ -4,24 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from pipeline.models import MODELS, STEM_KEYS, build_model, make_coord, make_input
 from pipeline.models.mobilenet import IMAGENET_MNV2_FILE
-
-
-def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics/affine so that equivalence tests are meaningful."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
-    return model
+from tests.helpers import randomise_bn
 
 
 def _queries(h: int, w: int, n: int = 50):
@@ -70,7 +56,7 @@ def test_unknown_model_and_wrong_channel_count_are_errors():
 )
 def test_v21_from_crm_computes_crm_whatever_the_colour_map(crm_name, v21_name, arch):
     torch.manual_seed(1)
-    crm = _randomise_bn(build_model(crm_name))
+    crm = randomise_bn(build_model(crm_name))
     v21 = build_model(v21_name, crm_checkpoint=crm.state_dict())
     stem = v21.state_dict()[STEM_KEYS[arch]]
     assert stem.shape[1] == 7 and torch.count_nonzero(stem[:, 4:]) == 0
@@ -94,7 +80,7 @@ def test_v21_from_crm_computes_crm_whatever_the_colour_map(crm_name, v21_name, a
 def test_v21_from_crm_checkpoint_file(tmp_path):
     from pipeline.io.weights import save_checkpoint
 
-    crm = _randomise_bn(build_model("crm_mnv2"), seed=2)
+    crm = randomise_bn(build_model("crm_mnv2"), seed=2)
     path = str(tmp_path / "crm.pt")
     save_checkpoint(crm, path)
     v21 = build_model("samsr_v21_mnv2", crm_checkpoint=path)

@@ -9,6 +9,7 @@ from torch import nn
 
 from pipeline.io.weights import read_state_dict
 from pipeline.models import build_model, load_weights
+from tests.helpers import randomise_bn
 from tests.refine._golden import GOLDEN_DIR, read_golden
 
 
@@ -41,15 +42,8 @@ def random_mnv2() -> nn.Module:
     """crm_mnv2 with random weights and BN statistics, outputs straddling 0.5 on `small_case`."""
     torch.manual_seed(3)
     model = build_model("crm_mnv2")
-    gen = torch.Generator().manual_seed(4)
+    randomise_bn(model, seed=4, weight=(0.5, 1.0))
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=gen) * 0.5 + 0.5)
-                m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
         # default Linear init gives near-constant outputs: widen, then centre on 0.5
         for layer in model.imnet.layers:
             if isinstance(layer, nn.Linear):

@@ -18,6 +18,7 @@ from pipeline.metrics import dataset_iou, image_metrics
 from pipeline.models import build_model
 from pipeline.train.composites import make_composite
 from pipeline.train.perturb import mask_iou
+from tests.helpers import write_composites
 
 
 def _disc(h: int = 400, w: int = 600) -> np.ndarray:
@@ -43,17 +44,10 @@ def test_coarse_kinds_follow_their_definitions() -> None:
 
 
 def test_quality_benchmark_end_to_end(tmp_path: Path, capsys) -> None:
-    rng = np.random.default_rng(3)
-    a = cv2.GaussianBlur(rng.integers(0, 255, (200, 260, 3), dtype=np.uint8), (0, 0), 4)
-    b = np.full((200, 260, 3), (40, 90, 200), np.uint8)
     data = tmp_path / "data"
     data.mkdir()
-    gts = []
-    for i in range(2):
-        c = make_composite(np.random.default_rng(10 + i), a, b, 72, 96, kind="blob")
-        cv2.imwrite(str(data / f"h{i}_im.png"), c.image[..., ::-1])
-        cv2.imwrite(str(data / f"h{i}_gt.png"), c.gt)
-        gts.append(np.where(c.gt > 128, 255, 0).astype(np.uint8))
+    gts = write_composites(data, 2, 72, 96, seed=3, colour=(40, 90, 200), kind="blob", prefix="h", ext="png",
+                           seg=False, first=10)
     torch.manual_seed(0)
     weights = tmp_path / "w.pt"
     save_checkpoint(build_model("crm_mnv2"), str(weights))
@@ -104,14 +98,10 @@ def test_quality_benchmark_samsr_methods_with_regions_proposals(tmp_path: Path) 
     from pipeline.io.weights import read_state_dict
     from pipeline.train.loop import init_from_checkpoint
 
-    rng = np.random.default_rng(5)
-    a = cv2.GaussianBlur(rng.integers(0, 255, (200, 260, 3), dtype=np.uint8), (0, 0), 4)
-    b = np.full((200, 260, 3), (200, 60, 40), np.uint8)
     data = tmp_path / "data"
     data.mkdir()
-    c = make_composite(np.random.default_rng(20), a, b, 96, 128, kind="blob")
-    cv2.imwrite(str(data / "p0_im.png"), c.image[..., ::-1])
-    cv2.imwrite(str(data / "p0_gt.png"), c.gt)
+    write_composites(data, 1, 96, 128, seed=5, colour=(200, 60, 40), kind="blob", prefix="p", ext="png",
+                     seg=False, first=20)
     torch.manual_seed(0)
     crm = tmp_path / "crm.pt"
     save_checkpoint(build_model("crm_mnv2"), str(crm))

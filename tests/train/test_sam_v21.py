@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -15,23 +14,15 @@ from pipeline.train.data import CropDataset, LayoutSource
 from pipeline.train.loop import init_from_checkpoint
 from pipeline.train.sam_cache import SamColourCache, SamSettings, precompute_colour_maps
 from pipeline.train.step import train_step
+from tests.helpers import write_composites
 
 pytest.importorskip("segment_anything")
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    from pipeline.train.composites import make_composite
-
     root = tmp_path_factory.mktemp("tiny_v21")
-    rng = np.random.default_rng(1)
-    a = cv2.GaussianBlur(rng.integers(0, 255, (200, 260, 3), dtype=np.uint8), (0, 0), 4)
-    b = np.full((200, 260, 3), (200, 60, 90), np.uint8)
-    for i in range(2):
-        c = make_composite(np.random.default_rng(i), a, b, 96, 128)
-        cv2.imwrite(str(root / f"v{i}_im.jpg"), c.image[..., ::-1])
-        cv2.imwrite(str(root / f"v{i}_gt.png"), c.gt)
-        cv2.imwrite(str(root / f"v{i}_seg.png"), cv2.resize(c.gt, (16, 12), interpolation=cv2.INTER_AREA))
+    write_composites(root, 2, 96, 128, seed=1, colour=(200, 60, 90), prefix="v")
     return root
 
 

@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -19,7 +18,7 @@ from jobs.train import build_parser, main
 from pipeline.io.weights import read_state_dict
 from pipeline.models import build_model
 from pipeline.train.checkpoint import list_checkpoints, load_latest, save_train_state
-from pipeline.train.composites import make_composite
+from tests.helpers import write_composites
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--batch-size", "2", "--crop", "64", "--patch", "16", "--patches", "1", "--log-every", "1",
@@ -30,14 +29,7 @@ TINY = ["--batch-size", "2", "--crop", "64", "--patch", "16", "--patches", "1", 
 def tiny_data(tmp_path_factory) -> Path:
     """4 composites (96x128) in the prefix layout with ground truth."""
     root = tmp_path_factory.mktemp("tiny_train")
-    rng = np.random.default_rng(0)
-    a = cv2.GaussianBlur(rng.integers(0, 255, (200, 260, 3), dtype=np.uint8), (0, 0), 4)
-    b = np.full((200, 260, 3), (30, 160, 90), np.uint8)
-    for i in range(4):
-        c = make_composite(np.random.default_rng(i), a, b, 96, 128)
-        cv2.imwrite(str(root / f"s{i}_im.jpg"), c.image[..., ::-1])
-        cv2.imwrite(str(root / f"s{i}_gt.png"), c.gt)
-        cv2.imwrite(str(root / f"s{i}_seg.png"), cv2.resize(c.gt, (16, 12), interpolation=cv2.INTER_AREA))
+    write_composites(root, 4, 96, 128, seed=0, colour=(30, 160, 90))
     return root
 
 
