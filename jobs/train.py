@@ -186,19 +186,14 @@ def run(args: argparse.Namespace) -> dict:
     if args.no_ray:
         train_loop({"cfg": cfg, "source": source, "sam_lookup": _sam_lookup(args, source, cfg)})
     else:
-        import ray
         from ray.train import RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
 
-        started = False
-        if not ray.is_initialized():
-            address = args.address or os.environ.get("RAY_ADDRESS")
-            if address:
-                ray.init(address=address)
-            else:
-                ncpu = max(2, int(args.num_workers * args.cpus_per_worker + 0.999) + 1)
-                ray.init(num_cpus=ncpu, include_dashboard=False)
-            started = True
+        from pipeline.config import RayConfig
+        from pipeline.ray_runner import init_ray, shutdown_ray
+
+        ncpu = max(2, int(args.num_workers * args.cpus_per_worker + 0.999) + 1)
+        started = init_ray(RayConfig(address=args.address, num_cpus=ncpu))  # local Ray: ncpu CPUs
         try:
             sam = _sam_lookup(args, source, cfg)
             trainer = TorchTrainer(
@@ -211,8 +206,7 @@ def run(args: argparse.Namespace) -> dict:
             )
             trainer.fit()
         finally:
-            if started:
-                ray.shutdown()
+            shutdown_ray(started)
     from pipeline.train.checkpoint import list_checkpoints
 
     done = list_checkpoints(cfg.checkpoint_dir)

@@ -56,7 +56,8 @@ from pipeline.progress import (
 )
 from pipeline.stages import decode_batch, finish_batch, refine_batch, sam_batch
 
-__all__ = ["StagePlan", "plan_stages", "init_ray", "run_refine", "RunResult", "format_run", "JobStalledError"]
+__all__ = ["StagePlan", "plan_stages", "init_ray", "shutdown_ray", "run_refine", "RunResult", "format_run",
+           "JobStalledError"]
 
 
 class _DropNotices(logging.Filter):
@@ -86,9 +87,15 @@ def quiet_ray_notices() -> None:
             log.addFilter(_DropNotices(*starts))
 
 
+_REAPER = None  # pipeline.reaper sentinel of the local Ray this process started
+
+
 def init_ray(cfg: RayConfig) -> bool:
-    """Connect to Ray: an already initialised Ray, ``ray.address`` / $RAY_ADDRESS, or a local
-    Ray started in-process. Returns True when this call started it (the caller shuts it down)."""
+    """The one way jobs reach Ray: an already initialised Ray, ``ray.address`` / $RAY_ADDRESS,
+    or a local Ray started in-process (with a `pipeline.reaper` sentinel that stops it if this
+    process dies without `shutdown_ray`). Returns True when this call started or joined it;
+    the caller then calls ``shutdown_ray(started)``."""
+    global _REAPER
     import ray
 
     quiet_ray_notices()
@@ -98,13 +105,29 @@ def init_ray(cfg: RayConfig) -> bool:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
+        from pipeline.reaper import watch
+
         ray.init(
             num_cpus=cfg.num_cpus,
             num_gpus=cfg.num_gpus,
             object_store_memory=cfg.object_store_memory,
             include_dashboard=False,
         )
+        _REAPER = watch()
     return True
+
+
+def shutdown_ray(started: bool) -> None:
+    """Disconnect (and stop the local Ray) if ``init_ray`` returned True."""
+    global _REAPER
+    if not started:
+        return
+    import ray
+
+    if _REAPER is not None:
+        _REAPER.close()
+        _REAPER = None
+    ray.shutdown()
 
 
 def _device(requested: str) -> str:
@@ -421,8 +444,7 @@ def run_refine(cfg: RefineJobConfig, *, on_row: Callable[[dict], None] | None = 
                     bar.close()
                     writer.flush()
         finally:
-            if started:
-                ray.shutdown()
+            shutdown_ray(started)
     wall = time.perf_counter() - t_start
     summary = summarize_manifest(read_manifest(cfg.output.prefix), job_id=cfg.job_id)
     return RunResult(
