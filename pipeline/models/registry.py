@@ -134,7 +134,7 @@ SPECS: dict[str, ModelSpec] = {
         ModelSpec("samsr_v21_r50", samsr_v21_r50, "r50", True, STEM_KEYS["r50"], crm_counterpart="crm_r50"),
         ModelSpec("crm_mnv2", crm_mnv2, "mnv2", False, STEM_KEYS["mnv2"], default_weights="crm_mnv2.pt"),
         ModelSpec("samsr_v21_mnv2", samsr_v21_mnv2, "mnv2", True, STEM_KEYS["mnv2"],
-                  crm_counterpart="crm_mnv2"),
+                  crm_counterpart="crm_mnv2", default_weights="samsr_v21_mnv2.pt"),
     )
 }
 MODELS: dict[str, Callable[..., nn.Module]] = {name: spec.builder for name, spec in SPECS.items()}

@@ -127,7 +127,8 @@ def test_print_config_resolves_flags_and_overrides(capsys):
         and cfg["refine"]["stride"] == 8
         and cfg["output"]["soft"] is True
     )
-    assert cfg["method"] == "crm" and cfg["job_id"].startswith("demo-")
+    assert cfg["method"] == "samsr-v2.1" and cfg["sam"]["proposals"] == "regions"
+    assert cfg["job_id"].startswith("demo-")
 
 
 @pytest.mark.parametrize("module", ["jobs.refine", "jobs.evaluate", "jobs.query", "jobs.benchmark"])
@@ -163,7 +164,7 @@ def test_print_config_does_not_import_torch_or_ray():
     r = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert '"method": "crm"' in r.stdout
+    assert '"method": "samsr-v2.1"' in r.stdout
 
 
 def test_demo_with_regions_proposals_shows_our_output_not_ray_notices(tmp_path):
@@ -174,7 +175,8 @@ def test_demo_with_regions_proposals_shows_our_output_not_ray_notices(tmp_path):
     out = tmp_path / "v1"
     r = subprocess.run(
         [sys.executable, "-m", "jobs.refine", "--config", "configs/demo.yaml", "--method", "samsr-v1",
-         "--proposals", "regions", "--limit", "1", "--output", str(out), "--no-progress"],
+         "--model", "crm_mnv2", "--checkpoint", "pipeline/weights/crm_mnv2.pt", "--proposals", "regions",
+         "--limit", "1", "--output", str(out), "--no-progress"],
         capture_output=True, text=True, timeout=600, cwd=str(ROOT),
     )
     assert r.returncode == 0, r.stderr[-3000:]

@@ -30,11 +30,14 @@ def _with(path: str, value) -> dict:
 def test_shipped_configs_validate():
     demo = load_config(str(ROOT / "configs" / "demo.yaml"))
     assert isinstance(demo, RefineJobConfig)
-    assert (demo.method, demo.model.name, demo.model.checkpoint) == (
-        "crm",
-        "crm_mnv2",
-        "pipeline/weights/crm_mnv2.pt",
+    assert (demo.method, demo.model.name, demo.model.checkpoint, demo.sam.proposals) == (
+        "samsr-v2.1",
+        "samsr_v21_mnv2",
+        "pipeline/weights/samsr_v21_mnv2.pt",
+        "regions",
     )
+    shipped = dataclasses.replace(demo.model, checkpoint=str(ROOT / demo.model.checkpoint))
+    check_runtime(dataclasses.replace(demo, model=shipped))  # the shipped weights exist, fit the method
     assert (demo.input.uri, demo.input.layout, demo.output.prefix) == ("samples/demo", "prefix", "out/demo")
     assert demo.ray.address is None  # local Ray in-process
     default = load_config(str(ROOT / "configs" / "default.yaml"))

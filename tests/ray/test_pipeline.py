@@ -374,7 +374,9 @@ def test_demo_config_runs_on_the_bundled_samples(tmp_path, monkeypatch, capsys):
     text = capsys.readouterr().out
     assert "processed this run      1 (ok 1, failed 0)" in text
     (row,) = read_manifest(out).to_pylist()
-    assert row["status"] == "ok" and row["iou_refined"] is not None and row["model_name"] == "crm_mnv2"
+    assert row["status"] == "ok" and row["iou_refined"] is not None and row["model_name"] == "samsr_v21_mnv2"
+    assert row["method"] == "samsr-v2.1" and row["sam_model"] == "regions:felzenszwalb"
+    assert row["sam_mask_count"] > 10
 
 
 def test_starved_cluster_fails_by_the_watchdog_not_a_hang(tmp_path, crm_checkpoint):
