@@ -221,14 +221,15 @@ def _refine_options(cfg: RefineJobConfig) -> dict:
 def _static_fields(cfg: RefineJobConfig, run_id: str) -> dict[str, Any]:
     from pipeline.io.weights import checkpoint_hash
 
+    sam_model, sam_hash = _proposal_source(cfg) if cfg.uses_sam else (None, None)  # hashes SAM once
     return {
         "job_id": cfg.job_id,
         "run_id": run_id,
         "method": cfg.method,
         "model_name": cfg.model.name,
         "model_hash": checkpoint_hash(cfg.model.checkpoint),
-        "sam_model": _proposal_source(cfg)[0] if cfg.uses_sam else None,
-        "sam_hash": _proposal_source(cfg)[1] if cfg.uses_sam else None,
+        "sam_model": sam_model,
+        "sam_hash": sam_hash,
         "decode_mode": cfg.refine.decode,
         "decode_stride": cfg.refine.stride if cfg.refine.decode == "strided" else None,
     }
