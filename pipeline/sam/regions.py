@@ -39,7 +39,7 @@ import numpy as np
 
 from pipeline.sam.generator import SamMasks
 
-__all__ = ["RegionGenerator", "RegionSettings", "region_hierarchy"]
+__all__ = ["RegionGenerator", "RegionSettings", "colour_gradient", "region_hierarchy"]
 
 ALGORITHMS = ("felzenszwalb",)
 
@@ -166,7 +166,9 @@ def region_hierarchy(labels: np.ndarray, image: np.ndarray, levels: int,
     return tables
 
 
-def _boundary_gradient(image: np.ndarray) -> np.ndarray:
+def colour_gradient(image: np.ndarray) -> np.ndarray:
+    """(H, W) float32 colour-gradient magnitude of RGB ``image``: Sobel on CIELAB after a 3 x 3
+    blur (the edge strength behind the regions' scores and the training regions' contrast)."""
     lab = cv2.cvtColor(cv2.GaussianBlur(image, (3, 3), 0), cv2.COLOR_RGB2LAB).astype(np.float32)
     grad = np.zeros(image.shape[:2], np.float32)
     for c in range(3):
@@ -224,7 +226,7 @@ class RegionGenerator:
         fine = _fine_segments(small, s)
         t1 = time.perf_counter()
         tables = region_hierarchy(fine, small, s.levels, s.merge_factor)
-        grad = _boundary_gradient(image)
+        grad = colour_gradient(image)
         mean_grad = max(float(grad.mean()), 1e-6)
         min_px = s.min_area * h * w
         masks, mask_areas, scores, stability, boxes, points, per_level = [], [], [], [], [], [], []

@@ -131,13 +131,9 @@ def boundary_contrast(image: np.ndarray, mask: np.ndarray) -> float:
     the mean colour-gradient magnitude (CIELAB, Sobel after a 3 x 3 blur) on the mask's boundary
     pixels over its mean on the whole image. ~1 for a cut through texture; >> 1 on object edges.
     """
-    lab = cv2.cvtColor(cv2.GaussianBlur(image, (3, 3), 0), cv2.COLOR_RGB2LAB).astype(np.float32)
-    grad = np.zeros(mask.shape, np.float32)
-    for c in range(3):
-        gx = cv2.Sobel(lab[..., c], cv2.CV_32F, 1, 0, ksize=3)
-        gy = cv2.Sobel(lab[..., c], cv2.CV_32F, 0, 1, ksize=3)
-        grad += gx * gx + gy * gy
-    grad = np.sqrt(grad)
+    from pipeline.sam.regions import colour_gradient
+
+    grad = colour_gradient(image)
     edge = cv2.morphologyEx((mask > 128).astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
     if not edge.any():
         return 0.0
