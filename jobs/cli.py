@@ -1,6 +1,7 @@
 """The ``samsr`` command: one subcommand per job, each also runnable as ``python -m jobs.X``.
 
     samsr refine --config configs/demo.yaml      # refine a dataset on Ray (jobs.refine)
+    samsr relabel --coco a.json --images DIR --output OUT   # re-label COCO / label maps (jobs.relabel)
     samsr evaluate ./out/demo                    # coarse vs refined table (jobs.evaluate)
     samsr query ./out/demo --summary             # SQL over manifests (jobs.query)
     samsr report ./out/demo                      # HTML report with overlays (jobs.report)
@@ -21,6 +22,7 @@ __all__ = ["COMMANDS", "main"]
 
 COMMANDS = {
     "refine": ("jobs.refine", "refine coarse masks on Ray: masks + Parquet manifest, resumable"),
+    "relabel": ("jobs.relabel", "re-label COCO instances or label maps at full resolution on Ray"),
     "evaluate": ("jobs.evaluate", "dataset IoU / mBA of coarse vs refined masks from a manifest"),
     "query": ("jobs.query", "SQL over manifests with DuckDB (--summary, --worst N, --failures)"),
     "report": ("jobs.report", "static HTML report: overlays, plots, worst/best samples, failures"),

@@ -34,12 +34,14 @@ __all__ = [
     "V1Config",
     "RefineConfig",
     "RayConfig",
+    "RelabelConfig",
     "RefineJobConfig",
     "load_config",
     "config_from_dict",
     "parse_override",
     "apply_overrides",
     "check_runtime",
+    "check_relabel",
     "config_to_dict",
     "default_job_id",
     "read_yaml",
@@ -179,6 +181,23 @@ class RayConfig:
 
 
 @dataclass(frozen=True)
+class RelabelConfig:
+    """``samsr relabel`` only (``samsr refine`` ignores it): re-label multi-object annotations.
+    With ``coco`` set, ``input.uri`` is the images prefix (``file_name`` is relative to it);
+    without, ``input.uri`` holds label maps in the input layout (NAME_im.jpg + NAME_seg.png of
+    class ids, optional NAME_gt.png)."""
+
+    coco: str | None = None  # COCO instances JSON to re-label
+    gt_coco: str | None = None  # ground-truth COCO JSON (same annotation ids): metrics
+    scale: float | None = _f(None, _positive)  # full / annotation size; null: from the records' width/height
+    margin_ratio: float = _f(0.25, _non_negative)  # crop margin per side, fraction of the box's long side
+    min_margin: int = _f(16, _non_negative)  # ...at least this many pixels
+    min_size: int = _f(256, _positive)  # a crop side is at least this long (tiny instances)
+    ignore: int | None = _f(255, _non_negative)  # label maps: this value is never a class, stays as is
+    output_name: str | None = None  # output COCO file name; null: the input's
+
+
+@dataclass(frozen=True)
 class RefineJobConfig:
     """A whole ``samsr refine`` job. ``method`` is resolved (never None) after validation."""
 
@@ -190,6 +209,7 @@ class RefineJobConfig:
     v1: V1Config = field(default_factory=V1Config)
     refine: RefineConfig = field(default_factory=RefineConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    relabel: RelabelConfig = field(default_factory=RelabelConfig)
     method: Method | None = None  # None: samsr-v2.1 if sam.checkpoint is set, else crm
     job_id: str | None = None  # None: derived from output.prefix (see default_job_id)
 
@@ -207,6 +227,7 @@ _SECTIONS = {
     "v1": V1Config,
     "refine": RefineConfig,
     "ray": RayConfig,
+    "relabel": RelabelConfig,
 }
 
 
@@ -474,6 +495,23 @@ def check_runtime(cfg: RefineJobConfig) -> None:
             raise ValueError("refine.device: 'cuda' but no CUDA device is visible")
 
 
+def check_relabel(cfg) -> None:
+    """check_runtime plus what relabel needs (ValueError naming the key)."""
+    check_runtime(cfg)
+    if cfg.method == "samsr-v1":
+        raise ValueError("method: samsr relabel runs crm or samsr-v2.1 (samsr-v1 merges whole-image "
+                         "proposals into one coarse mask)")
+    if cfg.relabel.coco is not None:
+        _require_package("pycocotools", "COCO RLE and polygons", "relabel.coco")
+        if not _exists(cfg.relabel.coco):
+            raise ValueError(f"relabel.coco: file not found: {cfg.relabel.coco}")
+    if cfg.relabel.gt_coco is not None:
+        if cfg.relabel.coco is None:
+            raise ValueError("relabel.gt_coco: only with relabel.coco (label maps take NAME_gt.png)")
+        if not _exists(cfg.relabel.gt_coco):
+            raise ValueError(f"relabel.gt_coco: file not found: {cfg.relabel.gt_coco}")
+
+
 def with_absolute_paths(cfg: RefineJobConfig) -> RefineJobConfig:
     """Local relative paths (input, output, checkpoints) made absolute, as Ray workers on other
     nodes or in other working directories must see them. URLs are left as they are."""
@@ -489,4 +527,6 @@ def with_absolute_paths(cfg: RefineJobConfig) -> RefineJobConfig:
         output=dataclasses.replace(cfg.output, prefix=fix(cfg.output.prefix)),
         model=dataclasses.replace(cfg.model, checkpoint=fix(cfg.model.checkpoint)),
         sam=dataclasses.replace(cfg.sam, checkpoint=fix(cfg.sam.checkpoint)),
+        relabel=dataclasses.replace(cfg.relabel, coco=fix(cfg.relabel.coco),
+                                    gt_coco=fix(cfg.relabel.gt_coco)),
     )

@@ -115,8 +115,9 @@ def latest_of_table(table):
         con.execute("SET autoinstall_known_extensions = false")
         con.execute("SET autoload_known_extensions = false")
         con.register("manifest", table)
-        cur = con.execute(f"SELECT * FROM ({LATEST_SQL}) ORDER BY key")
-        fetch = getattr(cur, "to_arrow_table", None) or cur.fetch_arrow_table  # DuckDB 2.x / 1.x
+        rel = con.sql(f"SELECT * FROM ({LATEST_SQL}) ORDER BY key")
+        # a relation, not a DB-API cursor (DuckDB 2.x warns that a cursor's Arrow output is a copy)
+        fetch = getattr(rel, "to_arrow_table", None) or rel.fetch_arrow_table  # DuckDB 2.x / 1.x
         return fetch().cast(table.schema)
     finally:
         con.close()

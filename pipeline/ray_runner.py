@@ -346,19 +346,88 @@ class RunResult:
         return self.processed / self.wall_s if self.wall_s > 0 else 0.0
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool, unit: str = "img", desc: str = "refine"):
     from tqdm import tqdm
 
     tty = sys.stderr.isatty()
     return tqdm(
         total=total,
-        unit="img",
-        desc="refine",
+        unit=unit,
+        desc=desc,
         file=sys.stderr,
         disable=not enabled,
         mininterval=0.5 if tty else 10.0,
         dynamic_ncols=tty,
     )
+
+
+def _configure_data_context(cfg: RefineJobConfig) -> None:
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.enable_operator_progress_bars = False
+    # start processing only when every pool actor is up (else the first actor may take
+    # all the work before the others exist); a pool that cannot start fails clearly
+    ctx.wait_for_min_actors_s = int(cfg.ray.actor_start_timeout_s)
+
+
+def stream_rows(
+    ds,
+    cfg: RefineJobConfig,
+    plan: StagePlan,
+    nodes: list[tuple[float, float]],
+    writer: ManifestWriter,
+    total: int,
+    *,
+    on_row: Callable[[dict], None] | None = None,
+    unit: str = "img",
+    desc: str = "refine",
+    counts_item: Callable[[dict], bool] = lambda row: True,
+) -> Counter:
+    """Drive ``ds`` (rows ``{"row": json}``) to the end on the driver: every manifest row goes to
+    ``writer``; rows for which ``counts_item(row)`` holds advance the progress bar and the
+    returned status counts (``total`` of them expected). A watchdog flushes on a timer and fails
+    the job with JobStalledError when nothing finishes; SIGTERM flushes and exits 143."""
+    import ray
+
+    counts: Counter = Counter()
+    bar = _progress(total, cfg.ray.progress, unit, desc)
+    with DriverSignals() as sig:
+        describe = lambda idle: describe_stall(idle, cfg.ray.stall_timeout_s, plan, nodes,  # noqa: E731
+                                                sum(counts.values()), total)
+        dog = Watchdog(writer, cfg.ray.stall_timeout_s, describe, interrupt=sig.active,
+                        startup_s=cfg.ray.actor_start_timeout_s)
+        dog.start()
+        try:
+            for out in ds.iter_rows():
+                row = json.loads(out["row"])
+                dog.progress(row)
+                if not writer.add(row):
+                    continue
+                if counts_item(row):
+                    counts[row["status"]] += 1
+                    bar.update(1)
+                    bar.set_postfix(ok=counts["ok"], failed=counts["error"], refresh=False)
+                if on_row is not None:
+                    on_row(row)
+        except ray.exceptions.GetTimeoutError as exc:  # Ray Data: the pool's actors did not start
+            if dog.rows:
+                raise
+            why = f"model actors did not start within ray.actor_start_timeout_s = " \
+                  f"{cfg.ray.actor_start_timeout_s:g} s ({exc}); "
+            raise JobStalledError(why + describe(time.monotonic() - dog.last_progress)) from None
+        except KeyboardInterrupt:
+            if dog.stalled is not None:
+                raise JobStalledError(dog.stalled) from None
+            if sig.received == signal.SIGTERM:  # flush (finally), exit like an unhandled SIGTERM
+                raise SystemExit(128 + signal.SIGTERM) from None
+            raise  # a real Ctrl-C
+        finally:
+            dog.stop.set()
+            bar.close()
+            writer.flush()
+    return counts
 
 
 def run_refine(cfg: RefineJobConfig, *, on_row: Callable[[dict], None] | None = None) -> RunResult:
@@ -367,7 +436,6 @@ def run_refine(cfg: RefineJobConfig, *, on_row: Callable[[dict], None] | None = 
     on_row(row) is called on the driver for each manifest row as it arrives (progress hooks).
     """
     import ray
-    from ray.data import DataContext
 
     from pipeline.io import list_samples, read_manifest, resume_state
     from pipeline.summary import summarize_manifest
@@ -403,47 +471,9 @@ def run_refine(cfg: RefineJobConfig, *, on_row: Callable[[dict], None] | None = 
                 res.get("CPU", 0.0), res.get("GPU", 0.0), cfg.uses_sam, cfg.ray, cfg.refine.threads,
                 nodes=nodes, sam_on_gpu=cfg.sam.proposals == "sam",
             )
-            ctx = DataContext.get_current()
-            ctx.enable_progress_bars = False
-            ctx.enable_operator_progress_bars = False
-            # start processing only when every pool actor is up (else the first actor may take
-            # all the work before the others exist); a pool that cannot start fails clearly
-            ctx.wait_for_min_actors_s = int(cfg.ray.actor_start_timeout_s)
+            _configure_data_context(cfg)
             ds = build_dataset(items, cfg, plan, static)
-            bar = _progress(len(items), cfg.ray.progress)
-            with DriverSignals() as sig:
-                describe = lambda idle: describe_stall(idle, cfg.ray.stall_timeout_s, plan, nodes,  # noqa: E731
-                                                        sum(counts.values()), len(items))
-                dog = Watchdog(writer, cfg.ray.stall_timeout_s, describe, interrupt=sig.active,
-                                startup_s=cfg.ray.actor_start_timeout_s)
-                dog.start()
-                try:
-                    for out in ds.iter_rows():
-                        row = json.loads(out["row"])
-                        dog.progress(row)
-                        if not writer.add(row):
-                            continue
-                        counts[row["status"]] += 1
-                        bar.update(1)
-                        bar.set_postfix(ok=counts["ok"], failed=counts["error"], refresh=False)
-                        if on_row is not None:
-                            on_row(row)
-                except ray.exceptions.GetTimeoutError as exc:  # Ray Data: the pool's actors did not start
-                    if dog.rows:
-                        raise
-                    why = f"model actors did not start within ray.actor_start_timeout_s = " \
-                          f"{cfg.ray.actor_start_timeout_s:g} s ({exc}); "
-                    raise JobStalledError(why + describe(time.monotonic() - dog.last_progress)) from None
-                except KeyboardInterrupt:
-                    if dog.stalled is not None:
-                        raise JobStalledError(dog.stalled) from None
-                    if sig.received == signal.SIGTERM:  # flush (finally), exit like an unhandled SIGTERM
-                        raise SystemExit(128 + signal.SIGTERM) from None
-                    raise  # a real Ctrl-C
-                finally:
-                    dog.stop.set()
-                    bar.close()
-                    writer.flush()
+            counts = stream_rows(ds, cfg, plan, nodes, writer, len(items), on_row=on_row)
         finally:
             shutdown_ray(started)
     wall = time.perf_counter() - t_start

@@ -70,8 +70,9 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100.0 * v:.2f}"
 
 
-def format_quality_table(summary: dict[str, Any]) -> str:
-    """The thesis-style table: dataset IoU and mean mBA (in %) of coarse vs refined masks."""
+def format_quality_table(summary: dict[str, Any], unit: str = "images") -> str:
+    """The thesis-style table: dataset IoU and mean mBA (in %) of coarse vs refined masks;
+    ``unit`` names what a row of the manifest is (images; instances or classes for relabel)."""
     if not summary.get("with_gt"):
         lines = [
             "no ground truth: change between coarse and refined masks",
@@ -81,7 +82,7 @@ def format_quality_table(summary: dict[str, Any]) -> str:
         return "\n".join(lines)
     c, r = summary["coarse"], summary["refined"]
     n = summary["with_gt"]
-    head = f"{'masks':<10} {'IoU %':>8} {'mBA %':>8} {'BIoU %':>8}   (over {n} images with gt)"
+    head = f"{'masks':<10} {'IoU %':>8} {'mBA %':>8} {'BIoU %':>8}   (over {n} {unit} with gt)"
     lines = [head, "-" * len(head)]
     for name, agg in (("coarse", c), ("refined", r)):
         lines.append(
@@ -95,7 +96,7 @@ def format_quality_table(summary: dict[str, Any]) -> str:
             else None
         )
         lines.append(f"{'gain':<10} {gain_iou:>+8.2f} {'-' if gain_mba is None else f'{gain_mba:+.2f}':>8}")
-    lines.append("IoU: total intersection / total union; mBA, BIoU: mean over images")
+    lines.append(f"IoU: total intersection / total union; mBA, BIoU: mean over {unit}")
     return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ ERROR_TYPES: tuple[str, ...] = (
     "aspect_mismatch",  # coarse mask aspect ratio differs from the image's beyond tolerance
     "gt_size_mismatch",  # ground truth not exactly the image's size
     "read_error",  # any other I/O failure while reading (permissions, network)
+    "label_map_mode",  # a label map that is not single-channel class ids (RGB, RGBA, LA, CMYK, F, ...)
 )
 
 #: Escaped keys longer than this are shortened to a prefix plus a hash (file names <= 255 bytes).

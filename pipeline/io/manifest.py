@@ -14,7 +14,15 @@ column                type         meaning
 job_id                string       job name/id (required)
 run_id                string       id of this run of the job (a rerun gets a new one)
 attempt               int32        attempt number of this sample across runs of the job (1-based)
-key                   string       sample key as listed (required)
+key                   string       sample key as listed (required); samsr relabel: the image key, and
+                                   ``<image key>#ann<id>`` / ``<image key>#class<id>`` for its objects
+row_kind              string       null (samsr refine) | ``image`` | ``instance`` (COCO) | ``class`` (label
+                                   map): samsr relabel writes one row per object plus one per image
+image_key             string       relabel: the key of the object's image
+image_id              int64        relabel COCO: the image record's id
+annotation_id         int64        relabel COCO: the annotation's id
+category_id           int64        relabel: the annotation's category / the label map's class id
+instance_count        int32        relabel image rows: objects (annotations / classes) in the image
 shard                 string       tar shard, list file or folder the sample came from
 image_uri             string       input image (``<shard>#<member>`` for tar members)
 mask_uri              string       input coarse mask
@@ -93,6 +101,12 @@ MANIFEST_SCHEMA: pa.Schema = pa.schema(
         ("run_id", _S),
         ("attempt", _I32),
         pa.field("key", _S, nullable=False),
+        ("row_kind", _S),
+        ("image_key", _S),
+        ("image_id", _I64),
+        ("annotation_id", _I64),
+        ("category_id", _I64),
+        ("instance_count", _I32),
         ("shard", _S),
         ("image_uri", _S),
         ("mask_uri", _S),

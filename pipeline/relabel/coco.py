@@ -1,0 +1,431 @@
+"""COCO instance annotations for re-labeling: parse, validate, rasterise into refinement
+windows, encode refined masks back. Pure: dicts and arrays in and out (no storage, no Ray).
+
+Rules (README "Re-label a COCO dataset" repeats them):
+
+- **Annotation resolution.** An image record's ``width``/``height`` give the size the annotations
+  were drawn at; the real image may be larger (annotations made on a resized copy). Polygons are
+  scaled by ``(W / width, H / height)`` and rasterised at full resolution (pycocotools' polygon
+  rasteriser, so COCO's own pixel convention); RLE masks are decoded at the annotation size and
+  upsampled bilinearly (half-pixel centres, threshold at 128: the data contract for coarse masks).
+  Without ``width``/``height`` in the record, ``scale`` (full / annotation size) must be given.
+  The aspect ratios of the record and the image must agree within 2% (else the whole image is an
+  ``aspect_mismatch`` error).
+- **Validation**, each failure an :class:`AnnotationError` naming the annotation id:
+  ``category_missing`` (no ``category_id`` or one not in ``categories``), ``segmentation_missing``,
+  ``bad_polygon`` (fewer than 3 points, an odd number of coordinates, non-finite values, zero
+  area, or edges that cross or touch -- repeated consecutive points and an explicit closing point
+  are fine), ``bad_rle`` (``size`` different from the annotation size,
+  counts that do not add up to height x width, undecodable counts), ``empty_annotation``.
+- **Crowd** (``iscrowd = 1``) annotations are not refined: copied unchanged when the annotation
+  size equals the image size, else upsampled to it (bilinear, threshold 128) with area and bbox
+  recomputed, so the output stays consistent with its image records.
+- **Output.** Every field of every annotation is kept; a refined instance's ``segmentation``
+  becomes compressed RLE (``counts`` as a str) of the full-resolution mask, ``area`` its pixel
+  count and ``bbox`` ``[x, y, w, h]`` of its pixels. Image records get the real ``width`` and
+  ``height``. An annotation that fails validation is kept as it was (the manifest names it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.relabel.crops import upsample_window
+
+__all__ = [
+    "AnnotationError",
+    "CocoIndex",
+    "index_coco",
+    "annotation_size",
+    "check_annotation",
+    "instance_box",
+    "coarse_window",
+    "decode_full",
+    "encode_window",
+    "encode_full",
+    "rescale_crowd",
+    "annotations_at",
+    "polygon_self_intersects",
+    "ASPECT_TOLERANCE",
+]
+
+ASPECT_TOLERANCE = 0.02
+
+
+class AnnotationError(ValueError):
+    """A bad annotation: ``error_type`` (a short code) and a message naming the annotation id."""
+
+    def __init__(self, annotation_id: Any, error_type: str, message: str) -> None:
+        self.annotation_id = annotation_id
+        self.error_type = error_type
+        self.message = f"annotation {annotation_id}: {message}"
+        super().__init__(f"{error_type}: {self.message}")
+
+    def __reduce__(self):
+        return (_rebuild, (self.annotation_id, self.error_type, self.message))
+
+
+def _rebuild(annotation_id, error_type, message):
+    err = AnnotationError(annotation_id, error_type, "")
+    err.message = message
+    err.args = (f"{error_type}: {message}",)
+    return err
+
+
+@dataclass
+class CocoIndex:
+    """A COCO dict indexed for the driver: image records by id (input order), annotation
+    positions per image id, annotations whose image id is unknown, category ids."""
+
+    images: dict[Any, dict]
+    by_image: dict[Any, list[int]]
+    orphans: list[int]
+    categories: set
+    n_annotations: int
+    doc: dict = field(repr=False)
+
+
+def index_coco(doc: Any) -> CocoIndex:
+    """Index a parsed COCO instances dict. A malformed file (not a dict, no ``images`` /
+    ``annotations`` list, image records without ``id``/``file_name``, duplicate image ids) is a
+    ValueError naming the problem: nothing can be planned from it."""
+    if not isinstance(doc, dict):
+        raise ValueError(f"COCO file: top level must be an object, got {type(doc).__name__}")
+    for name in ("images", "annotations"):
+        if not isinstance(doc.get(name), list):
+            raise ValueError(f"COCO file: {name!r} must be a list")
+    cats = doc.get("categories", [])
+    if not isinstance(cats, list):
+        raise ValueError("COCO file: 'categories' must be a list")
+    images: dict[Any, dict] = {}
+    for i, rec in enumerate(doc["images"]):
+        if not isinstance(rec, dict) or "id" not in rec or not isinstance(rec.get("file_name"), str):
+            raise ValueError(f"COCO file: images[{i}] needs an 'id' and a 'file_name'")
+        if rec["id"] in images:
+            raise ValueError(f"COCO file: duplicate image id {rec['id']!r} (images[{i}])")
+        images[rec["id"]] = rec
+    by_image: dict[Any, list[int]] = defaultdict(list)
+    orphans: list[int] = []
+    for j, ann in enumerate(doc["annotations"]):
+        image_id = ann.get("image_id") if isinstance(ann, dict) else None
+        if image_id in images:
+            by_image[image_id].append(j)
+        else:
+            orphans.append(j)
+    categories = {c.get("id") for c in cats if isinstance(c, dict)}
+    return CocoIndex(images, dict(by_image), orphans, categories, len(doc["annotations"]), doc)
+
+
+def annotation_size(record: dict, height: int, width: int, scale: float | None = None) -> tuple[int, int]:
+    """(h, w) the annotations of ``record`` were drawn at, for an image that is really
+    (height, width). From the record's ``width``/``height``; else ``scale`` (full / annotation
+    size). Raises AnnotationError(image id, 'aspect_mismatch' / 'missing_size')."""
+    rid = record.get("id")
+    if scale is not None:
+        if not (scale > 0):
+            raise ValueError(f"relabel.scale: must be > 0, got {scale!r}")
+        return max(1, round(height / scale)), max(1, round(width / scale))
+    h, w = record.get("height"), record.get("width")
+    if not (isinstance(h, (int, float)) and isinstance(w, (int, float)) and h >= 1 and w >= 1):
+        raise AnnotationError(rid, "missing_size",
+                              f"image {rid}: no width/height in its record and no relabel.scale given")
+    h, w = int(h), int(w)
+    expected = w * height / width
+    if abs(h - expected) > max(1.0, ASPECT_TOLERANCE * expected):
+        raise AnnotationError(
+            rid, "aspect_mismatch",
+            f"image {rid}: record says {w}x{h}, the image is {width}x{height} (aspect ratios differ)",
+        )
+    return h, w
+
+
+def polygon_self_intersects(xy: np.ndarray) -> bool:
+    """True when two non-adjacent edges of the closed polygon ``xy`` ((n, 2) float) cross or
+    touch. Vectorised over edge pairs, in chunks (n up to a few thousand points)."""
+    n = len(xy)
+    if n < 4:
+        return False
+    a = xy
+    b = np.roll(xy, -1, axis=0)
+    d = b - a
+
+    def cross(u, v):
+        return u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]
+
+    idx = np.arange(n)
+    chunk = max(1, 2_000_000 // n)
+    for s in range(0, n, chunk):
+        i = idx[s : s + chunk, None]
+        j = idx[None, :]
+        adjacent = (j == i) | (j == (i + 1) % n) | (i == (j + 1) % n)
+        valid = (j > i) & ~adjacent
+        if not valid.any():
+            continue
+        ai, di = a[i[:, 0]][:, None, :], d[i[:, 0]][:, None, :]
+        aj, dj = a[None], d[None]
+        r = aj - ai
+        denom = cross(di, dj)
+        t_num = cross(r, dj)
+        u_num = cross(r, di)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = t_num / denom
+            u = u_num / denom
+        proper = (denom != 0) & (t >= 0) & (t <= 1) & (u >= 0) & (u <= 1)
+        # collinear overlapping edges
+        coll = (denom == 0) & (t_num == 0)
+        if coll.any():
+            dd = np.maximum((di * di).sum(-1), 1e-12)
+            t0 = (r * di).sum(-1) / dd
+            t1 = t0 + (dj * di).sum(-1) / dd
+            overlap = (np.maximum(t0, t1) >= 0) & (np.minimum(t0, t1) <= 1)
+            proper |= coll & overlap
+        if (proper & valid).any():
+            return True
+    return False
+
+
+def _polygons(ann: dict) -> list[np.ndarray]:
+    aid = ann.get("id")
+    seg = ann["segmentation"]
+    if not seg:
+        raise AnnotationError(aid, "bad_polygon", "empty polygon list")
+    out = []
+    for k, poly in enumerate(seg):
+        if not isinstance(poly, list) or not all(isinstance(v, (int, float)) for v in poly):
+            raise AnnotationError(aid, "bad_polygon", f"polygon {k} is not a list of numbers")
+        if len(poly) % 2:
+            raise AnnotationError(aid, "bad_polygon",
+                                  f"polygon {k} has an odd number of coordinates ({len(poly)})")
+        if len(poly) < 6:
+            raise AnnotationError(aid, "bad_polygon", f"polygon {k} has {len(poly) // 2} points (needs 3)")
+        xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+        if not np.isfinite(xy).all():
+            raise AnnotationError(aid, "bad_polygon", f"polygon {k} has non-finite coordinates")
+        keep = np.any(xy != np.roll(xy, -1, axis=0), axis=1)  # repeated points / explicit closing point
+        if keep.sum() < 3:
+            raise AnnotationError(aid, "bad_polygon", f"polygon {k} has fewer than 3 distinct points")
+        if polygon_self_intersects(xy[keep]):
+            raise AnnotationError(aid, "bad_polygon", f"polygon {k} is self-intersecting")
+        x, y = xy[:, 0], xy[:, 1]
+        area = 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+        if area <= 0:
+            raise AnnotationError(aid, "bad_polygon", f"polygon {k} has zero area (degenerate)")
+        out.append(xy)
+    return out
+
+
+def _rle(ann: dict, h: int, w: int) -> dict:
+    """The annotation's RLE (compressed, counts bytes) at (h, w), validated."""
+    from pycocotools import mask as mask_utils
+
+    aid = ann.get("id")
+    seg = ann["segmentation"]
+    size = seg.get("size")
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and list(size) == [h, w]):
+        raise AnnotationError(aid, "bad_rle", f"RLE size {size!r} != the annotation size [{h}, {w}]")
+    counts = seg.get("counts")
+    if isinstance(counts, list):
+        if not all(isinstance(c, int) and c >= 0 for c in counts):
+            raise AnnotationError(aid, "bad_rle", "uncompressed RLE counts must be non-negative integers")
+        if sum(counts) != h * w:
+            raise AnnotationError(aid, "bad_rle",
+                                  f"RLE counts add up to {sum(counts)}, not {h}x{w} = {h * w}")
+        return mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+    if isinstance(counts, str):
+        counts = counts.encode("ascii", "replace")
+    if not isinstance(counts, bytes):
+        raise AnnotationError(aid, "bad_rle", f"RLE counts of type {type(counts).__name__}")
+    rle = {"size": [h, w], "counts": counts}
+    # compressed counts: decode to the run lengths' sum through pycocotools (area + a bounds check)
+    try:
+        total = _compressed_total(counts)
+    except ValueError as e:
+        raise AnnotationError(aid, "bad_rle", f"undecodable compressed counts ({e})") from None
+    if total != h * w:
+        raise AnnotationError(aid, "bad_rle", f"RLE counts add up to {total}, not {h}x{w} = {h * w}")
+    return rle
+
+
+def _compressed_total(counts: bytes) -> int:
+    """Sum of the run lengths of COCO's compressed RLE string (LEB128-like, 5 bits per char,
+    deltas from the run two back after the third run) -- pycocotools does not validate it."""
+    total, runs, p, m = 0, [], 0, 0
+    while p < len(counts):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(counts):
+                raise ValueError("truncated")
+            c = counts[p] - 48
+            if c < 0 or c > 63:
+                raise ValueError(f"bad character {chr(counts[p])!r}")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and (c & 0x10):
+                x |= -1 << (5 * k)
+        if m > 2:
+            x += runs[m - 2]
+        if x < 0:
+            raise ValueError("negative run")
+        runs.append(x)
+        total += x
+        m += 1
+    return total
+
+
+def _kind(ann: dict) -> str:
+    seg = ann.get("segmentation")
+    if isinstance(seg, list):
+        return "polygon"
+    if isinstance(seg, dict):
+        return "rle"
+    raise AnnotationError(ann.get("id"), "segmentation_missing", "no polygon or RLE segmentation")
+
+
+def check_annotation(ann: Any, categories: set) -> None:
+    """Fields every annotation needs: a dict with ``category_id`` in ``categories`` and a
+    segmentation. Raises AnnotationError."""
+    if not isinstance(ann, dict):
+        raise AnnotationError(None, "bad_annotation", f"not an object: {type(ann).__name__}")
+    aid = ann.get("id")
+    if "id" not in ann:
+        raise AnnotationError(None, "bad_annotation", f"no 'id' (image_id {ann.get('image_id')!r})")
+    cat = ann.get("category_id")
+    if cat is None:
+        raise AnnotationError(aid, "category_missing", "no category_id")
+    if cat not in categories:
+        raise AnnotationError(aid, "category_missing", f"category_id {cat!r} is not in 'categories'")
+    _kind(ann)
+
+
+def _scaled_polygons(ann: dict, ann_hw: tuple[int, int], full_hw: tuple[int, int]) -> list[np.ndarray]:
+    sy, sx = full_hw[0] / ann_hw[0], full_hw[1] / ann_hw[1]
+    return [xy * np.array([sx, sy]) for xy in _polygons(ann)]
+
+
+def instance_box(ann: dict, ann_hw: tuple[int, int], full_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Full-resolution box (x0, y0, x1, y1), exclusive ends, that holds every pixel the
+    instance's coarse mask can cover. Raises AnnotationError (bad polygon/RLE, empty)."""
+    from pycocotools import mask as mask_utils
+
+    H, W = full_hw
+    if _kind(ann) == "polygon":
+        pts = np.concatenate(_scaled_polygons(ann, ann_hw, full_hw))
+        x0, y0 = np.floor(pts.min(axis=0)).astype(int) - 1
+        x1, y1 = np.ceil(pts.max(axis=0)).astype(int) + 2
+    else:
+        rle = _rle(ann, *ann_hw)
+        bx, by, bw, bh = (float(v) for v in mask_utils.toBbox(rle))
+        if bw <= 0 or bh <= 0:
+            raise AnnotationError(ann.get("id"), "empty_annotation", "the RLE mask is empty")
+        sy, sx = H / ann_hw[0], W / ann_hw[1]
+        # bilinear upsampling spreads a source pixel over about one source step more each side
+        x0, x1 = math.floor((bx - 1) * sx), math.ceil((bx + bw + 1) * sx)
+        y0, y1 = math.floor((by - 1) * sy), math.ceil((by + bh + 1) * sy)
+    x0, y0, x1, y1 = max(0, int(x0)), max(0, int(y0)), min(W, int(x1)), min(H, int(y1))
+    if x1 <= x0 or y1 <= y0:
+        raise AnnotationError(ann.get("id"), "empty_annotation", "the instance lies outside the image")
+    return x0, y0, x1, y1
+
+
+def coarse_window(
+    ann: dict, ann_hw: tuple[int, int], full_hw: tuple[int, int], window: tuple[int, int, int, int]
+) -> np.ndarray:
+    """The instance's coarse mask inside ``window`` (x0, y0, x1, y1) at full resolution:
+    (y1 - y0, x1 - x0) uint8 in {0..255} (polygons: {0, 255}; RLE: bilinear 0..255)."""
+    from pycocotools import mask as mask_utils
+
+    x0, y0, x1, y1 = window
+    wh, ww = y1 - y0, x1 - x0
+    if _kind(ann) == "polygon":
+        polys = [(xy - np.array([x0, y0])).ravel().tolist() for xy in _scaled_polygons(ann, ann_hw, full_hw)]
+        rle = mask_utils.merge(mask_utils.frPyObjects(polys, wh, ww))
+        return mask_utils.decode(rle).astype(np.uint8) * 255
+    low = mask_utils.decode(_rle(ann, *ann_hw)).astype(np.uint8) * 255
+    return upsample_window(low, full_hw[0], full_hw[1], window)
+
+
+def decode_full(ann: dict, ann_hw: tuple[int, int], full_hw: tuple[int, int]) -> np.ndarray:
+    """The annotation's mask at full resolution, (H, W) uint8 {0, 255} (threshold > 128 after
+    the bilinear upsampling of an RLE)."""
+    H, W = full_hw
+    try:
+        box = instance_box(ann, ann_hw, full_hw)
+    except AnnotationError as e:
+        if e.error_type != "empty_annotation":
+            raise
+        return np.zeros((H, W), np.uint8)
+    out = np.zeros((H, W), np.uint8)
+    x0, y0, x1, y1 = box
+    out[y0:y1, x0:x1] = np.where(coarse_window(ann, ann_hw, full_hw, box) > 128, 255, 0)
+    return out
+
+
+def encode_full(mask: np.ndarray) -> dict[str, Any]:
+    """(H, W) bool/uint8 mask (non-zero = in) -> ``{"segmentation": compressed RLE with str
+    counts, "area": int, "bbox": [x, y, w, h]}``."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(bool).astype(np.uint8)))
+    area = int(mask_utils.area(rle))
+    bbox = [float(v) for v in mask_utils.toBbox(rle)]
+    return {"segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+            "area": area, "bbox": bbox}
+
+
+def encode_window(
+    mask: np.ndarray, window: tuple[int, int, int, int], full_hw: tuple[int, int]
+) -> dict[str, Any]:
+    """``encode_full`` of a full-size mask that is ``mask`` inside ``window`` and empty elsewhere."""
+    full = np.zeros(full_hw, dtype=np.uint8, order="F")
+    x0, y0, x1, y1 = window
+    full[y0:y1, x0:x1] = mask.astype(bool)
+    return encode_full(full)
+
+
+def rescale_crowd(ann: dict, ann_hw: tuple[int, int], full_hw: tuple[int, int]) -> dict:
+    """A crowd annotation for the full-size image: unchanged when the sizes agree, else its mask
+    upsampled (bilinear, > 128) with area and bbox recomputed; every other field kept."""
+    if tuple(ann_hw) == tuple(full_hw):
+        return ann
+    out = dict(ann)
+    out.update(encode_full(decode_full(ann, ann_hw, full_hw)))
+    return out
+
+
+def annotations_at(
+    doc: dict, sizes: dict[Any, tuple[int, int]], scale: float | None = None
+) -> tuple[list[dict], int]:
+    """The annotations of ``doc`` whose image id is in ``sizes`` (``{image id: (H, W)}``), as
+    compressed RLE at those sizes (the rules of this module: polygons scaled, RLE upsampled
+    bilinearly; crowd regions through :func:`rescale_crowd`). Returns (annotations, how many
+    could not be decoded and were left out)."""
+    index = index_coco(doc)
+    out, skipped = [], 0
+    for image_id, positions in index.by_image.items():
+        if image_id not in sizes:
+            continue
+        full = tuple(sizes[image_id])
+        try:
+            ann_hw = annotation_size(index.images[image_id], full[0], full[1], scale)
+        except AnnotationError:
+            skipped += len(positions)
+            continue
+        for j in positions:
+            ann = doc["annotations"][j]
+            try:
+                if ann.get("iscrowd", 0):
+                    out.append(rescale_crowd(ann, ann_hw, full))
+                    continue
+                new = dict(ann)
+                new.update(encode_full(decode_full(ann, ann_hw, full)))
+                out.append(new)
+            except (AnnotationError, KeyError, TypeError):
+                skipped += 1
+    return out, skipped
