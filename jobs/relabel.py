@@ -20,14 +20,17 @@ Exit status as for samsr refine: 0 done, 2 bad config / unreadable annotation fi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 __all__ = ["build_parser", "config_from_args", "run", "main", "DEFAULT_CONFIG"]
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "relabel.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = ROOT / "configs" / "relabel.yaml"
 
 _FLAG_KEYS = {
     "coco": "relabel.coco",
@@ -109,7 +112,13 @@ def config_from_args(args: argparse.Namespace):
     if args.no_progress:
         overrides.append((["ray", "progress"], False))
     overrides.extend(parse_override(text) for text in args.overrides)
-    return load_config(args.config or str(DEFAULT_CONFIG), overrides)
+    cfg = load_config(args.config or str(DEFAULT_CONFIG), overrides)
+    ckpt = cfg.model.checkpoint
+    relative = bool(ckpt) and "://" not in ckpt and not os.path.isabs(ckpt)
+    if args.config is None and relative and not os.path.exists(ckpt):
+        # the default config's shipped weights, wherever the command runs from
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint=str(ROOT / ckpt)))
+    return cfg
 
 
 def run(cfg):

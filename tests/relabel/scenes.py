@@ -16,7 +16,7 @@ CATEGORIES = [{"id": 1, "name": "disk", "supercategory": "shape"},
               {"id": 3, "name": "blob", "supercategory": "shape"}]
 
 
-def make_scene(seed: int, height: int = 256, width: int = 320) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+def make_scene(seed: int, height: int = 256, width: int = 320):
     """(image (H, W, 3) uint8, [(category id, truth (H, W) bool), ...]): three objects of
     different colours on a smooth textured background; objects may touch but do not overlap
     (later objects are cut by earlier ones)."""
@@ -87,7 +87,7 @@ def write_coco_dataset(root: str, n_images: int = 2, *, height: int = 256, width
             aid += 1
             small = cv2.resize(truth.astype(np.uint8) * 255, (lw, lh), interpolation=cv2.INTER_AREA) > 127
             form = (i + k) % 3
-            seg = polygons_of(small) if form == 0 else rle_str(small) if form == 1 else uncompressed_rle(small)
+            seg = [polygons_of, rle_str, uncompressed_rle][form](small)
             coarse_anns.append({"id": aid, "image_id": image_id, "category_id": cat, "iscrowd": 0,
                                 "segmentation": seg, "area": float(small.sum()),
                                 "bbox": [0, 0, 1, 1], "extra_field": f"keep-{aid}"})
@@ -101,7 +101,8 @@ def write_coco_dataset(root: str, n_images: int = 2, *, height: int = 256, width
             crowd_low = np.zeros((lh, lw), bool)
             crowd_low[1:4, 1:6] = True
             coarse_anns.append({"id": aid, "image_id": image_id, "category_id": 3, "iscrowd": 1,
-                                "segmentation": uncompressed_rle(crowd_low), "area": 15.0, "bbox": [1, 1, 5, 3]})
+                                "segmentation": uncompressed_rle(crowd_low), "area": 15.0,
+                                "bbox": [1, 1, 5, 3]})
     doc = {"info": {"description": "samsr relabel test"}, "licenses": [{"id": 1, "name": "CC0"}],
            "images": images, "annotations": coarse_anns, "categories": CATEGORIES}
     full_images = [dict(r, width=width, height=height) for r in images]
@@ -115,7 +116,7 @@ def write_coco_dataset(root: str, n_images: int = 2, *, height: int = 256, width
 PALETTE = bytes([0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] + [0, 0, 0] * 251 + [224, 224, 192])
 
 
-def label_truth(objects: list[tuple[int, np.ndarray]], shape: tuple[int, int], ignore_band: bool) -> np.ndarray:
+def label_truth(objects: list, shape: tuple[int, int], ignore_band: bool) -> np.ndarray:
     """(H, W) uint8 class ids: 0 background, the objects' category ids, and (``ignore_band``) a
     VOC-style 255 outline two pixels wide around the first object."""
     labels = np.zeros(shape, np.uint8)

@@ -114,7 +114,8 @@ def test_polygons_scale_by_coordinates_and_rle_upsamples_bilinearly():
                                   direct[20:100, 30:150])
     # uncompressed and compressed RLE give the same mask
     un = {"id": 3, "category_id": 1, "segmentation": uncompressed_rle(low)}
-    np.testing.assert_array_equal(decode_full(un, (30, 40), (240, 320)), decode_full(ann, (30, 40), (240, 320)))
+    np.testing.assert_array_equal(decode_full(un, (30, 40), (240, 320)),
+                                  decode_full(ann, (30, 40), (240, 320)))
 
 
 @pytest.mark.parametrize(
@@ -223,7 +224,8 @@ def test_index_rejects_malformed_files_and_finds_orphans():
     with pytest.raises(ValueError, match=r"images\[0\] needs an 'id' and a 'file_name'"):
         index_coco({"images": [{"id": 3}], "annotations": []})
     idx = index_coco({"images": [{"id": 1, "file_name": "a"}], "categories": [{"id": 4}],
-                      "annotations": [{"id": 1, "image_id": 1}, {"id": 2, "image_id": 9}, {"id": 3, "image_id": 1}]})
+                      "annotations": [{"id": 1, "image_id": 1}, {"id": 2, "image_id": 9},
+                                      {"id": 3, "image_id": 1}]})
     assert idx.by_image == {1: [0, 2]} and idx.orphans == [1] and idx.categories == {4}
 
 
@@ -278,7 +280,8 @@ def test_merge_keeps_order_other_images_and_everything_else():
     parts = {1: {"image": {"id": 1, "file_name": "a", "width": 32},
                  "annotations": [{"id": 10, "image_id": 1, "x": 1}, {"id": 12, "image_id": 1, "x": 1}]}}
     out = merge_coco(doc, parts)
-    assert out["info"] == doc["info"] and out["extra"] == doc["extra"] and out["categories"] == doc["categories"]
+    assert out["info"] == doc["info"] and out["extra"] == doc["extra"]
+    assert out["categories"] == doc["categories"]
     assert out["images"] == [parts[1]["image"], doc["images"][1]]
     assert [a["id"] for a in out["annotations"]] == [10, 11, 12, 13]
     assert out["annotations"][0]["x"] == 1 and "x" not in out["annotations"][1]
@@ -290,5 +293,6 @@ def test_encode_full_matches_pycocotools():
     m[10:20, 5:40] = True
     enc = encode_full(m)
     assert enc["area"] == 350 and enc["bbox"] == [5.0, 10.0, 35.0, 10.0]
-    back = mask_utils.decode({"size": enc["segmentation"]["size"], "counts": enc["segmentation"]["counts"].encode()})
+    seg = enc["segmentation"]
+    back = mask_utils.decode({"size": seg["size"], "counts": seg["counts"].encode()})
     np.testing.assert_array_equal(back.astype(bool), m)
