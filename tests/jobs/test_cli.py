@@ -19,7 +19,7 @@ def test_console_script_help_lists_every_command():
     assert r.returncode == 0, r.stderr
     for name in COMMANDS:
         assert name in r.stdout
-    assert set(COMMANDS) == {"refine", "evaluate", "query", "report", "benchmark", "train"}
+    assert set(COMMANDS) == {"refine", "relabel", "evaluate", "query", "report", "benchmark", "train"}
 
 
 @pytest.mark.parametrize(
