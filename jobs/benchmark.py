@@ -4,6 +4,7 @@
     samsr benchmark sam --help
     samsr benchmark quality --help
     samsr benchmark proposals --help
+    samsr benchmark relabel --help
     python -m jobs.benchmark refiner [ARGS...]
 
 Dispatches to ``pipeline.bench.refiner.main(argv)`` and ``pipeline.bench.sam.main(argv)``,
@@ -23,6 +24,7 @@ BENCHMARKS = {
     "sam": ("pipeline.bench.sam", "SAM automatic mask generation: stock vs fast generator"),
     "proposals": ("pipeline.bench.proposals", "regions proposals vs the refiner's time on the same images"),
     "quality": ("pipeline.bench.quality", "coarse vs refined IoU/mBA/BIoU per coarse kind on held-out data"),
+    "relabel": ("pipeline.bench.relabel", "relabel at scale: planning a 10k-image COCO file, worker memory"),
 }
 
 

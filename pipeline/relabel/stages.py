@@ -29,7 +29,8 @@ import numpy as np
 
 from pipeline.stages import _fail, _ms, column, error_meta, rows_of
 
-__all__ = ["relabel_decode_batch", "relabel_refine_batch", "coco_part_uri", "label_map_uri", "object_key"]
+__all__ = ["relabel_decode_batch", "relabel_refine_batch", "window_refiner", "coco_part_uri", "label_map_uri",
+           "object_key"]
 
 #: refine_fn(image (h, w, 3) uint8, coarse (h, w) uint8 0..255, colours (h, w, 3) uint8 | None)
 #: -> (h, w) float32 probabilities in [0, 1]
@@ -133,12 +134,17 @@ def relabel_decode_batch(batch: dict[str, np.ndarray], *, max_pixels: int) -> di
     return _batch(out)
 
 
-def _window_refiner(refine_fn: RefineFn, image: np.ndarray, colours: np.ndarray | None):
+def window_refiner(refine_fn: RefineFn, image: np.ndarray, colours: np.ndarray | None):
+    """``refine_fn`` as the per-window refiner of ``pipeline.relabel``: the image (and colour
+    map) cut to the window; freed heap memory goes back to the OS before each window
+    (``pipeline.memory``), so a worker's memory does not grow with the number of objects."""
+    from pipeline.memory import release_memory
     from pipeline.relabel.instances import colour_window
 
     h, w = image.shape[:2]
 
     def run(window: tuple[int, int, int, int], coarse: np.ndarray) -> np.ndarray:
+        release_memory()
         x0, y0, x1, y1 = window
         crop = np.ascontiguousarray(image[y0:y1, x0:x1])
         cols = None if colours is None else colour_window(colours, h, w, window)
@@ -190,7 +196,7 @@ def _coco_image(meta: dict, image: np.ndarray, colours, refine_fn: RefineFn, *, 
     meta["coarse_height"], meta["coarse_width"] = ann_hw
     gt = {aid: (g, tuple(hw)) for aid, g, hw in meta.get("gt") or []}
     out_anns, records = relabel_instances(meta["anns"], set(meta["categories"]), ann_hw, (h, w),
-                                          _window_refiner(refine_fn, image, colours), rule=rule,
+                                          window_refiner(refine_fn, image, colours), rule=rule,
                                           gt=gt if meta.get("gt") is not None else None)
     part = {"image_id": record.get("id"), "image": image_record_out(record, h, w), "annotations": out_anns}
     uri = write_bytes(coco_part_uri(output_prefix, meta["key"]), json.dumps(part).encode())
@@ -203,7 +209,7 @@ def _labelmap_image(meta: dict, image: np.ndarray, labels: np.ndarray, gt: np.nd
     from pipeline.relabel.labelmaps import LabelMap, class_coarse, relabel_classes, write_label_map
 
     h, w = image.shape[:2]
-    run = _window_refiner(refine_fn, image, colours)
+    run = window_refiner(refine_fn, image, colours)
     merged, classes = relabel_classes(labels, ignore, h, w, lambda cls, window, coarse: run(window, coarse),
                                       rule)
     palette = bytes.fromhex(meta["label_palette"]) if meta.get("label_palette") else None

@@ -88,6 +88,10 @@ def build_report(output: str, out: str | None = None, worst: int = 8, best: int 
     table = read_manifest(output)
     if table.num_rows == 0:
         raise ValueError(f"{output!r}: no manifest rows (is it a samsr refine output?)")
+    if any(k is not None for k in table.column("row_kind").to_pylist()):
+        raise ValueError(f"{output!r}: a samsr relabel output (COCO / label maps); the report covers "
+                         "samsr refine outputs. Use `samsr evaluate OUTPUT --coco-gt GT.json` or "
+                         "`--labelmaps`, and `samsr query OUTPUT`")
     out = out or join_uri(output, "report")
     fs, base = open_fs(out)
     fs.makedirs(base, exist_ok=True)

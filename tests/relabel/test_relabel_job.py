@@ -233,6 +233,12 @@ def test_labelmaps_relabel(v21_checkpoint, local_ray, tmp_path, capsys):
     assert report["images"] == 2
     assert report["before"]["miou"] is not None and report["after"]["miou"] is not None
 
+    # the HTML report is for refine outputs: it says so instead of drawing broken overlays
+    from jobs.report import main as html_report
+
+    assert html_report([out]) != 0
+    assert "samsr relabel output" in capsys.readouterr().err
+
 
 def test_relabel_cli_config_errors_before_any_work(tmp_path, capsys, v21_checkpoint):
     from jobs.relabel import main
