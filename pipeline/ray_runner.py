@@ -384,19 +384,22 @@ def stream_rows(
     unit: str = "img",
     desc: str = "refine",
     counts_item: Callable[[dict], bool] = lambda row: True,
+    stall_timeout_s: float | None = None,
 ) -> Counter:
     """Drive ``ds`` (rows ``{"row": json}``) to the end on the driver: every manifest row goes to
     ``writer``; rows for which ``counts_item(row)`` holds advance the progress bar and the
     returned status counts (``total`` of them expected). A watchdog flushes on a timer and fails
-    the job with JobStalledError when nothing finishes; SIGTERM flushes and exits 143."""
+    the job with JobStalledError when nothing finishes for ``stall_timeout_s`` (default
+    ``ray.stall_timeout_s``); SIGTERM flushes and exits 143."""
     import ray
 
+    stall_s = cfg.ray.stall_timeout_s if stall_timeout_s is None else stall_timeout_s
     counts: Counter = Counter()
     bar = _progress(total, cfg.ray.progress, unit, desc)
     with DriverSignals() as sig:
-        describe = lambda idle: describe_stall(idle, cfg.ray.stall_timeout_s, plan, nodes,  # noqa: E731
+        describe = lambda idle: describe_stall(idle, stall_s, plan, nodes,  # noqa: E731
                                                 sum(counts.values()), total)
-        dog = Watchdog(writer, cfg.ray.stall_timeout_s, describe, interrupt=sig.active,
+        dog = Watchdog(writer, stall_s, describe, interrupt=sig.active,
                         startup_s=cfg.ray.actor_start_timeout_s)
         dog.start()
         try:

@@ -33,7 +33,8 @@ from pipeline.config import RefineJobConfig, with_absolute_paths
 from pipeline.plan import StagePlan, plan_stages
 from pipeline.progress import ManifestWriter, alive_nodes
 
-__all__ = ["RelabelPlan", "plan_relabel", "run_relabel", "RelabelResult", "format_relabel", "merge_coco"]
+__all__ = ["RelabelPlan", "plan_relabel", "run_relabel", "RelabelResult", "format_relabel", "merge_coco",
+           "stall_timeout"]
 
 
 @dataclass
@@ -222,6 +223,21 @@ def build_relabel_dataset(items: list[dict], cfg: RefineJobConfig, plan: StagePl
     )
 
 
+#: extra seconds the stall watchdog allows per object of the largest image: rows arrive once a whole
+#: image is done, and a CPU worker refines an instance of a 6k image in about 1 s (benchmark relabel)
+STALL_S_PER_OBJECT = 5.0
+#: objects assumed per label map (classes are only known once it is decoded)
+LABELMAP_OBJECTS = 32
+
+
+def stall_timeout(base_s: float, items: list[dict]) -> float:
+    """The watchdog's limit for a relabel job: ``ray.stall_timeout_s`` plus
+    STALL_S_PER_OBJECT for each object of its largest image (an image's rows come together)."""
+    most = max((len(it.get("anns") or []) if it["kind"] == "coco" else LABELMAP_OBJECTS for it in items),
+               default=0)
+    return base_s + STALL_S_PER_OBJECT * most
+
+
 def _latest_image_rows(output_prefix: str, job_id: str) -> dict[str, dict]:
     """Latest row per image key (row_kind image) of this job."""
     import pyarrow.compute as pc
@@ -363,7 +379,8 @@ def run_relabel(cfg: RefineJobConfig, *, on_row: Callable[[dict], None] | None =
             _configure_data_context(cfg)
             ds = build_relabel_dataset(todo, cfg, stage_plan, static)
             counts = stream_rows(ds, cfg, stage_plan, nodes, writer, len(todo), on_row=on_row, desc="relabel",
-                                 counts_item=lambda row: row.get("row_kind") == "image")
+                                 counts_item=lambda row: row.get("row_kind") == "image",
+                                 stall_timeout_s=stall_timeout(cfg.ray.stall_timeout_s, todo))
         finally:
             shutdown_ray(started)
     output_uri, merged = None, 0

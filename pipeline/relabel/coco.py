@@ -13,9 +13,11 @@ Rules (README "Re-label a COCO dataset" repeats them):
   ``aspect_mismatch`` error).
 - **Validation**, each failure an :class:`AnnotationError` naming the annotation id:
   ``category_missing`` (no ``category_id`` or one not in ``categories``), ``segmentation_missing``,
-  ``bad_polygon`` (fewer than 3 points, an odd number of coordinates, non-finite values, zero
-  area, or edges that cross or touch -- repeated consecutive points and an explicit closing point
-  are fine), ``bad_rle`` (``size`` different from the annotation size,
+  ``bad_polygon`` (coordinates that are not numbers, odd in number or non-finite; edges that
+  cross each other; or every part degenerate: fewer than 3 distinct points or zero area -- a
+  degenerate part of a multi-part annotation, like the one-pixel slivers of a traced outline, is
+  left out and the instance row says so in ``null_reason``; edges that only touch, repeated
+  points and an explicit closing point are fine), ``bad_rle`` (``size`` different from the annotation size,
   counts that do not add up to height x width, undecodable counts), ``empty_annotation``.
 - **Crowd** (``iscrowd = 1``) annotations are not refined: copied unchanged when the annotation
   size equals the image size, else upsampled to it (bilinear, threshold 128) with area and bbox
@@ -51,6 +53,7 @@ __all__ = [
     "rescale_crowd",
     "annotations_at",
     "polygon_self_intersects",
+    "dropped_parts",
     "ASPECT_TOLERANCE",
 ]
 
@@ -145,14 +148,16 @@ def annotation_size(record: dict, height: int, width: int, scale: float | None =
 
 
 def polygon_self_intersects(xy: np.ndarray) -> bool:
-    """True when two non-adjacent edges of the closed polygon ``xy`` ((n, 2) float) cross or
-    touch. Vectorised over edge pairs, in chunks (n up to a few thousand points)."""
+    """True when two edges of the closed polygon ``xy`` ((n, 2) float) cross: they meet at a
+    point strictly inside both (a bow tie, a loop drawn across itself). Edges that only touch --
+    at a shared vertex, along a common stretch, or a vertex lying on another edge, as in the
+    outlines ``cv2.findContours`` draws around one-pixel-wide parts -- are not crossings: COCO's
+    rasteriser fills those as intended. Vectorised over edge pairs, in chunks."""
     n = len(xy)
     if n < 4:
         return False
     a = xy
-    b = np.roll(xy, -1, axis=0)
-    d = b - a
+    d = np.roll(xy, -1, axis=0) - a
 
     def cross(u, v):
         return u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]
@@ -160,63 +165,59 @@ def polygon_self_intersects(xy: np.ndarray) -> bool:
     idx = np.arange(n)
     chunk = max(1, 2_000_000 // n)
     for s in range(0, n, chunk):
-        i = idx[s : s + chunk, None]
-        j = idx[None, :]
-        adjacent = (j == i) | (j == (i + 1) % n) | (i == (j + 1) % n)
-        valid = (j > i) & ~adjacent
-        if not valid.any():
-            continue
-        ai, di = a[i[:, 0]][:, None, :], d[i[:, 0]][:, None, :]
-        aj, dj = a[None], d[None]
-        r = aj - ai
-        denom = cross(di, dj)
-        t_num = cross(r, dj)
-        u_num = cross(r, di)
+        i = idx[s : s + chunk]
+        ai, di = a[i][:, None, :], d[i][:, None, :]
+        r = a[None] - ai
+        denom = cross(di, d[None])
         with np.errstate(divide="ignore", invalid="ignore"):
-            t = t_num / denom
-            u = u_num / denom
-        proper = (denom != 0) & (t >= 0) & (t <= 1) & (u >= 0) & (u <= 1)
-        # collinear overlapping edges
-        coll = (denom == 0) & (t_num == 0)
-        if coll.any():
-            dd = np.maximum((di * di).sum(-1), 1e-12)
-            t0 = (r * di).sum(-1) / dd
-            t1 = t0 + (dj * di).sum(-1) / dd
-            overlap = (np.maximum(t0, t1) >= 0) & (np.minimum(t0, t1) <= 1)
-            proper |= coll & overlap
-        if (proper & valid).any():
+            t = cross(r, d[None]) / denom
+            u = cross(r, di) / denom
+        crossing = (denom != 0) & (t > 0) & (t < 1) & (u > 0) & (u < 1)
+        if crossing.any():
             return True
     return False
 
 
-def _polygons(ann: dict) -> list[np.ndarray]:
+def _polygons(ann: dict) -> tuple[list[np.ndarray], list[str]]:
+    """(usable polygons as (n, 2) float arrays, reasons of the degenerate parts left out)."""
     aid = ann.get("id")
     seg = ann["segmentation"]
     if not seg:
         raise AnnotationError(aid, "bad_polygon", "empty polygon list")
-    out = []
+    out, dropped = [], []
     for k, poly in enumerate(seg):
         if not isinstance(poly, list) or not all(isinstance(v, (int, float)) for v in poly):
             raise AnnotationError(aid, "bad_polygon", f"polygon {k} is not a list of numbers")
         if len(poly) % 2:
             raise AnnotationError(aid, "bad_polygon",
                                   f"polygon {k} has an odd number of coordinates ({len(poly)})")
-        if len(poly) < 6:
-            raise AnnotationError(aid, "bad_polygon", f"polygon {k} has {len(poly) // 2} points (needs 3)")
         xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
         if not np.isfinite(xy).all():
             raise AnnotationError(aid, "bad_polygon", f"polygon {k} has non-finite coordinates")
+        if len(xy) < 3:
+            dropped.append(f"polygon {k} has {len(xy)} points (needs 3)")
+            continue
         keep = np.any(xy != np.roll(xy, -1, axis=0), axis=1)  # repeated points / explicit closing point
         if keep.sum() < 3:
-            raise AnnotationError(aid, "bad_polygon", f"polygon {k} has fewer than 3 distinct points")
+            dropped.append(f"polygon {k} has fewer than 3 distinct points")
+            continue
         if polygon_self_intersects(xy[keep]):
             raise AnnotationError(aid, "bad_polygon", f"polygon {k} is self-intersecting")
         x, y = xy[:, 0], xy[:, 1]
         area = 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
         if area <= 0:
-            raise AnnotationError(aid, "bad_polygon", f"polygon {k} has zero area (degenerate)")
+            dropped.append(f"polygon {k} has zero area (degenerate)")
+            continue
         out.append(xy)
-    return out
+    if not out:
+        raise AnnotationError(aid, "bad_polygon", "; ".join(dropped))
+    return out, dropped
+
+
+def dropped_parts(ann: dict) -> list[str]:
+    """Why parts of a multi-polygon annotation are left out (degenerate: fewer than 3 distinct
+    points or zero area), e.g. the one-pixel slivers of a traced outline; [] for RLE."""
+    return _polygons(ann)[1] if _kind(ann) == "polygon" else []
 
 
 def _rle(ann: dict, h: int, w: int) -> dict:
@@ -306,7 +307,7 @@ def check_annotation(ann: Any, categories: set) -> None:
 
 def _scaled_polygons(ann: dict, ann_hw: tuple[int, int], full_hw: tuple[int, int]) -> list[np.ndarray]:
     sy, sx = full_hw[0] / ann_hw[0], full_hw[1] / ann_hw[1]
-    return [xy * np.array([sx, sy]) for xy in _polygons(ann)]
+    return [xy * np.array([sx, sy]) for xy in _polygons(ann)[0]]
 
 
 def instance_box(ann: dict, ann_hw: tuple[int, int], full_hw: tuple[int, int]) -> tuple[int, int, int, int]:

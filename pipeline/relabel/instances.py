@@ -20,6 +20,7 @@ from pipeline.relabel.coco import (
     check_annotation,
     coarse_window,
     decode_full,
+    dropped_parts,
     encode_window,
     instance_box,
     rescale_crowd,
@@ -114,6 +115,7 @@ def relabel_instances(
                 records.append(rec)
                 continue
             box = instance_box(ann, ann_hw, full_hw)
+            dropped = dropped_parts(ann)
             window = crop_box(box, full_hw[0], full_hw[1], rule)
             coarse = coarse_window(ann, ann_hw, full_hw, window)
             if not (coarse > 128).any():
@@ -133,6 +135,9 @@ def relabel_instances(
                 gt_full = decode_full(gt_ann, gt_hw, full_hw)
                 rec.update(_metrics(_paste(coarse, window, full_hw), _paste(refined, window, full_hw),
                                     gt_full))
+            if dropped:
+                note = f"left out {len(dropped)} degenerate polygon part(s): {'; '.join(dropped)}"
+                rec["null_reason"] = "; ".join(v for v in (rec.get("null_reason"), note) if v)
             rec["status"] = "ok"
             out_anns.append(new)
         except AnnotationError as e:

@@ -152,6 +152,17 @@ def test_repeated_and_closing_points_are_fine():
     assert instance_box(ann, (30, 40), (30, 40)) == (0, 0, 12, 12)
 
 
+def test_degenerate_parts_of_a_multi_part_annotation_are_left_out_and_said():
+    ann = {"id": 8, "category_id": 1, "segmentation": [[2, 2, 20, 2, 20, 20, 2, 20], [30, 30, 31, 30, 32, 30],
+                                                        [25, 25, 26, 26]]}
+    out, recs = relabel_instances([ann], {1}, (40, 40), (40, 40), lambda w, c: (c > 128).astype(np.float32))
+    assert recs[0]["status"] == "ok"
+    assert "left out 2 degenerate polygon part(s)" in recs[0]["null_reason"]
+    assert "polygon 1 has zero area" in recs[0]["null_reason"]
+    assert "polygon 2 has 2 points" in recs[0]["null_reason"]
+    assert out[0]["area"] == int((decode_full(ann, (40, 40), (40, 40)) > 0).sum()) > 0
+
+
 def test_category_errors_and_one_bad_annotation_does_not_stop_the_image(dataset):
     idx = index_coco(dataset["doc"])
     image_id = next(iter(idx.images))
@@ -241,8 +252,18 @@ def test_self_intersection_detector():
                               0.4 * np.stack([np.cos(t + np.pi / 5), np.sin(t + np.pi / 5)], 1)])
     order = np.ravel(np.stack([np.arange(5), np.arange(5, 10)], 1))
     assert not polygon_self_intersects(outline[order])
-    # an edge doubling back over itself (collinear overlap)
-    assert polygon_self_intersects(np.array([[0, 0], [10, 0], [5, 0], [5, 5]], float))
+    # touching is not crossing: an outline around a one-pixel-wide spur goes out and back along
+    # the same pixels (what cv2.findContours draws), and a vertex may lie on another edge
+    spur = np.array([[0, 0], [10, 0], [10, 5], [20, 5], [10, 5], [10, 10], [0, 10]], float)
+    assert not polygon_self_intersects(spur)
+    pinch = np.array([[0, 0], [10, 0], [5, 5], [10, 10], [0, 10], [5, 5]], float)
+    assert not polygon_self_intersects(pinch)
+    mask = np.zeros((40, 40), np.uint8)
+    mask[5:15, 5:15] = 1
+    mask[14:30, 14] = 1  # a one-pixel line
+    mask[25:35, 10:30] = 1
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    assert not polygon_self_intersects(contours[0].reshape(-1, 2).astype(float))
     circle = np.stack([np.cos(np.linspace(0, 6.28, 400)), np.sin(np.linspace(0, 6.28, 400))], 1)
     assert not polygon_self_intersects(circle)
 
@@ -296,3 +317,12 @@ def test_encode_full_matches_pycocotools():
     seg = enc["segmentation"]
     back = mask_utils.decode({"size": seg["size"], "counts": seg["counts"].encode()})
     np.testing.assert_array_equal(back.astype(bool), m)
+
+
+def test_stall_timeout_grows_with_the_largest_image():
+    from pipeline.relabel_runner import LABELMAP_OBJECTS, STALL_S_PER_OBJECT, stall_timeout
+
+    items = [{"kind": "coco", "anns": [{}] * 3}, {"kind": "coco", "anns": [{}] * 100}, {"kind": "coco"}]
+    assert stall_timeout(300.0, items) == 300.0 + 100 * STALL_S_PER_OBJECT
+    assert stall_timeout(300.0, [{"kind": "labelmap"}]) == 300.0 + LABELMAP_OBJECTS * STALL_S_PER_OBJECT
+    assert stall_timeout(300.0, []) == 300.0
