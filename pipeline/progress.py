@@ -6,6 +6,8 @@ Used by :func:`pipeline.ray_runner.run_refine`; the rules are in its module docs
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import sys
 import threading
@@ -16,7 +18,7 @@ from typing import Any
 from pipeline.plan import StagePlan
 
 __all__ = ["JobStalledError", "ManifestWriter", "Watchdog", "DriverSignals", "DriverInterrupt", "alive_nodes",
-           "describe_stall"]
+           "describe_stall", "DropStderrLines", "RAY_NOTICE_LINES"]
 
 
 class JobStalledError(RuntimeError):
@@ -176,3 +178,88 @@ def describe_stall(idle: float, limit: float, plan: StagePlan, nodes: list[tuple
             f"{sum(c for c, _ in now):g} CPU, {sum(g for _, g in now):g} GPU. Waiting: {stage}. "
             "Finished rows are in the manifest; rerun the same command to resume once the cluster has "
             "the resources.")
+
+
+#: Lines Ray's C++ core worker prints at error level in the driver for choices Ray Data makes
+#: itself (its actor pools pass their constructor arguments through the object store and are
+#: restartable); nothing a user can act on. Each entry: substrings that must all be in the line.
+RAY_NOTICE_LINES: tuple[tuple[bytes, ...], ...] = (
+    (b"core_worker.cc", b"has constructor arguments in the object store and max_restarts > 0"),
+)
+
+
+_LINE_END = re.compile(rb"(?<=\n)")
+
+
+class DropStderrLines:
+    """While active, the process's standard error (file descriptor 2, where C++ libraries
+    write) passes through a pipe and a thread that drops the lines matching ``patterns`` and
+    forwards everything else at once, partial lines (progress bars) included.
+
+    Enter it after the local Ray has started (its daemons keep the real stderr) and leave it
+    before printing the job's result: on exit fd 2 is restored and the pump drains the pipe.
+    """
+
+    def __init__(self, patterns: tuple[tuple[bytes, ...], ...] = RAY_NOTICE_LINES) -> None:
+        self.patterns = patterns
+        self.saved: int | None = None
+        self.thread: threading.Thread | None = None
+        self.dropped = 0
+
+    def _drop(self, line: bytes) -> bool:
+        return any(all(p in line for p in pattern) for pattern in self.patterns)
+
+    def _pump(self, read_fd: int, out_fd: int) -> None:
+        # never stop reading before EOF: a full pipe would block every writer of fd 2
+        broken = False
+        try:
+            while True:
+                try:
+                    chunk = os.read(read_fd, 65536)
+                except InterruptedError:
+                    continue
+                if not chunk:
+                    return
+                keep = []
+                for line in _LINE_END.split(chunk):  # ends at \n only: a progress bar's \r stays inside
+                    if not line:
+                        continue
+                    if self._drop(line):
+                        self.dropped += 1
+                    else:
+                        keep.append(line)
+                if keep and not broken:
+                    try:
+                        os.write(out_fd, b"".join(keep))
+                    except OSError:  # the real stderr went away: keep draining, write nothing
+                        broken = True
+        finally:
+            os.close(read_fd)
+
+    def __enter__(self) -> DropStderrLines:
+        try:
+            sys.stderr.flush()
+            self.saved = os.dup(2)
+            read_fd, write_fd = os.pipe()
+        except (OSError, ValueError):  # no usable fd 2 (embedded, closed): filter nothing
+            self.saved = None
+            return self
+        os.dup2(write_fd, 2)
+        os.close(write_fd)
+        self.thread = threading.Thread(target=self._pump, args=(read_fd, self.saved), name="samsr-stderr",
+                                       daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.saved is None:
+            return
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(self.saved, 2)  # closes the pipe's last write end: the pump reads to EOF and stops
+        if self.thread is not None:
+            self.thread.join(timeout=5)
+        os.close(self.saved)
+        self.saved = None

@@ -50,6 +50,7 @@ __all__ = [
     "load_image_gt",
     "decode_image",
     "decode_mask",
+    "open_checked",
     "resize_mask",
     "DEFAULT_MAX_PIXELS",
     "ASPECT_TOLERANCE",
@@ -86,8 +87,9 @@ class Sample:
         return int(self.image.shape[1])
 
 
-def _open(data: bytes, key: str, what: str, max_pixels: int) -> Image.Image:
-    """Open, check the header size against max_pixels, then decode and apply EXIF."""
+def open_checked(data: bytes, key: str, what: str, max_pixels: int) -> Image.Image:
+    """Open ``data`` and check its header (empty, unreadable, zero-size, over ``max_pixels``)
+    BEFORE any pixel is decoded; SampleError(key, ...) names ``what``. Not loaded yet."""
     if not data:
         raise SampleError(key, "decode_error", f"{what}: empty file (0 bytes)")
     with warnings.catch_warnings():
@@ -111,6 +113,14 @@ def _open(data: bytes, key: str, what: str, max_pixels: int) -> Image.Image:
             raise SampleError(
                 key, "too_large", f"{what}: {w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels}"
             )
+    return im
+
+
+def _open(data: bytes, key: str, what: str, max_pixels: int) -> Image.Image:
+    """Open, check the header size against max_pixels, then decode and apply EXIF."""
+    im = open_checked(data, key, what, max_pixels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             im.load()
         except Exception as exc:

@@ -27,7 +27,7 @@ from pipeline.relabel.coco import (
 )
 from pipeline.relabel.crops import CropRule, crop_box
 
-__all__ = ["RefineWindow", "relabel_instances", "colour_window", "image_record_out"]
+__all__ = ["RefineWindow", "relabel_instances", "colour_window", "image_record_out", "pair_metrics"]
 
 #: refine_fn(window (x0, y0, x1, y1), coarse (wh, ww) uint8 0..255) -> (wh, ww) float32 in [0, 1]
 RefineWindow = Callable[[tuple[int, int, int, int], np.ndarray], np.ndarray]
@@ -54,7 +54,10 @@ def image_record_out(record: dict, height: int, width: int) -> dict:
     return out
 
 
-def _metrics(coarse_full: np.ndarray, refined_full: np.ndarray, gt_full: np.ndarray) -> dict[str, Any]:
+def pair_metrics(coarse_full: np.ndarray, refined_full: np.ndarray, gt_full: np.ndarray) -> dict[str, Any]:
+    """Manifest fields of one object with ground truth: ``iou_/mba_/biou_/intersection_/union_``
+    ``coarse`` and ``refined`` (``pipeline.metrics.image_metrics`` on full-image masks) and
+    ``null_reason``."""
     from pipeline.metrics import image_metrics
 
     rec: dict[str, Any] = {}
@@ -133,7 +136,7 @@ def relabel_instances(
             if gt is not None and aid in gt:
                 gt_ann, gt_hw = gt[aid]
                 gt_full = decode_full(gt_ann, gt_hw, full_hw)
-                rec.update(_metrics(_paste(coarse, window, full_hw), _paste(refined, window, full_hw),
+                rec.update(pair_metrics(_paste(coarse, window, full_hw), _paste(refined, window, full_hw),
                                     gt_full))
             if dropped:
                 note = f"left out {len(dropped)} degenerate polygon part(s): {'; '.join(dropped)}"

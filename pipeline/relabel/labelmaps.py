@@ -54,7 +54,6 @@ probabilities are compared as float32.
 from __future__ import annotations
 
 import io
-import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,6 +61,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from ..io.decode import open_checked
 from ..io.keys import SampleError
 from .crops import CropRule, box_of, crop_box, upsample_window
 
@@ -114,36 +114,16 @@ class LabelMap:
 
 def _open(data: bytes, key: str, max_pixels: int) -> Image.Image:
     what = "label map"
-    if not data:
-        raise SampleError(key, "decode_error", f"{what}: empty file (0 bytes)")
+    im = open_checked(data, key, what, max_pixels)  # header guards, nothing decoded yet
+    if im.mode not in _READABLE:
+        raise SampleError(
+            key,
+            "label_map_mode",
+            f"{what} is mode {im.mode}: label maps must be single-channel class ids "
+            f"(L, P, I;16, I; 1-bit is read as L 0/1); colour and float maps are not class ids",
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            im = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as exc:  # header over 2x Pillow's own limit
-            size = re.search(r"\((\d+) pixels\)", str(exc))
-            count = f"{size.group(1)} pixels" if size else "far more pixels"
-            message = f"{what}: header declares {count}, over max_pixels={max_pixels} (input.max_pixels)"
-            raise SampleError(key, "too_large", message + "; not decoded") from exc
-        except Image.UnidentifiedImageError as exc:
-            raise SampleError(key, "decode_error", f"{what}: not a readable image "
-                              f"({len(data)} bytes in no image format Pillow knows)") from exc
-        except Exception as exc:  # Pillow raises many types on junk bytes
-            raise SampleError(key, "decode_error", f"{what}: not a readable image ({exc})") from exc
-        w, h = im.size
-        if w <= 0 or h <= 0:
-            raise SampleError(key, "decode_error", f"{what}: zero-size image {w}x{h}")
-        if w * h > max_pixels:
-            raise SampleError(
-                key, "too_large", f"{what}: {w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels}"
-            )
-        if im.mode not in _READABLE:
-            raise SampleError(
-                key,
-                "label_map_mode",
-                f"{what} is mode {im.mode}: label maps must be single-channel class ids "
-                f"(L, P, I;16, I; 1-bit is read as L 0/1); colour and float maps are not class ids",
-            )
         try:
             im.load()
         except Exception as exc:

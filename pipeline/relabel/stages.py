@@ -205,7 +205,8 @@ def _coco_image(meta: dict, image: np.ndarray, colours, refine_fn: RefineFn, *, 
 
 def _labelmap_image(meta: dict, image: np.ndarray, labels: np.ndarray, gt: np.ndarray | None, colours,
                     refine_fn: RefineFn, *, rule, ignore) -> tuple[list[dict], bytes]:
-    from pipeline.metrics import change_metrics, image_metrics
+    from pipeline.metrics import change_metrics
+    from pipeline.relabel.instances import pair_metrics
     from pipeline.relabel.labelmaps import LabelMap, class_coarse, relabel_classes, write_label_map
 
     h, w = image.shape[:2]
@@ -228,16 +229,10 @@ def _labelmap_image(meta: dict, image: np.ndarray, labels: np.ndarray, gt: np.nd
         rec.update(change_iou=ch["change_iou"], changed_fraction=ch["changed_fraction"])
         if gt is not None:
             truth = gt == cls
-            reasons = []
-            for tag, pred in (("coarse", coarse > 128), ("refined", refined)):
-                if valid is not None:
-                    pred = np.where(valid, pred, truth)
-                m = image_metrics(pred, truth)
-                rec.update({f"iou_{tag}": m["iou"], f"mba_{tag}": m["mba"], f"biou_{tag}": m["biou"],
-                            f"intersection_{tag}": m["intersection"], f"union_{tag}": m["union"]})
-                if m.get("null_reason"):
-                    reasons.append(f"{tag}:{m['null_reason']}")
-            rec["null_reason"] = "; ".join(reasons) or None
+            before, after = coarse > 128, refined
+            if valid is not None:  # ignore pixels never count: the prediction equals the truth there
+                before, after = np.where(valid, before, truth), np.where(valid, after, truth)
+            rec.update(pair_metrics(before, after, truth))
         rec["t_metrics_ms"] = _ms(t0)
         records.append(rec)
     return records, png

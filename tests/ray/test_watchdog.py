@@ -57,3 +57,30 @@ def test_the_limit_scales_with_the_slowest_sample(tmp_path):
     assert dog.limit() == pytest.approx(8.0)
     dog.progress(_row("b", ms=100))
     assert dog.limit() == pytest.approx(8.0), "the slowest sample so far counts"
+
+
+def test_stderr_filter_drops_rays_notice_lines_and_passes_everything_else(capfd):
+    """C++ writes to file descriptor 2 directly: the filter drops Ray's error-level notice about
+    actor constructor arguments and forwards every other byte at once (partial lines too)."""
+    import os
+    import sys
+
+    from pipeline.progress import DropStderrLines
+
+    notice = (b"[2026-12-01 10:41:47,612 E 4300 4300] core_worker.cc:2465: Actor with class name: "
+              b"'MapWorker(MapBatches(_RelabelActor))' and ID: 'abc' has constructor arguments in the "
+              b"object store and max_restarts > 0. If the arguments in the object store go out of scope "
+              b"or are lost, the actor restart will fail.\n")
+    with DropStderrLines() as f:
+        os.write(2, notice)
+        os.write(2, b"[2026-12-01 10:41:48,000 E 4300 4300] core_worker.cc:99: a real error\n")
+        os.write(2, b"\rrelabel: 1/2\rrelabel: 2/2\n")
+        print("a Python warning", file=sys.stderr)
+        os.write(2, notice[:-1] + b"\n" + b"tail without newline")
+    err = capfd.readouterr().err
+    assert "constructor arguments" not in err
+    assert "core_worker.cc:99: a real error" in err and "\rrelabel: 1/2\rrelabel: 2/2\n" in err
+    assert "a Python warning" in err and err.endswith("tail without newline")
+    assert f.dropped == 2
+    os.write(2, b"after\n")  # fd 2 is the real stderr again
+    assert capfd.readouterr().err == "after\n"
