@@ -45,6 +45,7 @@ __all__ = [
     "config_to_dict",
     "default_job_id",
     "read_yaml",
+    "build_section",
     "with_absolute_paths",
 ]
 
@@ -267,6 +268,11 @@ def _coerce(path: str, tp: Any, value: Any) -> Any:
     elif tp is str:
         if not isinstance(value, str):
             raise _type_error(path, "a string", value)
+    elif tp is list or origin is list:
+        if not isinstance(value, list | tuple):
+            raise _type_error(path, "a list", value)
+        args = typing.get_args(tp)
+        return [_coerce(f"{path}[{i}]", args[0], v) for i, v in enumerate(value)] if args else list(value)
     elif tp is dict or origin is dict:
         if not isinstance(value, Mapping):
             raise _type_error(path, "a mapping", value)
@@ -274,7 +280,9 @@ def _coerce(path: str, tp: Any, value: Any) -> Any:
     return value
 
 
-def _build_section(cls: type, data: Any, path: str) -> Any:
+def build_section(cls: type, data: Any, path: str) -> Any:
+    """Validate the mapping ``data`` into the frozen dataclass ``cls`` (keys checked, values
+    coerced by type, ``_f`` checks run); errors name ``path.key``."""
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
@@ -321,7 +329,7 @@ def config_from_dict(data: Mapping[str, Any]) -> RefineJobConfig:
     for key in data:
         if key not in top:
             raise ValueError(f"{key}: unknown key (known: {', '.join(sorted(top))})")
-    sections = {name: _build_section(cls, data.get(name), name) for name, cls in _SECTIONS.items()}
+    sections = {name: build_section(cls, data.get(name), name) for name, cls in _SECTIONS.items()}
     method = data.get("method")
     if method is not None and method not in METHODS:
         shown = ", ".join(repr(m) for m in METHODS)
