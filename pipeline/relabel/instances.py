@@ -135,9 +135,13 @@ def relabel_instances(
                 rec["changed_fraction"] = rec["changed_fraction"] * wh * ww / (full_hw[0] * full_hw[1])
             if gt is not None and aid in gt:
                 gt_ann, gt_hw = gt[aid]
-                gt_full = decode_full(gt_ann, gt_hw, full_hw)
-                rec.update(pair_metrics(_paste(coarse, window, full_hw), _paste(refined, window, full_hw),
-                                    gt_full))
+                try:
+                    gt_full = decode_full(gt_ann, gt_hw, full_hw)
+                except AnnotationError as e:  # the ground truth is bad, not the annotation
+                    rec["null_reason"] = f"ground truth {e.message} ({e.error_type}): no metrics"
+                else:
+                    before, after = _paste(coarse, window, full_hw), _paste(refined, window, full_hw)
+                    rec.update(pair_metrics(before, after, gt_full))
             if dropped:
                 note = f"left out {len(dropped)} degenerate polygon part(s): {'; '.join(dropped)}"
                 rec["null_reason"] = "; ".join(v for v in (rec.get("null_reason"), note) if v)

@@ -182,6 +182,19 @@ def test_category_errors_and_one_bad_annotation_does_not_stop_the_image(dataset)
     assert out[-3:] == bad  # kept as they were
 
 
+def test_bad_ground_truth_is_said_not_blamed_on_the_annotation(dataset):
+    idx = index_coco(dataset["doc"])
+    image_id = next(iter(idx.images))
+    anns = [a for a in _image_anns(dataset, image_id) if not a["iscrowd"]]
+    bad = {"id": anns[0]["id"], "category_id": 1, "segmentation": {"size": [1, 1], "counts": [1]}}
+    gt = {anns[0]["id"]: (bad, (H, W))}
+    _, recs = relabel_instances(anns, idx.categories, (H // 8, W // 8), (H, W),
+                                lambda w, c: (c > 128).astype(np.float32), gt=gt)
+    assert recs[0]["status"] == "ok" and recs[0].get("iou_refined") is None
+    assert recs[0]["null_reason"].startswith("ground truth annotation")
+    assert "bad_rle" in recs[0]["null_reason"]
+
+
 def test_refiner_failure_on_one_instance_is_an_error_row(dataset):
     idx = index_coco(dataset["doc"])
     image_id = next(iter(idx.images))
