@@ -509,6 +509,9 @@ def check_relabel(cfg) -> None:
     if cfg.method == "samsr-v1":
         raise ValueError("method: samsr relabel runs crm or samsr-v2.1 (samsr-v1 merges whole-image "
                          "proposals into one coarse mask)")
+    from pipeline.relabel.crops import CropRule
+
+    CropRule(cfg.relabel.margin_ratio, cfg.relabel.min_margin, cfg.relabel.min_size)  # names the key
     if cfg.relabel.coco is not None:
         _require_package("pycocotools", "COCO RLE and polygons", "relabel.coco")
         if not _exists(cfg.relabel.coco):

@@ -256,6 +256,8 @@ def test_relabel_cli_config_errors_before_any_work(tmp_path, capsys, v21_checkpo
           "--checkpoint", v21_checkpoint], "model.name"),
         (["--labelmaps", str(tmp_path), "--coco", "x.json", "--output", "o"], "give one input kind"),
         (["--labelmaps", str(tmp_path), "--output", "o", "--set", "relabel.min_size=0"], "relabel.min_size"),
+        (["--labelmaps", str(tmp_path), "--output", "o", "--set", "relabel.margin_ratio=50"],
+         "relabel.margin_ratio"),
         (["--labelmaps", str(tmp_path), "--output", "o", "--set", "relabel.bogus=1"],
          "relabel.bogus: unknown key"),
     ]
