@@ -46,6 +46,8 @@ __all__ = [
     "annotation_size",
     "check_annotation",
     "instance_box",
+    "ParsedAnnotation",
+    "parse_annotation",
     "coarse_window",
     "decode_full",
     "encode_window",
@@ -305,24 +307,50 @@ def check_annotation(ann: Any, categories: set) -> None:
     _kind(ann)
 
 
-def _scaled_polygons(ann: dict, ann_hw: tuple[int, int], full_hw: tuple[int, int]) -> list[np.ndarray]:
+@dataclass(frozen=True)
+class ParsedAnnotation:
+    """An annotation validated once (the polygon and RLE checks are not cheap): its polygons at
+    the annotation size and the degenerate parts left out, or its RLE."""
+
+    ann: dict
+    kind: str  # "polygon" | "rle"
+    polygons: tuple = ()
+    dropped: tuple = ()
+    rle: dict | None = None
+
+
+def parse_annotation(ann: dict | ParsedAnnotation, ann_hw: tuple[int, int]) -> ParsedAnnotation:
+    """Validate ``ann`` drawn at ``ann_hw`` once; the functions below take the result (or the
+    annotation itself, which they then parse). Raises AnnotationError."""
+    if isinstance(ann, ParsedAnnotation):
+        return ann
+    if _kind(ann) == "polygon":
+        polygons, dropped = _polygons(ann)
+        return ParsedAnnotation(ann, "polygon", tuple(polygons), tuple(dropped))
+    return ParsedAnnotation(ann, "rle", rle=_rle(ann, *ann_hw))
+
+
+def _scaled_polygons(p: ParsedAnnotation, ann_hw: tuple[int, int], full_hw: tuple[int, int]) -> list:
     sy, sx = full_hw[0] / ann_hw[0], full_hw[1] / ann_hw[1]
-    return [xy * np.array([sx, sy]) for xy in _polygons(ann)[0]]
+    return [xy * np.array([sx, sy]) for xy in p.polygons]
 
 
-def instance_box(ann: dict, ann_hw: tuple[int, int], full_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+def instance_box(
+    ann: dict | ParsedAnnotation, ann_hw: tuple[int, int], full_hw: tuple[int, int]
+) -> tuple[int, int, int, int]:
     """Full-resolution box (x0, y0, x1, y1), exclusive ends, that holds every pixel the
     instance's coarse mask can cover. Raises AnnotationError (bad polygon/RLE, empty)."""
     from pycocotools import mask as mask_utils
 
+    p = parse_annotation(ann, ann_hw)
+    ann = p.ann
     H, W = full_hw
-    if _kind(ann) == "polygon":
-        pts = np.concatenate(_scaled_polygons(ann, ann_hw, full_hw))
+    if p.kind == "polygon":
+        pts = np.concatenate(_scaled_polygons(p, ann_hw, full_hw))
         x0, y0 = np.floor(pts.min(axis=0)).astype(int) - 1
         x1, y1 = np.ceil(pts.max(axis=0)).astype(int) + 2
     else:
-        rle = _rle(ann, *ann_hw)
-        bx, by, bw, bh = (float(v) for v in mask_utils.toBbox(rle))
+        bx, by, bw, bh = (float(v) for v in mask_utils.toBbox(p.rle))
         if bw <= 0 or bh <= 0:
             raise AnnotationError(ann.get("id"), "empty_annotation", "the RLE mask is empty")
         sy, sx = H / ann_hw[0], W / ann_hw[1]
@@ -336,27 +364,32 @@ def instance_box(ann: dict, ann_hw: tuple[int, int], full_hw: tuple[int, int]) -
 
 
 def coarse_window(
-    ann: dict, ann_hw: tuple[int, int], full_hw: tuple[int, int], window: tuple[int, int, int, int]
+    ann: dict | ParsedAnnotation, ann_hw: tuple[int, int], full_hw: tuple[int, int],
+    window: tuple[int, int, int, int],
 ) -> np.ndarray:
     """The instance's coarse mask inside ``window`` (x0, y0, x1, y1) at full resolution:
     (y1 - y0, x1 - x0) uint8 in {0..255} (polygons: {0, 255}; RLE: bilinear 0..255)."""
     from pycocotools import mask as mask_utils
 
+    p = parse_annotation(ann, ann_hw)
     x0, y0, x1, y1 = window
     wh, ww = y1 - y0, x1 - x0
-    if _kind(ann) == "polygon":
-        polys = [(xy - np.array([x0, y0])).ravel().tolist() for xy in _scaled_polygons(ann, ann_hw, full_hw)]
+    if p.kind == "polygon":
+        polys = [(xy - np.array([x0, y0])).ravel().tolist() for xy in _scaled_polygons(p, ann_hw, full_hw)]
         rle = mask_utils.merge(mask_utils.frPyObjects(polys, wh, ww))
         return mask_utils.decode(rle).astype(np.uint8) * 255
-    low = mask_utils.decode(_rle(ann, *ann_hw)).astype(np.uint8) * 255
+    low = mask_utils.decode(p.rle).astype(np.uint8) * 255
     return upsample_window(low, full_hw[0], full_hw[1], window)
 
 
-def decode_full(ann: dict, ann_hw: tuple[int, int], full_hw: tuple[int, int]) -> np.ndarray:
+def decode_full(
+    ann: dict | ParsedAnnotation, ann_hw: tuple[int, int], full_hw: tuple[int, int]
+) -> np.ndarray:
     """The annotation's mask at full resolution, (H, W) uint8 {0, 255} (threshold > 128 after
     the bilinear upsampling of an RLE)."""
     H, W = full_hw
     try:
+        ann = parse_annotation(ann, ann_hw)
         box = instance_box(ann, ann_hw, full_hw)
     except AnnotationError as e:
         if e.error_type != "empty_annotation":

@@ -20,9 +20,9 @@ from pipeline.relabel.coco import (
     check_annotation,
     coarse_window,
     decode_full,
-    dropped_parts,
     encode_window,
     instance_box,
+    parse_annotation,
     rescale_crowd,
 )
 from pipeline.relabel.crops import CropRule, crop_box
@@ -117,10 +117,11 @@ def relabel_instances(
                 rec.update(status="skipped", null_reason="iscrowd: copied, not refined")
                 records.append(rec)
                 continue
-            box = instance_box(ann, ann_hw, full_hw)
-            dropped = dropped_parts(ann)
+            parsed = parse_annotation(ann, ann_hw)  # validated once for the box and the window
+            box = instance_box(parsed, ann_hw, full_hw)
+            dropped = parsed.dropped
             window = crop_box(box, full_hw[0], full_hw[1], rule)
-            coarse = coarse_window(ann, ann_hw, full_hw, window)
+            coarse = coarse_window(parsed, ann_hw, full_hw, window)
             if not (coarse > 128).any():
                 raise AnnotationError(aid, "empty_annotation", "the coarse mask is empty at full resolution")
             prob = refine_fn(window, coarse)

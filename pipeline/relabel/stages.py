@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.stages import _fail, _ms, column, error_meta, rows_of
+from pipeline.stages import _STATIC_ROW_FIELDS, _fail, _ms, column, error_meta, rows_of
 
 __all__ = ["relabel_decode_batch", "relabel_refine_batch", "window_refiner", "coco_part_uri", "label_map_uri",
            "object_key"]
@@ -154,8 +154,7 @@ def window_refiner(refine_fn: RefineFn, image: np.ndarray, colours: np.ndarray |
 
 
 def _image_row(meta: dict, static: dict) -> dict[str, Any]:
-    rec = {k: static.get(k) for k in ("job_id", "run_id", "method", "model_name", "model_hash", "sam_model",
-                                      "sam_hash", "decode_mode", "decode_stride")}
+    rec = {k: static.get(k) for k in _STATIC_ROW_FIELDS}  # the fields every refine row has too
     for k in ("attempt", "key", "image_uri", "mask_uri", "gt_uri", "width", "height", "coarse_width",
               "coarse_height", "status", "error_type", "error_message", "sam_mask_count", "t_read_ms",
               "t_sam_ms", "worker_node"):
