@@ -10,7 +10,7 @@ from torch import Tensor
 from pipeline.models.crm import CRMNet, make_coord, make_input
 from pipeline.refine.encoder import encode_levels, encode_reduced
 from pipeline.refine.modes import roi_mask, strided_decode
-from pipeline.refine.options import RefineOptions
+from pipeline.refine.options import TTA_FLIPS, RefineOptions
 from pipeline.refine.tiles import FullFeatures, StreamFeatures, TileDecoder, fuse_patched, tile_cells
 
 __all__ = ["refine", "reflect_pad"]
@@ -174,7 +174,8 @@ def refine(
     (it runs in eval mode; its mode is restored afterwards); BN folding happens in
     `prepare_model`.
     Returns (H, W) float32 probabilities in [0, 1]; an empty coarse mask ((mask + 1).sum() < 2
-    in the [-1, 1] scale) gives all zeros.
+    in the [-1, 1] scale) gives all zeros. With ``options.tta`` other than "none", the mean of
+    the probabilities over the flipped inputs (each flipped back).
     """
     _check_inputs(model, image, coarse, sam_colors)
     device = torch.device(device)
@@ -186,9 +187,27 @@ def refine(
     was_training = model.training
     model.eval()
     try:
-        return _refine(model, image, coarse, sam_colors, options, device)
+        total = None
+        flips = TTA_FLIPS[options.tta]
+        for rows, cols in flips:
+            prob = _refine(model, _flip(image, rows, cols), _flip(coarse, rows, cols),
+                           None if sam_colors is None else _flip(sam_colors, rows, cols), options, device)
+            prob = _flip(prob, rows, cols)
+            total = prob if total is None else np.add(total, prob, out=total)
+        if len(flips) > 1:
+            total /= len(flips)
+        return total
     finally:
         model.train(was_training)
+
+
+def _flip(a: np.ndarray, rows: bool, cols: bool) -> np.ndarray:
+    """``a`` flipped along its first (rows) and / or second (columns) axis, C-contiguous."""
+    if rows:
+        a = a[::-1]
+    if cols:
+        a = a[:, ::-1]
+    return np.ascontiguousarray(a) if rows or cols else a
 
 
 def _refine(model, image, coarse, sam_colors, options: RefineOptions, device: torch.device) -> np.ndarray:

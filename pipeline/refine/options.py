@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-__all__ = ["RefineOptions", "DECODE_MODES"]
+__all__ = ["RefineOptions", "DECODE_MODES", "TTA_MODES", "TTA_FLIPS"]
 
 DECODE_MODES = ("full", "strided", "bbox", "contour")
+# Flips per test-time augmentation mode: (flip rows, flip columns) for each pass.
+TTA_FLIPS = {
+    "none": ((False, False),),
+    "rot180": ((False, False), (True, True)),
+    "flip4": ((False, False), (False, True), (True, False), (True, True)),
+}
+TTA_MODES = tuple(TTA_FLIPS)
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,13 @@ class RefineOptions:
       tile               tile side in full-resolution query pixels (a tile holds about
                          tile * h_F / H feature cells per side, at least 4);
       query_chunk        queries per decoder call in the official-style decoder.
+
+    Test-time augmentation (`tta`, not exact: it changes the result):
+      "none"     one pass (the official behaviour);
+      "rot180"   the mean of the probabilities of the input and of its 180-degree rotation
+                 (rotated back): a boundary shift the model makes in one direction (e.g. from
+                 how feature maps align with the pixel grid) cancels; 2x the cost;
+      "flip4"    the mean over the input and its horizontal, vertical and both flips; 4x the cost.
     """
 
     scales: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
@@ -62,6 +76,7 @@ class RefineOptions:
     stream: bool = True
     tile: int = 256
     query_chunk: int = 1 << 16
+    tta: str = "none"
 
     def __post_init__(self) -> None:
         if self.decode not in DECODE_MODES:
@@ -78,6 +93,8 @@ class RefineOptions:
             raise ValueError(f"RefineOptions.tile={self.tile}; must be >= 4")
         if self.query_chunk < 1:
             raise ValueError(f"RefineOptions.query_chunk={self.query_chunk}; must be >= 1")
+        if self.tta not in TTA_MODES:
+            raise ValueError(f"RefineOptions.tta={self.tta!r}; expected one of {TTA_MODES}")
         if self.roi_margin is not None and self.roi_margin < 0:
             raise ValueError(f"RefineOptions.roi_margin={self.roi_margin}; must be >= 0")
 

@@ -80,3 +80,35 @@ def test_roi_mask_shapes():
     assert band[10, 20] and band[14, 15] and not band[15, 22] and not band[0, 0]
     with pytest.raises(ValueError, match="unknown mode"):
         roi_mask(mask, "circle", 2)
+
+
+@pytest.mark.parametrize("tta", ["rot180", "flip4"])
+def test_tta_is_the_mean_over_flipped_inputs(random_mnv2, small_case, tta):
+    """tta = mean of refine() on each flipped input, flipped back; 'none' is one plain pass."""
+    image, coarse = small_case
+    options = RefineOptions(scales=(0.5, 1.0), align=8)
+    plain = refine(random_mnv2, image, coarse, options=options)
+    once = refine(random_mnv2, image, coarse, options=replace(options, tta="none"))
+    np.testing.assert_array_equal(once, plain)
+    flips = [(False, False), (True, True)] + ([(False, True), (True, False)] if tta == "flip4" else [])
+    expected = []
+    for rows, cols in flips:
+        im, co = image, coarse
+        if rows:
+            im, co = im[::-1], co[::-1]
+        if cols:
+            im, co = im[:, ::-1], co[:, ::-1]
+        p = refine(random_mnv2, np.ascontiguousarray(im), np.ascontiguousarray(co), options=options)
+        expected.append(p[::-1] if rows else p)
+        if cols:
+            expected[-1] = expected[-1][:, ::-1]
+    got = refine(random_mnv2, image, coarse, options=replace(options, tta=tta))
+    assert got.shape == image.shape[:2] and got.dtype == np.float32
+    np.testing.assert_allclose(got, np.mean(expected, axis=0), atol=1e-6)
+    # the model is not flip-equivariant, so the passes differ and the mean is not the plain pass
+    assert np.abs(got - plain).max() > 1e-3
+
+
+def test_tta_mode_is_checked():
+    with pytest.raises(ValueError, match="tta"):
+        RefineOptions(tta="rot90")
