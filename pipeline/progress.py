@@ -18,7 +18,8 @@ from typing import Any
 from pipeline.plan import StagePlan
 
 __all__ = ["JobStalledError", "ManifestWriter", "Watchdog", "DriverSignals", "DriverInterrupt", "alive_nodes",
-           "describe_stall", "DropStderrLines", "RAY_NOTICE_LINES"]
+           "describe_stall", "DropRayNotices", "RAY_NOTICE_LINES",
+           "shorten_worker_death"]
 
 
 class JobStalledError(RuntimeError):
@@ -180,37 +181,61 @@ def describe_stall(idle: float, limit: float, plan: StagePlan, nodes: list[tuple
             "the resources.")
 
 
-#: Lines Ray's C++ core worker prints at error level in the driver for choices Ray Data makes
-#: itself (its actor pools pass their constructor arguments through the object store and are
-#: restartable); nothing a user can act on. Each entry: substrings that must all be in the line.
+#: Lines Ray prints in the driver that a user cannot act on, each given as substrings that must
+#: all be in the line: the C++ core worker's error-level notice about choices Ray Data makes itself
+#: (its actor pools pass their constructor arguments through the object store and are
+#: restartable), and the raylet's note that a task to a dead actor will be retried.
 RAY_NOTICE_LINES: tuple[tuple[bytes, ...], ...] = (
     (b"core_worker.cc", b"has constructor arguments in the object store and max_restarts > 0"),
+    (b"(raylet)", b"There are infinite retries remaining, so the task will be retried"),
 )
+
+_WORKER_DIED = (b"(raylet)", b"A worker died or was killed while executing a task")
+_WORKER_PID = re.compile(rb"Worker PID: (\d+)")
+_WORKER_EXIT = re.compile(rb"Worker exit type: ([A-Z_]+)")
+
+
+def shorten_worker_death(line: bytes) -> bytes | None:
+    """Ray's ~900-character notice that a worker died (it lists OOM, ``ray stop`` and crashes as
+    possible causes) as one line that says what happens next; None for any other line."""
+    if not all(p in line for p in _WORKER_DIED):
+        return None
+    pid, kind = _WORKER_PID.search(line), _WORKER_EXIT.search(line)
+    pid_text = f" (PID {pid.group(1).decode()})" if pid else ""
+    kind_text = f", exit type {kind.group(1).decode()}" if kind else ""
+    return (f"samsr: a Ray worker process{pid_text} died or was killed{kind_text}; Ray restarts it and "
+            "retries its batch, finished rows are kept. If it was not killed on purpose, look for OOM in "
+            "dmesg and at the Ray logs (/tmp/ray/session_latest/logs).\n").encode()
 
 
 _LINE_END = re.compile(rb"(?<=\n)")
 
 
-class DropStderrLines:
-    """While active, the process's standard error (file descriptor 2, where C++ libraries
-    write) passes through a pipe and a thread that drops the lines matching ``patterns`` and
-    forwards everything else at once, partial lines (progress bars) included.
+class DropRayNotices:
+    """While active, the process's standard error and output (file descriptors 2 and 1: C++
+    libraries write to fd 2, Ray's log monitor prints its raylet notices to stdout) pass through
+    pipes and threads that drop the lines matching ``patterns``, shorten Ray's worker-death
+    notice (:func:`shorten_worker_death`) and forward everything else at once, partial lines
+    (progress bars) included.
 
-    Enter it after the local Ray has started (its daemons keep the real stderr) and leave it
-    before printing the job's result: on exit fd 2 is restored and the pump drains the pipe.
+    Enter it after the local Ray has started (its daemons keep the real streams) and leave it
+    before printing the job's result: on exit the descriptors are restored and the pumps drain
+    the pipes.
     """
 
-    def __init__(self, patterns: tuple[tuple[bytes, ...], ...] = RAY_NOTICE_LINES) -> None:
+    def __init__(self, patterns: tuple[tuple[bytes, ...], ...] = RAY_NOTICE_LINES,
+                 fds: tuple[int, ...] = (2, 1)) -> None:
         self.patterns = patterns
-        self.saved: int | None = None
-        self.thread: threading.Thread | None = None
+        self.fds = fds
+        self.saved: dict[int, int] = {}
+        self.threads: list[threading.Thread] = []
         self.dropped = 0
 
     def _drop(self, line: bytes) -> bool:
         return any(all(p in line for p in pattern) for pattern in self.patterns)
 
     def _pump(self, read_fd: int, out_fd: int) -> None:
-        # never stop reading before EOF: a full pipe would block every writer of fd 2
+        # never stop reading before EOF: a full pipe would block every writer of the descriptor
         broken = False
         try:
             while True:
@@ -227,39 +252,48 @@ class DropStderrLines:
                     if self._drop(line):
                         self.dropped += 1
                     else:
-                        keep.append(line)
+                        keep.append(shorten_worker_death(line) or line)
                 if keep and not broken:
                     try:
                         os.write(out_fd, b"".join(keep))
-                    except OSError:  # the real stderr went away: keep draining, write nothing
+                    except OSError:  # the real stream went away: keep draining, write nothing
                         broken = True
         finally:
             os.close(read_fd)
 
-    def __enter__(self) -> DropStderrLines:
-        try:
-            sys.stderr.flush()
-            self.saved = os.dup(2)
+    @staticmethod
+    def _flush() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+
+    def __enter__(self) -> DropRayNotices:
+        self._flush()
+        for fd in self.fds:
+            try:
+                saved = os.dup(fd)
+            except OSError:  # no usable descriptor (embedded, closed): filter nothing there
+                continue
             read_fd, write_fd = os.pipe()
-        except (OSError, ValueError):  # no usable fd 2 (embedded, closed): filter nothing
-            self.saved = None
-            return self
-        os.dup2(write_fd, 2)
-        os.close(write_fd)
-        self.thread = threading.Thread(target=self._pump, args=(read_fd, self.saved), name="samsr-stderr",
-                                       daemon=True)
-        self.thread.start()
+            os.dup2(write_fd, fd)
+            os.close(write_fd)
+            self.saved[fd] = saved
+            thread = threading.Thread(target=self._pump, args=(read_fd, saved), name=f"samsr-fd{fd}",
+                                      daemon=True)
+            thread.start()
+            self.threads.append(thread)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.saved is None:
+        if not self.saved:
             return
-        try:
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
-        os.dup2(self.saved, 2)  # closes the pipe's last write end: the pump reads to EOF and stops
-        if self.thread is not None:
-            self.thread.join(timeout=5)
-        os.close(self.saved)
-        self.saved = None
+        self._flush()
+        for fd, saved in self.saved.items():
+            os.dup2(saved, fd)  # closes the pipe's last write end: the pump reads to EOF and stops
+        for thread in self.threads:
+            thread.join(timeout=5)
+        for saved in self.saved.values():
+            os.close(saved)
+        self.saved, self.threads = {}, []

@@ -48,7 +48,7 @@ from pipeline.config import RayConfig, RefineJobConfig, with_absolute_paths
 from pipeline.plan import StagePlan, plan_stages
 from pipeline.progress import (
     DriverSignals,
-    DropStderrLines,
+    DropRayNotices,
     JobStalledError,
     ManifestWriter,
     Watchdog,
@@ -397,7 +397,7 @@ def stream_rows(
     stall_s = cfg.ray.stall_timeout_s if stall_timeout_s is None else stall_timeout_s
     counts: Counter = Counter()
     bar = _progress(total, cfg.ray.progress, unit, desc)
-    with DropStderrLines(), DriverSignals() as sig:
+    with DropRayNotices(), DriverSignals() as sig:
         describe = lambda idle: describe_stall(idle, stall_s, plan, nodes,  # noqa: E731
                                                 sum(counts.values()), total)
         dog = Watchdog(writer, stall_s, describe, interrupt=sig.active,

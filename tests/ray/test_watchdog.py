@@ -65,13 +65,13 @@ def test_stderr_filter_drops_rays_notice_lines_and_passes_everything_else(capfd)
     import os
     import sys
 
-    from pipeline.progress import DropStderrLines
+    from pipeline.progress import DropRayNotices
 
     notice = (b"[2026-12-01 10:41:47,612 E 4300 4300] core_worker.cc:2465: Actor with class name: "
               b"'MapWorker(MapBatches(_RelabelActor))' and ID: 'abc' has constructor arguments in the "
               b"object store and max_restarts > 0. If the arguments in the object store go out of scope "
               b"or are lost, the actor restart will fail.\n")
-    with DropStderrLines() as f:
+    with DropRayNotices() as f:
         os.write(2, notice)
         os.write(2, b"[2026-12-01 10:41:48,000 E 4300 4300] core_worker.cc:99: a real error\n")
         os.write(2, b"\rrelabel: 1/2\rrelabel: 2/2\n")
@@ -84,3 +84,32 @@ def test_stderr_filter_drops_rays_notice_lines_and_passes_everything_else(capfd)
     assert f.dropped == 2
     os.write(2, b"after\n")  # fd 2 is the real stderr again
     assert capfd.readouterr().err == "after\n"
+
+
+def test_stderr_filter_shortens_rays_worker_death_notice(capfd):
+    """A killed worker: Ray's retry note is dropped and its long notice (which lists the OOM
+    killer among possible causes) becomes one line naming the PID and saying what happens next."""
+    import os
+
+    from pipeline.progress import DropRayNotices, shorten_worker_death
+
+    retry = (b"\x1b[33m(raylet)\x1b[0m Task MapWorker(MapBatches(_RefinerActor)).submit failed. There are "
+             b"infinite retries remaining, so the task will be retried. Error: The actor is temporarily "
+             b"unavailable: RpcError: RPC error: Socket closed rpc_code: 14\n")
+    died = (b"\x1b[33m(raylet)\x1b[0m A worker died or was killed while executing a task by an unexpected "
+            b"system error. To troubleshoot the problem, check the logs for the dead worker. Worker IP "
+            b"address: 192.0.2.2 Worker port: 33199 Worker PID: 16913 Worker exit type: SYSTEM_ERROR Worker "
+            b"exit detail: Worker unexpectedly exits with a connection error code 2. End of file. Some "
+            b"common causes include: (1) the process was killed by the OOM killer due to high memory usage, "
+            b"(2) ray stop --force was called, or (3) the worker crashed unexpectedly due to SIGSEGV.\n")
+    with DropRayNotices() as f:  # Ray's log monitor prints raylet notices to stdout
+        os.write(1, retry)
+        os.write(1, died)
+        os.write(1, b"(raylet) something else\n")
+        os.write(2, died)
+    out, err = capfd.readouterr()
+    assert "retries remaining" not in out and "OOM killer" not in out + err and f.dropped == 1
+    short = shorten_worker_death(died).decode()
+    assert out == short + "(raylet) something else\n" and err == short
+    assert "PID 16913" in short and "exit type SYSTEM_ERROR" in short and short.count("\n") == 1
+    assert shorten_worker_death(b"(raylet) something else\n") is None
