@@ -13,6 +13,13 @@ Pure arithmetic (no Ray), so the sizing can be checked for any cluster shape. Tw
   from the whole cluster's share. GPU actors keep their GPU share (fractional GPUs would let
   two actors share one card while another idles): a lost GPU node stalls until a GPU frees up,
   which the job's progress watchdog reports (``ray.stall_timeout_s``).
+
+Memory: refiner actors ask Ray for the memory an image of ``input.max_pixels`` needs
+(:func:`refiner_memory`), so Ray does not pack more actors on a node than fit; the ask is
+capped so that all refiner actors fit in 80% of the cluster's ``memory`` resource (of what is
+left without the largest node, counted in proportion to CPUs, on two or more nodes). A capped
+plan says so (``memory_capped``): an image near ``input.max_pixels`` may then need more than
+its actor asked for.
 """
 
 from __future__ import annotations
@@ -21,11 +28,28 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pipeline.config import RayConfig
+from pipeline.config import RayConfig, RefineJobConfig
 
-__all__ = ["TASK_CPUS", "StagePlan", "plan_stages"]
+__all__ = ["TASK_CPUS", "StagePlan", "plan_stages", "plan_job", "describe_memory", "refiner_memory",
+           "CPU_GIB_PER_MEGAPIXEL"]
 
 TASK_CPUS = 0.25  # logical CPUs per decode / finish task (fractional: no 2-CPU deadlock)
+GIB = 1024**3
+#: Peak resident memory of a CPU refiner per megapixel of input, measured: crm_r50 with the exact
+#: optimisations 1.86 / 5.22 / 7.59 GB at 3.1 / 12.6 / 24 MP (README, less ~0.95 GB for Python,
+#: torch and the model: 0.29 / 0.34 / 0.28 GB per MP); crm_mnv2 refiner actors 6.4-6.9 GiB on
+#: 6000x4000 images (0.27-0.29 GiB per MP with the actor's buffers).
+CPU_GIB_PER_MEGAPIXEL = 0.35
+#: On a GPU the activations live on the card; the actor's host memory holds the decoded image,
+#: masks and output (~25 bytes per pixel), counted generously.
+GPU_HOST_GIB_PER_MEGAPIXEL = 0.05
+BASE_GIB = 1.0  # Python, torch, the model, Ray's worker
+
+
+def refiner_memory(max_pixels: int, on_gpu: bool) -> float:
+    """Bytes of host memory a refiner actor needs for one image of ``max_pixels`` pixels."""
+    per = GPU_HOST_GIB_PER_MEGAPIXEL if on_gpu else CPU_GIB_PER_MEGAPIXEL
+    return (BASE_GIB + per * max_pixels / 1e6) * GIB
 
 
 @dataclass(frozen=True)
@@ -43,6 +67,13 @@ class StagePlan:
     torch_threads: int
     tasks_per_actor: int = 1
     survives_node_loss: bool = False  # sized to fit the cluster minus its largest node
+    refine_memory: float = 0.0  # bytes of Ray's memory resource per refiner actor (0: none asked)
+    memory_wanted: float = 0.0  # bytes an image of input.max_pixels needs (or ray.refine_actor_memory_gb)
+
+    @property
+    def memory_capped(self) -> bool:
+        """The memory ask is below what an image of input.max_pixels needs."""
+        return 0 < self.refine_memory < self.memory_wanted
 
 
 def _floor(x: float, step: float = 0.01) -> float:
@@ -57,6 +88,9 @@ def plan_stages(
     threads: int | None = None,
     nodes: Sequence[tuple[float, float]] = (),
     sam_on_gpu: bool = True,
+    memory: float = 0.0,
+    actor_memory: float = 0.0,
+    memory_set: bool = False,
 ) -> StagePlan:
     """Size the stages from the cluster's CPUs/GPUs so that everything fits at once.
 
@@ -68,6 +102,10 @@ def plan_stages(
     minus its largest node (module docstring), and the plan says ``survives_node_loss``.
     ``sam_on_gpu=False`` (the ``regions`` proposals, CPU only): proposal actors take no GPU and
     every GPU slot goes to a refiner.
+    ``memory``: the cluster's ``memory`` resource in bytes (0: unknown, no memory is asked);
+    ``actor_memory``: bytes a refiner actor wants (:func:`refiner_memory`), capped to fit
+    (module docstring); with ``memory_set`` (``ray.refine_actor_memory_gb`` given) it is asked
+    as is, and a plan whose refiner actors cannot fit is an error naming that key.
     """
     if cpus <= 0:
         raise ValueError(f"cluster has no CPUs ({cpus})")
@@ -104,6 +142,17 @@ def plan_stages(
     if share <= 0 or actor_cpus <= 0:
         where = f"{budget:g} CPUs left after losing the largest node" if tolerant else f"{cpus:g} CPUs"
         raise ValueError(f"ray.refine_actors: {n} model actors do not fit in {where}; use fewer")
+    refine_memory = 0.0
+    if memory_set:
+        refine_memory = actor_memory
+        if memory > 0 and refine * actor_memory > memory:
+            raise ValueError(f"ray.refine_actor_memory_gb: {refine} refiner actors x "
+                             f"{actor_memory / GIB:.1f} GiB do not fit in the cluster's "
+                             f"{memory / GIB:.1f} GiB of memory; ask less or use fewer actors "
+                             "(ray.refine_actors)")
+    elif memory > 0 and actor_memory > 0:
+        fit = 0.8 * memory * (budget / cpus) / refine
+        refine_memory = min(actor_memory, fit)
     return StagePlan(
         decode_tasks=decode,
         finish_tasks=finish,
@@ -116,4 +165,33 @@ def plan_stages(
         torch_threads=threads or max(1, int(share)),
         tasks_per_actor=2 if gpus > 0 else 1,
         survives_node_loss=tolerant,
+        refine_memory=refine_memory,
+        memory_wanted=actor_memory if refine_memory else 0.0,
     )
+
+
+def plan_job(
+    cfg: RefineJobConfig, resources: dict[str, float], nodes: Sequence[tuple[float, float]]
+) -> StagePlan:
+    """The plan of a refine / relabel job on a cluster with ``resources`` (``ray.cluster_resources()``)
+    and alive ``nodes``: :func:`plan_stages` with the job's proposals, threads and actor memory."""
+    gpus = resources.get("GPU", 0.0)
+    on_gpu = cfg.refine.device == "cuda" or (cfg.refine.device == "auto" and gpus > 0)
+    set_gb = cfg.ray.refine_actor_memory_gb
+    wanted = set_gb * GIB if set_gb is not None else refiner_memory(cfg.input.max_pixels, on_gpu)
+    return plan_stages(
+        resources.get("CPU", 0.0), gpus, cfg.uses_sam, cfg.ray, cfg.refine.threads, nodes=nodes,
+        sam_on_gpu=cfg.sam.proposals == "sam", memory=resources.get("memory", 0.0), actor_memory=wanted,
+        memory_set=set_gb is not None,
+    )
+
+
+def describe_memory(plan: StagePlan, max_pixels: int) -> str:
+    """The refiner actors' memory ask for the run summary (says when it is capped)."""
+    if not plan.refine_memory:
+        return f"{plan.refine_actors} (no memory asked: the cluster reports none)"
+    text = f"{plan.refine_actors} x {plan.refine_memory / GIB:.1f} GiB memory"
+    if plan.memory_capped:
+        text += (f" (all that fits; an image near input.max_pixels = {max_pixels / 1e6:g} MP may need "
+                 f"{plan.memory_wanted / GIB:.1f} GiB)")
+    return text

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import RayConfig, RefineJobConfig, with_absolute_paths
-from pipeline.plan import StagePlan, plan_stages
+from pipeline.plan import StagePlan, describe_memory, plan_job, plan_stages
 from pipeline.progress import (
     DriverSignals,
     DropRayNotices,
@@ -305,6 +305,7 @@ def build_dataset(items: list[dict], cfg: RefineJobConfig, plan: StagePlan, stat
         batch_format="numpy",
         num_cpus=plan.actor_cpus,
         num_gpus=plan.refine_gpus,
+        **({"memory": plan.refine_memory} if plan.refine_memory else {}),
         compute=rd.ActorPoolStrategy(size=plan.refine_actors, **pool),
         fn_constructor_kwargs=dict(
             model_name=cfg.model.name,
@@ -340,6 +341,7 @@ class RunResult:
     summary: dict[str, Any]
     parts: list[str] = dataclasses.field(default_factory=list)
     duplicates_dropped: int = 0
+    max_pixels: int = 0  # input.max_pixels (the plan's memory ask is sized from it)
 
     @property
     def throughput(self) -> float:
@@ -471,10 +473,7 @@ def run_refine(cfg: RefineJobConfig, *, on_row: Callable[[dict], None] | None = 
         try:
             res = ray.cluster_resources()
             nodes = alive_nodes()
-            plan = plan_stages(
-                res.get("CPU", 0.0), res.get("GPU", 0.0), cfg.uses_sam, cfg.ray, cfg.refine.threads,
-                nodes=nodes, sam_on_gpu=cfg.sam.proposals == "sam",
-            )
+            plan = plan_job(cfg, res, nodes)
             _configure_data_context(cfg)
             ds = build_dataset(items, cfg, plan, static)
             counts = stream_rows(ds, cfg, plan, nodes, writer, len(items), on_row=on_row)
@@ -496,6 +495,7 @@ def run_refine(cfg: RefineJobConfig, *, on_row: Callable[[dict], None] | None = 
         summary=summary,
         parts=writer.parts,
         duplicates_dropped=writer.duplicates,
+        max_pixels=cfg.input.max_pixels,
     )
 
 
@@ -516,6 +516,8 @@ def format_run(result: RunResult) -> str:
         ("job total", f"{s['samples']} samples: ok {s['ok']}, failed {s['error']}"),
         ("failures by type", errors),
     ]
+    if result.plan is not None:
+        pairs.append(("refiner actors", describe_memory(result.plan, result.max_pixels)))
     if result.duplicates_dropped:
         pairs.append(("duplicate rows dropped", result.duplicates_dropped))
     if s.get("mean_total_ms") is not None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import RefineJobConfig, with_absolute_paths
-from pipeline.plan import StagePlan, plan_stages
+from pipeline.plan import StagePlan, plan_job
 from pipeline.progress import ManifestWriter, alive_nodes
 
 __all__ = ["RelabelPlan", "plan_relabel", "run_relabel", "RelabelResult", "format_relabel", "merge_coco",
@@ -213,7 +213,7 @@ def build_relabel_dataset(items: list[dict], cfg: RefineJobConfig, plan: StagePl
         )
     return ds.map_batches(
         _RelabelActor, batch_size=1, batch_format="numpy", num_cpus=plan.actor_cpus,
-        num_gpus=plan.refine_gpus,
+        num_gpus=plan.refine_gpus, **({"memory": plan.refine_memory} if plan.refine_memory else {}),
         compute=rd.ActorPoolStrategy(size=plan.refine_actors, **pool),
         fn_constructor_kwargs=dict(
             model_name=cfg.model.name, checkpoint=cfg.model.checkpoint, options=_refine_options(cfg),
@@ -374,8 +374,7 @@ def run_relabel(cfg: RefineJobConfig, *, on_row: Callable[[dict], None] | None =
         try:
             res = ray.cluster_resources()
             nodes = alive_nodes()
-            stage_plan = plan_stages(res.get("CPU", 0.0), res.get("GPU", 0.0), cfg.uses_sam, cfg.ray,
-                                     cfg.refine.threads, nodes=nodes, sam_on_gpu=cfg.sam.proposals == "sam")
+            stage_plan = plan_job(cfg, res, nodes)
             _configure_data_context(cfg)
             ds = build_relabel_dataset(todo, cfg, stage_plan, static)
             counts = stream_rows(ds, cfg, stage_plan, nodes, writer, len(todo), on_row=on_row, desc="relabel",

@@ -75,3 +75,57 @@ def test_two_one_cpu_nodes_leave_task_room_next_to_a_restarted_actor():
     assert not plan_stages(2, 0, False, RayConfig(), nodes=[(2, 0)]).survives_node_loss
     with pytest.raises(ValueError, match="after losing the largest node"):
         plan_stages(2, 0, False, RayConfig(refine_actors=200), nodes=[(1, 0), (1, 0)])
+
+
+GIB = 1024**3
+
+
+def _job(**sections):
+    from pipeline.config import config_from_dict
+
+    data = {"input": {"uri": "/data"}, "output": {"prefix": "/out"}, "method": "crm"}
+    data.update(sections)
+    return config_from_dict(data)
+
+
+def test_refiner_actors_ask_memory_for_the_largest_image():
+    """CPU: 1 GiB + 0.35 GiB per megapixel of input.max_pixels; GPU: host buffers only."""
+    from pipeline.plan import plan_job, refiner_memory
+
+    assert refiner_memory(24_000_000, on_gpu=False) == pytest.approx((1 + 0.35 * 24) * GIB)
+    assert refiner_memory(24_000_000, on_gpu=True) == pytest.approx((1 + 0.05 * 24) * GIB)
+    job = _job(input={"uri": "/data", "max_pixels": 24_000_000})
+    p = plan_job(job, {"CPU": 16.0, "memory": 200.0 * GIB}, [(16.0, 0.0)])
+    assert p.refine_memory == pytest.approx(refiner_memory(24_000_000, False)) and not p.memory_capped
+    gpu = plan_job(job, {"CPU": 16.0, "GPU": 2.0, "memory": 200.0 * GIB}, [(16.0, 2.0)])
+    assert gpu.refine_memory == pytest.approx(refiner_memory(24_000_000, True))
+    # a Ray that reports no memory resource: nothing asked
+    assert plan_job(job, {"CPU": 16.0}, [(16.0, 0.0)]).refine_memory == 0
+
+
+def test_memory_ask_is_capped_to_fit_and_says_so():
+    """The default max_pixels (60 MP) on a 24 GiB, 2-CPU machine: the ask shrinks so every refiner
+    actor fits in 80% of Ray's memory (else Ray could never start them), and the plan says so."""
+    from pipeline.plan import describe_memory, plan_job
+
+    job = _job(method="samsr-v2.1", model={"name": "samsr_v21_mnv2"}, sam={"proposals": "regions"})
+    p = plan_job(job, {"CPU": 2.0, "memory": 14.0 * GIB}, [(2.0, 0.0)])
+    assert p.memory_capped and p.refine_actors * p.refine_memory <= 0.8 * 14.0 * GIB + 1
+    assert p.refine_memory == pytest.approx(0.8 * 14.0 * GIB / p.refine_actors)
+    notice = describe_memory(p, job.input.max_pixels)
+    assert "60 MP may need 22.0 GiB" in notice and f"1 x {p.refine_memory / GIB:.1f} GiB memory" in notice
+    roomy = plan_job(_job(), {"CPU": 2.0, "memory": 400.0 * GIB}, [(2.0, 0.0)])
+    assert describe_memory(roomy, 60_000_000) == f"{roomy.refine_actors} x 22.0 GiB memory"
+    # two nodes: the refiner actors must also fit without the largest node (in proportion to CPUs)
+    two = plan_job(_job(), {"CPU": 8.0, "memory": 32.0 * GIB}, [(4.0, 0.0), (4.0, 0.0)])
+    assert two.survives_node_loss and two.refine_actors * two.refine_memory <= 0.8 * 16.0 * GIB + 1
+
+
+def test_explicit_actor_memory_is_asked_as_is_or_fails_naming_the_key():
+    from pipeline.plan import plan_job
+
+    p = plan_job(_job(ray={"refine_actor_memory_gb": 3}), {"CPU": 2.0, "memory": 14.0 * GIB}, [(2.0, 0.0)])
+    assert p.refine_memory == 3 * GIB and not p.memory_capped
+    with pytest.raises(ValueError, match="ray.refine_actor_memory_gb"):
+        plan_job(_job(ray={"refine_actor_memory_gb": 20, "refine_actors": 2}),
+                 {"CPU": 2.0, "memory": 14.0 * GIB}, [(2.0, 0.0)])
