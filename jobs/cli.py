@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import os
 import sys
 
 __all__ = ["COMMANDS", "main"]
@@ -52,10 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = importlib.import_module(COMMANDS[argv[0]][0])
-    if "prog" in inspect.signature(module.main).parameters:
-        code = module.main(argv[1:], prog=f"samsr {argv[0]}")
-    else:
-        code = module.main(argv[1:])
+    try:
+        if "prog" in inspect.signature(module.main).parameters:
+            code = module.main(argv[1:], prog=f"samsr {argv[0]}")
+        else:
+            code = module.main(argv[1:])
+    except BrokenPipeError:  # output piped into a reader that stopped (`| head`): quiet, like other tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return int(code or 0)
 
 

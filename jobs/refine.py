@@ -106,7 +106,8 @@ def build_parser(prog: str = "samsr refine") -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace):
     """Config file + flags + --set overrides -> validated RefineJobConfig (ValueError names the key)."""
-    from pipeline.config import load_config, parse_override
+    from pipeline.config import load_config
+    from pipeline.config.typed import parse_override
 
     overrides: list[tuple[list[str], Any]] = []
     for flag, key in _FLAG_KEYS.items():
@@ -124,7 +125,7 @@ def config_from_args(args: argparse.Namespace):
 def run(cfg):
     """Check what the job needs, then run it; returns pipeline.ray_runner.RunResult. Raises
     ValueError (bad config, unlistable input: nothing processed) or JobStalledError."""
-    from pipeline.config import check_runtime
+    from pipeline.config.preflight import check_runtime
     from pipeline.ray_runner import run_refine
 
     check_runtime(cfg)
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None, prog: str = "samsr refine") -> int:
 
             print(json.dumps(config_to_dict(cfg), indent=2))
             return 0
-        from pipeline.config import check_runtime
+        from pipeline.config.preflight import check_runtime
 
         check_runtime(cfg)
     except ValueError as e:

@@ -98,7 +98,8 @@ def build_parser(prog: str = "samsr relabel") -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace):
     """Config file (default configs/relabel.yaml) + flags + --set -> validated config."""
-    from pipeline.config import load_config, parse_override
+    from pipeline.config import load_config
+    from pipeline.config.typed import parse_override
 
     if args.coco and args.labelmaps:
         raise ValueError("--coco and --labelmaps: give one input kind")
@@ -123,7 +124,7 @@ def config_from_args(args: argparse.Namespace):
 
 def run(cfg):
     """Check, then run; returns pipeline.relabel_runner.RelabelResult."""
-    from pipeline.config import check_relabel
+    from pipeline.config.preflight import check_relabel
     from pipeline.relabel_runner import run_relabel
 
     check_relabel(cfg)
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None, prog: str = "samsr relabel") -> int:
 
             print(json.dumps(config_to_dict(cfg), indent=2))
             return 0
-        from pipeline.config import check_relabel
+        from pipeline.config.preflight import check_relabel
 
         check_relabel(cfg)
     except ValueError as e:

@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace):
     """Config file + flags + --set -> validated TrainJobConfig (ValueError names the key or flag)."""
-    from pipeline.config import parse_override
+    from pipeline.config.typed import parse_override
     from pipeline.train.config import load_train_config
 
     overrides: list[tuple[list[str], Any]] = []

@@ -15,16 +15,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pipeline.config import (
-    _f,
-    _non_negative,
-    _nonempty,
-    _positive,
-    _unit,
-    apply_overrides,
-    build_section,
-    read_yaml,
-)
+from pipeline.config.typed import apply_overrides, build_section, read_yaml
+from pipeline.config.typed import checked as _f
+from pipeline.config.typed import non_negative as _non_negative
+from pipeline.config.typed import nonempty as _nonempty
+from pipeline.config.typed import positive as _positive
+from pipeline.config.typed import unit as _unit
 
 __all__ = [
     "TrainJobConfig",

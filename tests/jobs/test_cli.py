@@ -167,6 +167,22 @@ def test_print_config_does_not_import_torch_or_ray():
     assert '"method": "samsr-v2.1"' in r.stdout
 
 
+def test_output_into_a_closed_pipe_exits_quietly():
+    """`samsr refine --print-config | head -1`: no BrokenPipeError traceback, exit status 141.
+    The pipe's read end is closed before the command starts, so its first write fails."""
+    import os
+
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)
+    try:
+        r = subprocess.run([sys.executable, "-m", "jobs.cli", "refine", "--config", "configs/demo.yaml",
+                            "--print-config"], stdout=write_fd, stderr=subprocess.PIPE, text=True,
+                           cwd=str(ROOT), timeout=120)
+    finally:
+        os.close(write_fd)
+    assert r.returncode == 141 and "Traceback" not in r.stderr, r.stderr
+
+
 def test_demo_with_regions_proposals_shows_our_output_not_ray_notices(tmp_path):
     """A fresh process, as a user runs it: SAM-SR-v1 on the shipped weights with the regions
     proposals (no SAM weights), through a local Ray it starts and stops. The user sees our

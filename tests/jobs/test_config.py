@@ -10,14 +10,13 @@ import torch
 
 from pipeline.config import (
     RefineJobConfig,
-    apply_overrides,
-    check_runtime,
     config_from_dict,
     default_job_id,
     load_config,
-    parse_override,
     with_absolute_paths,
 )
+from pipeline.config.preflight import check_runtime
+from pipeline.config.typed import apply_overrides, parse_override
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = {"input": {"uri": "in"}, "output": {"prefix": "out"}}

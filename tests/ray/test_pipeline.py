@@ -314,7 +314,7 @@ def test_samsr_methods_end_to_end(
         output={"soft": True},
         v1={"deform_iou_thresh": 0.0, "sparsity_thresh": 0.0, "cover_thresh": 0.5},
     )
-    from pipeline.config import check_runtime
+    from pipeline.config.preflight import check_runtime
 
     check_runtime(cfg)
     result = run_refine(cfg)

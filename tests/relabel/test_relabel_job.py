@@ -85,7 +85,7 @@ def coco_data(s3_server, tmp_path_factory):
 def test_coco_relabel_on_s3(coco_data, v21_checkpoint, local_ray, tmp_path, capsys):
     out = coco_data["images"].rsplit("/", 2)[0] + "/out"
     cfg = _cfg(coco_data["images"], out, v21_checkpoint, coco=coco_data["coco"], gt_coco=coco_data["gt"])
-    from pipeline.config import check_relabel
+    from pipeline.config.preflight import check_relabel
 
     check_relabel(cfg)
     result = run_relabel(cfg)

@@ -6,23 +6,26 @@ except ``input.uri`` and ``output.prefix``; ``configs/default.yaml`` documents t
 
 An unknown key or a bad value raises ``ValueError`` whose message starts with the key path,
 e.g. ``refine.decode: must be one of 'full', 'strided', 'bbox', 'contour' (got 'fast')``.
-``check_runtime`` then checks what the chosen method needs (optional packages, checkpoint
-files, the refiner's input channels) so that a job fails before it touches any sample.
+``pipeline.config.preflight.check_runtime`` then checks what the chosen method needs (optional
+packages, checkpoint files, the refiner's input channels) so that a job fails before it touches
+any sample. The section machinery lives in ``pipeline.config.typed``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import os
-import types
-import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import yaml
+from pipeline.config.typed import apply_overrides, build_section, read_yaml
+from pipeline.config.typed import checked as _f
+from pipeline.config.typed import non_negative as _non_negative
+from pipeline.config.typed import nonempty as _nonempty
+from pipeline.config.typed import positive as _positive
+from pipeline.config.typed import unit as _unit
 
 __all__ = [
     "METHODS",
@@ -38,40 +41,13 @@ __all__ = [
     "RefineJobConfig",
     "load_config",
     "config_from_dict",
-    "parse_override",
-    "apply_overrides",
-    "check_runtime",
-    "check_relabel",
     "config_to_dict",
     "default_job_id",
-    "read_yaml",
-    "build_section",
     "with_absolute_paths",
 ]
 
 METHODS = ("crm", "samsr-v1", "samsr-v2.1")
 Method = Literal["crm", "samsr-v1", "samsr-v2.1"]
-
-
-def _positive(v: float) -> str | None:
-    return None if v > 0 else "must be > 0"
-
-
-def _non_negative(v: float) -> str | None:
-    return None if v >= 0 else "must be >= 0"
-
-
-def _unit(v: float) -> str | None:
-    return None if 0.0 <= v <= 1.0 else "must be in [0, 1]"
-
-
-def _nonempty(v: str) -> str | None:
-    return None if v.strip() else "must not be empty"
-
-
-def _f(default: Any, check=None, **kw) -> Any:
-    """A dataclass field with an optional value check ``check(value) -> error | None``."""
-    return field(default=default, metadata={"check": check} if check else {}, **kw)
 
 
 @dataclass(frozen=True)
@@ -234,82 +210,6 @@ _SECTIONS = {
 }
 
 
-def _type_error(path: str, expected: str, value: Any) -> ValueError:
-    return ValueError(f"{path}: must be {expected} (got {value!r})")
-
-
-def _coerce(path: str, tp: Any, value: Any) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it (ints widen to float)."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            shown = ", ".join(repr(c) for c in choices)
-            raise ValueError(f"{path}: must be one of {shown} (got {value!r})")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise _type_error(path, "set", value)
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(path, inner[0], value)
-    if value is None:
-        raise _type_error(path, "set", value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise _type_error(path, "true or false", value)
-    elif tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _type_error(path, "an integer", value)
-    elif tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _type_error(path, "a number", value)
-        return float(value)
-    elif tp is str:
-        if not isinstance(value, str):
-            raise _type_error(path, "a string", value)
-    elif tp is list or origin is list:
-        if not isinstance(value, list | tuple):
-            raise _type_error(path, "a list", value)
-        args = typing.get_args(tp)
-        return [_coerce(f"{path}[{i}]", args[0], v) for i, v in enumerate(value)] if args else list(value)
-    elif tp is dict or origin is dict:
-        if not isinstance(value, Mapping):
-            raise _type_error(path, "a mapping", value)
-        return dict(value)
-    return value
-
-
-def build_section(cls: type, data: Any, path: str) -> Any:
-    """Validate the mapping ``data`` into the frozen dataclass ``cls`` (keys checked, values
-    coerced by type, ``_f`` checks run); errors name ``path.key``."""
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{path}: must be a mapping of keys (got {type(data).__name__})")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in known:
-            raise ValueError(f"{path}.{key}: unknown key (known: {', '.join(known)})")
-    kwargs = {}
-    for name, f in known.items():
-        key_path = f"{path}.{name}"
-        if name in data:
-            value = _coerce(key_path, hints[name], data[name])
-            check = f.metadata.get("check")
-            if check is not None and value is not None:
-                err = check(value)
-                if err:
-                    raise ValueError(f"{key_path}: {err} (got {value!r})")
-            kwargs[name] = value
-        elif f.default is None and f.metadata.get("check") is _nonempty:
-            raise ValueError(f"{key_path}: required")
-    return cls(**kwargs)
-
-
 def default_job_id(output_prefix: str) -> str:
     """A job id derived from the output prefix, so reruns (resume) keep the same id.
 
@@ -368,64 +268,6 @@ def _check_refine_options(options: Mapping[str, Any]) -> None:
         raise ValueError(f"refine.options: {e}") from e
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"a.b=value"`` -> (["a", "b"], value) with the value parsed as YAML (``4``, ``null``, ``true``)."""
-    if "=" not in text:
-        raise ValueError(f"--set {text!r}: expected KEY.PATH=VALUE")
-    key, raw = text.split("=", 1)
-    parts = key.strip().split(".")
-    if not all(parts):
-        raise ValueError(f"--set {text!r}: bad key path {key!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        raise ValueError(f"{key}: cannot parse value {raw!r} ({e})") from e
-    return parts, value
-
-
-def apply_overrides(data: Mapping[str, Any], overrides: Iterable[tuple[list[str], Any]]) -> dict:
-    """Return a deep copy of the raw config mapping with each (path, value) set."""
-    out = _deepcopy(dict(data))
-    for parts, value in overrides:
-        node = out
-        for i, part in enumerate(parts[:-1]):
-            nxt = node.get(part)
-            if nxt is None:
-                nxt = node[part] = {}
-            elif not isinstance(nxt, dict):
-                where = ".".join(parts[: i + 1])
-                raise ValueError(f"{where}: is not a section, cannot set {'.'.join(parts)}")
-            node = nxt
-        node[parts[-1]] = value
-    return out
-
-
-def _deepcopy(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {k: _deepcopy(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_deepcopy(v) for v in obj]
-    return obj
-
-
-def read_yaml(path: str) -> dict:
-    """Read a YAML mapping from a local path or fsspec URL (an empty file is ``{}``)."""
-    import fsspec
-
-    try:
-        with fsspec.open(path, "rt") as fh:
-            data = yaml.safe_load(fh)
-    except FileNotFoundError as e:
-        raise ValueError(f"config file {path}: not found") from e
-    except yaml.YAMLError as e:
-        raise ValueError(f"config file {path}: invalid YAML ({e})") from e
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ValueError(f"config file {path}: must hold a mapping (got {type(data).__name__})")
-    return data
-
-
 def load_config(path: str | None, overrides: Iterable[tuple[list[str], Any]] = ()) -> RefineJobConfig:
     """Read ``path`` (or start empty), apply overrides, validate."""
     data = read_yaml(path) if path else {}
@@ -435,94 +277,6 @@ def load_config(path: str | None, overrides: Iterable[tuple[list[str], Any]] = (
 def config_to_dict(cfg: RefineJobConfig) -> dict:
     """The resolved config as a plain mapping (what the job prints and records)."""
     return dataclasses.asdict(cfg)
-
-
-def _exists(uri: str) -> bool:
-    if "://" not in uri:
-        return os.path.isfile(uri)
-    from pipeline.io import open_fs
-
-    fs, path = open_fs(uri)
-    return fs.exists(path)
-
-
-def _require_package(module: str, why: str, key: str) -> None:
-    if importlib.util.find_spec(module) is None:
-        raise ValueError(f"{key}: needs the Python package {module!r} ({why}); install it first")
-
-
-def _protocol(uri: str) -> str | None:
-    return uri.split("://", 1)[0] if "://" in uri else None
-
-
-def check_runtime(cfg: RefineJobConfig) -> None:
-    """Check what the job needs before any work: packages, checkpoints, model/method match.
-
-    Raises ValueError naming the key at fault.
-    """
-    import fsspec
-
-    for key, uri in (
-        ("input.uri", cfg.input.uri),
-        ("output.prefix", cfg.output.prefix),
-        ("model.checkpoint", cfg.model.checkpoint),
-        ("sam.checkpoint", cfg.sam.checkpoint),
-    ):
-        proto = _protocol(uri) if uri else None
-        if proto and proto not in ("file", "memory"):
-            try:
-                fsspec.get_filesystem_class(proto)
-            except (ImportError, ValueError) as e:
-                raise ValueError(f"{key}: cannot open {proto}:// URLs ({e})") from e
-
-    from pipeline.models import SPECS
-
-    if cfg.model.name not in SPECS:
-        raise ValueError(f"model.name: must be one of {', '.join(sorted(SPECS))} (got {cfg.model.name!r})")
-    if not cfg.model.checkpoint:
-        raise ValueError("model.checkpoint: required (weights are never fetched implicitly)")
-    if not _exists(cfg.model.checkpoint):
-        raise ValueError(f"model.checkpoint: file not found: {cfg.model.checkpoint}")
-    spec = SPECS[cfg.model.name]
-    wants_proposals = cfg.method == "samsr-v2.1"
-    if spec.takes_proposals != wants_proposals:
-        kind = "a SAM-SR-v2.1 (7-channel)" if wants_proposals else "a CRM (4-channel)"
-        raise ValueError(f"model.name: method {cfg.method} needs {kind} model (got {cfg.model.name!r}, "
-                         f"{spec.kind})")
-    if cfg.uses_sam and cfg.sam.proposals == "regions":
-        _require_package("skimage", "regions proposals", "sam.proposals")
-    elif cfg.uses_sam:
-        _require_package("segment_anything", f"method {cfg.method}", "method")
-        if not cfg.sam.checkpoint:
-            raise ValueError(f"sam.checkpoint: required for method {cfg.method} with sam.proposals: sam "
-                             "(or use sam.proposals: regions, which needs no weights)")
-        if not _exists(cfg.sam.checkpoint):
-            raise ValueError(f"sam.checkpoint: file not found: {cfg.sam.checkpoint}")
-    if cfg.refine.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available() and not cfg.ray.address and not os.environ.get("RAY_ADDRESS"):
-            raise ValueError("refine.device: 'cuda' but no CUDA device is visible")
-
-
-def check_relabel(cfg) -> None:
-    """check_runtime plus what relabel needs (ValueError naming the key)."""
-    check_runtime(cfg)
-    if cfg.method == "samsr-v1":
-        raise ValueError("method: samsr relabel runs crm or samsr-v2.1 (samsr-v1 merges whole-image "
-                         "proposals into one coarse mask)")
-    from pipeline.relabel.crops import CropRule
-
-    CropRule(cfg.relabel.margin_ratio, cfg.relabel.min_margin, cfg.relabel.min_size)  # names the key
-    if cfg.relabel.coco is not None:
-        _require_package("pycocotools", "COCO RLE and polygons", "relabel.coco")
-        if not _exists(cfg.relabel.coco):
-            raise ValueError(f"relabel.coco: file not found: {cfg.relabel.coco}")
-    if cfg.relabel.gt_coco is not None:
-        if cfg.relabel.coco is None:
-            raise ValueError("relabel.gt_coco: only with relabel.coco (label maps take NAME_gt.png)")
-        if not _exists(cfg.relabel.gt_coco):
-            raise ValueError(f"relabel.gt_coco: file not found: {cfg.relabel.gt_coco}")
 
 
 def with_absolute_paths(cfg: RefineJobConfig) -> RefineJobConfig:
