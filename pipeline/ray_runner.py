@@ -154,11 +154,12 @@ class _RefinerActor:
         import torch
 
         from pipeline.models import build_model
-        from pipeline.refine import RefineOptions, prepare_model, refine
+        from pipeline.refine import prepare_model, refine
+        from pipeline.refine.options import options_for_device
 
         torch.set_num_threads(threads)
         self.device = _device(device)
-        self.options = RefineOptions(**options)
+        self.options = options_for_device(options, self.device)
         model = build_model(model_name, checkpoint)  # torch.load(map_location="cpu") inside
         self.model = prepare_model(model, self.options).to(self.device)
         self.soft = soft
@@ -191,10 +192,14 @@ class _SamActor:
         working_size: int,
         seed: int,
         v1: dict,
+        precision: str = "fp32",
     ) -> None:
         import torch
 
+        from pipeline.refine.options import resolve_precision
+
         torch.set_num_threads(threads)
+        self.autocast: tuple[str, torch.dtype] | None = None
         if proposals == "regions":
             from pipeline.sam.regions import RegionGenerator, RegionSettings
 
@@ -202,21 +207,28 @@ class _SamActor:
         else:
             from pipeline.sam import FastMaskGenerator, build_sam
 
-            sam = build_sam(model_type, checkpoint, device=_device(device))
+            dev = _device(device)
+            sam = build_sam(model_type, checkpoint, device=dev)
             self.generator = FastMaskGenerator(sam, **generator)
+            kind = resolve_precision(precision, dev)
+            if kind != "fp32":  # SAM's image encoder (the proposals' cost) under autocast
+                self.autocast = (torch.device(dev).type, torch.bfloat16 if kind == "bf16" else torch.float16)
         self.kwargs = dict(method=method, working_size=working_size, seed=seed, v1_kwargs=v1)
 
     def __call__(self, batch: dict) -> dict:
         import torch
 
-        with torch.inference_mode():
+        device_type, dtype = self.autocast or ("cpu", None)
+        with torch.inference_mode(), torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
             return sam_batch(batch, generator=self.generator, **self.kwargs)
 
 
 def _refine_options(cfg: RefineJobConfig) -> dict:
-    """RefineOptions keyword arguments (YAML lists become tuples)."""
+    """RefineOptions keyword arguments (YAML lists become tuples; ``precision`` may be ``auto``,
+    resolved by the actor for its device: ``options_for_device``)."""
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.refine.options.items()}
-    return {**options, "decode": cfg.refine.decode, "stride": cfg.refine.stride}
+    r = cfg.refine
+    return {**options, "decode": r.decode, "stride": r.stride, "precision": r.precision}
 
 
 def _static_fields(cfg: RefineJobConfig, run_id: str) -> dict[str, Any]:
@@ -297,6 +309,7 @@ def build_dataset(items: list[dict], cfg: RefineJobConfig, plan: StagePlan, stat
                 working_size=s.working_size,
                 seed=s.seed,
                 v1=v1,
+                precision=cfg.refine.precision,
             ),
         )
     ds = ds.map_batches(

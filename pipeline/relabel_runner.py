@@ -153,12 +153,13 @@ class _RelabelActor:
 
         from pipeline.models import build_model
         from pipeline.ray_runner import _device
-        from pipeline.refine import RefineOptions, prepare_model, refine
+        from pipeline.refine import prepare_model, refine
+        from pipeline.refine.options import options_for_device
         from pipeline.relabel.crops import CropRule
 
         torch.set_num_threads(threads)
         self.device = _device(device)
-        self.options = RefineOptions(**options)
+        self.options = options_for_device(options, self.device)
         self.model = prepare_model(build_model(model_name, checkpoint), self.options).to(self.device)
         self.node = ray.get_runtime_context().get_node_id()
         self.kwargs = dict(output_prefix=output_prefix, static=static, rule=CropRule(**rule), scale=scale,
@@ -208,7 +209,7 @@ def build_relabel_dataset(items: list[dict], cfg: RefineJobConfig, plan: StagePl
                 proposals=s.proposals, regions=dataclasses.asdict(cfg.regions), model_type=s.model_type,
                 checkpoint=s.checkpoint, generator=generator, device=cfg.refine.device,
                 threads=plan.torch_threads, method=cfg.method, working_size=s.working_size, seed=s.seed,
-                v1={},
+                v1={}, precision=cfg.refine.precision,
             ),
         )
     return ds.map_batches(

@@ -215,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--scales", default="1.0", help="cascade scales, comma-separated (default 1.0)")
     ap.add_argument("--decode", default="full", help="decode mode: full, strided, bbox, contour")
     ap.add_argument("--align", type=int, default=8, help="RefineOptions.align (default 8; 1 = official)")
+    ap.add_argument("--gate", type=float, default=0.0, help="RefineOptions.gate (default 0: off)")
     ap.add_argument("--tta", default="none", choices=["none", "rot180", "flip4"],
                     help="RefineOptions.tta (default none)")
     ap.add_argument("--kinds", default=",".join(KINDS), help=f"coarse kinds (default {','.join(KINDS)})")
@@ -238,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad:
         ap.error(f"--kinds: unknown {bad[0]!r}; known: {', '.join(KINDS)}")
     options = RefineOptions(scales=tuple(float(v) for v in args.scales.split(",")), decode=args.decode,
-                            align=args.align, tta=args.tta)
+                            align=args.align, tta=args.tta, gate=args.gate)
     if args.threads:
         torch.set_num_threads(args.threads)
     # the coarse masks are made from the truth, so any _seg files are not needed (nor read)
@@ -264,12 +265,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     result.update({"max_side": args.max_side, "device": args.device, "method": args.method,
                    "proposals": args.proposals if args.method != "crm" else None,
                    "model": args.model, "weights": args.weights, "scales": list(options.scales),
-                   "decode": options.decode, "align": options.align, "tta": options.tta, "data": args.data,
+                   "decode": options.decode, "align": options.align, "tta": options.tta,
+                   "gate": options.gate,
+                   "data": args.data,
                    "wall_s": time.time() - t0})
     print(f"\nmethod {args.method}" + (f" ({args.proposals} proposals)" if proposer else "")
           + f", model {args.model} weights {args.weights} scales {list(options.scales)} "
           f"decode {options.decode} "
-          f"align {options.align}, tta {options.tta}; {result['n']} images from {', '.join(args.data)}"
+          f"align {options.align}, tta {options.tta}, gate {options.gate:g}; "
+          f"{result['n']} images from {', '.join(args.data)}"
           + (f", long side <= {args.max_side}" if args.max_side else ""))
     print(format_table(result))
     if args.json:

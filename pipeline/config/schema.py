@@ -134,6 +134,8 @@ class RefineConfig:
     decode: Literal["full", "strided", "bbox", "contour"] = "full"
     stride: int = _f(4, _positive)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # autocast type of the refiner and SAM; auto: bf16 on CUDA (fp16 without bf16), fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     threads: int | None = _f(None, _positive)  # torch threads per refiner actor (None: its CPUs)
     options: dict = field(default_factory=dict)  # extra pipeline.refine.RefineOptions fields
 
@@ -258,7 +260,7 @@ def _check_refine_options(options: Mapping[str, Any]) -> None:
         from pipeline.refine import RefineOptions
     except ImportError as e:  # pragma: no cover - the refiner package is part of the project
         raise ValueError(f"refine.options: pipeline.refine is not importable ({e})") from e
-    names = {f.name for f in dataclasses.fields(RefineOptions)} - {"decode", "stride"}
+    names = {f.name for f in dataclasses.fields(RefineOptions)} - {"decode", "stride", "precision"}
     for key in options:
         if key not in names:
             raise ValueError(f"refine.options.{key}: unknown key (known: {', '.join(sorted(names))})")

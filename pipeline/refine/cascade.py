@@ -89,6 +89,9 @@ def _to_tensors(image, coarse, sam_colors, device) -> tuple[Tensor, Tensor, Tens
     return img, mask, colors
 
 
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def _scale_probability(
     model: CRMNet, base: Tensor, mask_in: Tensor, scale: float, roi: Tensor | None, options: RefineOptions
 ) -> Tensor:
@@ -196,9 +199,24 @@ def refine(
             total = prob if total is None else np.add(total, prob, out=total)
         if len(flips) > 1:
             total /= len(flips)
+        if options.gate > 0:
+            _gate(total, coarse, options.gate, device)
         return total
     finally:
         model.train(was_training)
+
+
+def _gate(prob: np.ndarray, coarse: np.ndarray, margin: float, device: torch.device) -> None:
+    """In place: where |prob - 0.5| <= margin, prob takes the coarse mask's value in [0, 1]
+    (resized to prob's size as `_to_tensors` resizes it for the model)."""
+    unsure = np.abs(prob - 0.5) <= margin
+    if not unsure.any():
+        return
+    mask = _from_numpy(coarse).to(device)[None, None].float()
+    if mask.shape[-2:] != prob.shape:
+        mask = F.interpolate(mask, size=prob.shape, mode="bilinear", align_corners=False).clamp_(0, 255)
+    mask = (mask[0, 0] / 255).cpu().numpy()
+    prob[unsure] = mask[unsure]
 
 
 def _flip(a: np.ndarray, rows: bool, cols: bool) -> np.ndarray:
@@ -227,8 +245,10 @@ def _refine(model, image, coarse, sam_colors, options: RefineOptions, device: to
     if roi is not None:
         roi = _align(roi[None, None].float(), options.align)[0, 0] > 0.5
     prob = None
+    dtype = _AUTOCAST.get(options.precision)
     for scale in options.scales:
-        prob = _scale_probability(model, base, mask_in, scale, roi, options)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            prob = _scale_probability(model, base, mask_in, scale, roi, options).float()
         mask_in = ((prob - 0.5) * 2)[None, None]
     p = options.pad
     prob = prob[p : p + h, p : p + w]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-__all__ = ["RefineOptions", "DECODE_MODES", "TTA_MODES", "TTA_FLIPS"]
+__all__ = ["RefineOptions", "DECODE_MODES", "TTA_MODES", "TTA_FLIPS", "PRECISIONS", "resolve_precision",
+           "options_for_device"]
 
 DECODE_MODES = ("full", "strided", "bbox", "contour")
 # Flips per test-time augmentation mode: (flip rows, flip columns) for each pass.
@@ -14,6 +15,25 @@ TTA_FLIPS = {
     "flip4": ((False, False), (False, True), (True, False), (True, True)),
 }
 TTA_MODES = tuple(TTA_FLIPS)
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def resolve_precision(precision: str, device) -> str:
+    """``auto`` -> bf16 on a CUDA device that supports it (fp16 on older cards), fp32 elsewhere;
+    any other value is returned as is."""
+    if precision != "auto":
+        return precision
+    if str(device).startswith("cuda"):
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def options_for_device(options: dict, device) -> RefineOptions:
+    """RefineOptions from a job's keyword arguments, ``precision: auto`` resolved for ``device``."""
+    precision = resolve_precision(options.get("precision", "fp32"), device)
+    return RefineOptions(**{**options, "precision": precision})
 
 
 @dataclass(frozen=True)
@@ -54,12 +74,23 @@ class RefineOptions:
                          tile * h_F / H feature cells per side, at least 4);
       query_chunk        queries per decoder call in the official-style decoder.
 
+    Precision (`precision`): "fp32" (default), or "bf16" / "fp16": the encoder, fusion and the
+    decoder's MLP run under torch.autocast in that type, while the LIIF coordinate terms (relative
+    offsets, query coordinates, cells: added to the first layer's feature part in float32), the
+    ensemble weights, the mask prior and the sigmoid stay float32. Not exact: see the parity
+    tests and `samsr benchmark gpu`.
+
     Test-time augmentation (`tta`, not exact: it changes the result):
       "none"     one pass (the official behaviour);
       "rot180"   the mean of the probabilities of the input and of its 180-degree rotation
                  (rotated back): a boundary shift the model makes in one direction (e.g. from
                  how feature maps align with the pixel grid) cancels; 2x the cost;
       "flip4"    the mean over the input and its horizontal, vertical and both flips; 4x the cost.
+
+    Confidence gate (`gate`, not exact; 0 = off, the official behaviour): output pixels whose
+    final probability is within `gate` of 0.5 (the refiner is unsure) keep the coarse mask's
+    value (resized to the image like the model's input), so a refiner changes a mask only
+    where it is confident. Applied once, after the cascade and any test-time augmentation.
     """
 
     scales: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
@@ -77,6 +108,8 @@ class RefineOptions:
     tile: int = 256
     query_chunk: int = 1 << 16
     tta: str = "none"
+    precision: str = "fp32"
+    gate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.decode not in DECODE_MODES:
@@ -93,6 +126,10 @@ class RefineOptions:
             raise ValueError(f"RefineOptions.tile={self.tile}; must be >= 4")
         if self.query_chunk < 1:
             raise ValueError(f"RefineOptions.query_chunk={self.query_chunk}; must be >= 1")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"RefineOptions.precision={self.precision!r}; expected one of {PRECISIONS}")
+        if not 0.0 <= self.gate < 0.5:
+            raise ValueError(f"RefineOptions.gate={self.gate}; must be in [0, 0.5)")
         if self.tta not in TTA_MODES:
             raise ValueError(f"RefineOptions.tta={self.tta!r}; expected one of {TTA_MODES}")
         if self.roi_margin is not None and self.roi_margin < 0:

@@ -139,7 +139,8 @@ class TileDecoder:
         if self.cache is not None and key in self.cache:
             return self.cache[key]
         feat = self.source.tile(r0, r1, c0, c1)[0].permute(1, 2, 0)  # (h, w, C)
-        feat = feat @ self.w_feat if self.factorized else feat.contiguous()
+        # factorised: float32, so the coordinate terms are added at full precision under autocast
+        feat = (feat @ self.w_feat).float() if self.factorized else feat.contiguous()
         if self.cache is not None:
             self.cache[key] = feat
         return feat

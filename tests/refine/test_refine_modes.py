@@ -112,3 +112,24 @@ def test_tta_is_the_mean_over_flipped_inputs(random_mnv2, small_case, tta):
 def test_tta_mode_is_checked():
     with pytest.raises(ValueError, match="tta"):
         RefineOptions(tta="rot90")
+
+
+def test_gate_keeps_the_coarse_mask_where_the_refiner_is_unsure(random_mnv2, small_case):
+    """gate g: pixels with |p - 0.5| <= g take the coarse value, the others keep p; a half-size
+    coarse mask is resized like the model's input."""
+    image, coarse = small_case
+    options = RefineOptions(scales=(1.0,), tta="rot180")
+    plain = refine(random_mnv2, image, coarse, options=options)
+    unsure = np.abs(plain - 0.5) <= 0.2
+    assert 0.01 < unsure.mean() < 0.99  # the random model is unsure somewhere, sure elsewhere
+    gated = refine(random_mnv2, image, coarse, options=replace(options, gate=0.2))
+    np.testing.assert_array_equal(gated[~unsure], plain[~unsure])
+    np.testing.assert_array_equal(gated[unsure], coarse[unsure].astype(np.float32) / 255)
+    small = np.ascontiguousarray(coarse[::2, ::2])
+    prob = refine(random_mnv2, image, small, options=RefineOptions(scales=(1.0,), gate=0.49))
+    resized = torch.nn.functional.interpolate(torch.from_numpy(small).float()[None, None], size=coarse.shape,
+                                              mode="bilinear", align_corners=False)[0, 0].numpy() / 255
+    sure = np.abs(refine(random_mnv2, image, small, options=RefineOptions(scales=(1.0,))) - 0.5) > 0.49
+    np.testing.assert_allclose(prob[~sure], resized[~sure], atol=1e-6)
+    with pytest.raises(ValueError, match="gate"):
+        RefineOptions(gate=0.5)
