@@ -207,3 +207,20 @@ def test_demo_with_regions_proposals_shows_our_output_not_ray_notices(tmp_path):
     assert [(x["method"], x["sam_model"], x["status"]) for x in rows] == [
         ("samsr-v1", "regions:felzenszwalb", "ok")]
     assert rows[0]["sam_mask_count"] > 10
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["sam", "--model-type", "tiny", "--height", "64", "--width", "96", "--points-per-side", "4",
+          "--threads", "1"], "identical masks: True"),
+        (["relabel", "--images", "20", "--annotations", "100"], "plan: 20 images, 100 annotations"),
+        (["proposals", "--limit", "1", "--threads", "1"], "ratio"),
+    ],
+    ids=["sam", "relabel", "proposals"],
+)
+def test_benchmark_verbs_run_end_to_end_and_exit_0(args, expect, capsys):
+    """Each `samsr benchmark` verb at a tiny size, through the CLI: its table, exit status 0
+    (`refiner` and `quality` have their own end-to-end tests)."""
+    assert main(["benchmark", *args]) == 0
+    assert expect in capsys.readouterr().out
