@@ -8,40 +8,5 @@
   files, URL schemes, model vs method).
 """
 
-from pipeline.config.schema import (
-    METHODS,
-    InputConfig,
-    ModelConfig,
-    OutputConfig,
-    RayConfig,
-    RefineConfig,
-    RefineJobConfig,
-    RegionsConfig,
-    RelabelConfig,
-    SamConfig,
-    V1Config,
-    config_from_dict,
-    config_to_dict,
-    default_job_id,
-    load_config,
-    with_absolute_paths,
-)
-
-__all__ = [
-    "METHODS",
-    "InputConfig",
-    "OutputConfig",
-    "ModelConfig",
-    "SamConfig",
-    "RegionsConfig",
-    "V1Config",
-    "RefineConfig",
-    "RayConfig",
-    "RelabelConfig",
-    "RefineJobConfig",
-    "load_config",
-    "config_from_dict",
-    "config_to_dict",
-    "default_job_id",
-    "with_absolute_paths",
-]
+from pipeline.config.schema import *  # noqa: F403 (the schema's names, as its __all__ lists them)
+from pipeline.config.schema import __all__  # noqa: F401
