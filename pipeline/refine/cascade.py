@@ -72,14 +72,19 @@ def _from_numpy(a: np.ndarray) -> Tensor:
     return torch.from_numpy(a if a.flags.writeable else a.copy())
 
 
+def _coarse_tensor(coarse: np.ndarray, size: tuple[int, int], device) -> Tensor:
+    """(1, 1, H, W) coarse mask in [0, 1], bilinearly resized to ``size`` when it differs."""
+    mask = _from_numpy(coarse).to(device)[None, None].float()
+    if mask.shape[-2:] != tuple(size):
+        mask = F.interpolate(mask, size=tuple(size), mode="bilinear", align_corners=False).clamp_(0, 255)
+    return mask / 255
+
+
 def _to_tensors(image, coarse, sam_colors, device) -> tuple[Tensor, Tensor, Tensor | None]:
     """(1, 3, H, W) RGB in [0,1], (1, 1, H, W) coarse in [0,1], optional (1, 3, H, W) colours in [0,1]."""
     h, w = image.shape[:2]
     img = _from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 255
-    mask = _from_numpy(coarse).to(device)[None, None].float()
-    if mask.shape[-2:] != (h, w):
-        mask = F.interpolate(mask, size=(h, w), mode="bilinear", align_corners=False).clamp_(0, 255)
-    mask = mask / 255
+    mask = _coarse_tensor(coarse, (h, w), device)
     colors = None
     if sam_colors is not None:
         colors = _from_numpy(sam_colors).to(device).permute(2, 0, 1)[None].float()
@@ -212,10 +217,7 @@ def _gate(prob: np.ndarray, coarse: np.ndarray, margin: float, device: torch.dev
     unsure = np.abs(prob - 0.5) <= margin
     if not unsure.any():
         return
-    mask = _from_numpy(coarse).to(device)[None, None].float()
-    if mask.shape[-2:] != prob.shape:
-        mask = F.interpolate(mask, size=prob.shape, mode="bilinear", align_corners=False).clamp_(0, 255)
-    mask = (mask[0, 0] / 255).cpu().numpy()
+    mask = _coarse_tensor(coarse, prob.shape, device)[0, 0].cpu().numpy()
     prob[unsure] = mask[unsure]
 
 

@@ -101,7 +101,7 @@ def test_stderr_filter_shortens_rays_worker_death_notice(capfd):
             b"address: 192.0.2.2 Worker port: 33199 Worker PID: 16913 Worker exit type: SYSTEM_ERROR Worker "
             b"exit detail: Worker unexpectedly exits with a connection error code 2. End of file. Some "
             b"common causes include: (1) the process was killed by the OOM killer due to high memory usage, "
-            b"(2) ray stop --force was called, or (3) the worker crashed unexpectedly due to SIGSEGV.\n")
+            b"(2) the node was shut down, or (3) the worker crashed unexpectedly due to SIGSEGV.\n")
     with DropRayNotices() as f:  # Ray's log monitor prints raylet notices to stdout
         os.write(1, retry)
         os.write(1, died)
