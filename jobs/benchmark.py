@@ -5,6 +5,8 @@
     samsr benchmark quality --help
     samsr benchmark proposals --help
     samsr benchmark relabel --help
+    samsr benchmark pipeline --help
+    samsr benchmark gpu --help
     python -m jobs.benchmark refiner [ARGS...]
 
 Dispatches to ``pipeline.bench.refiner.main(argv)`` and ``pipeline.bench.sam.main(argv)``,
@@ -25,6 +27,8 @@ BENCHMARKS = {
     "proposals": ("pipeline.bench.proposals", "regions proposals vs the refiner's time on the same images"),
     "quality": ("pipeline.bench.quality", "coarse vs refined IoU/mBA/BIoU per coarse kind on held-out data"),
     "relabel": ("pipeline.bench.relabel", "relabel at scale: planning a 10k-image COCO file, worker memory"),
+    "pipeline": ("pipeline.bench.pipeline", "the Ray pipeline vs a bare loop of its stages; 1 vs 2 workers"),
+    "gpu": ("pipeline.bench.gpu", "one card: refiner fp32 vs bf16, SAM stock vs fast, the whole pipeline"),
 }
 
 

@@ -55,7 +55,8 @@ from pipeline.progress import (
     alive_nodes,
     describe_stall,
 )
-from pipeline.stages import decode_batch, finish_batch, refine_batch, sam_batch
+from pipeline.stages import decode_batch, finish_batch
+from pipeline.workers import ProposalWorker, RefinerWorker, proposal_kwargs, refiner_kwargs
 
 __all__ = ["StagePlan", "plan_stages", "init_ray", "shutdown_ray", "run_refine", "RunResult", "format_run",
            "JobStalledError"]
@@ -131,106 +132,6 @@ def shutdown_ray(started: bool) -> None:
     ray.shutdown()
 
 
-def _device(requested: str) -> str:
-    import ray
-    import torch
-
-    if requested == "cpu":
-        return "cpu"
-    if torch.cuda.is_available() and (requested == "cuda" or ray.get_gpu_ids()):
-        return "cuda"
-    if requested == "cuda":
-        raise ValueError("refine.device: 'cuda' but this Ray worker sees no CUDA device")
-    return "cpu"
-
-
-class _RefinerActor:
-    """One refiner per actor, loaded once: CPU state dict -> prepare_model -> device."""
-
-    def __init__(
-        self, model_name: str, checkpoint: str, options: dict, device: str, threads: int, soft: bool
-    ) -> None:
-        import ray
-        import torch
-
-        from pipeline.models import build_model
-        from pipeline.refine import prepare_model, refine
-        from pipeline.refine.options import options_for_device
-
-        torch.set_num_threads(threads)
-        self.device = _device(device)
-        self.options = options_for_device(options, self.device)
-        model = build_model(model_name, checkpoint)  # torch.load(map_location="cpu") inside
-        self.model = prepare_model(model, self.options).to(self.device)
-        self.soft = soft
-        self.node = ray.get_runtime_context().get_node_id()
-        self._refine = refine
-
-    def _run(self, image, mask, colors):
-        return self._refine(self.model, image, mask, colors, options=self.options, device=self.device)
-
-    def __call__(self, batch: dict) -> dict:
-        import torch
-
-        with torch.inference_mode():
-            return refine_batch(batch, refine_fn=self._run, soft=self.soft, node=self.node)
-
-
-class _SamActor:
-    """One proposal source per actor: SAM's automatic mask generator or ``regions``."""
-
-    def __init__(
-        self,
-        proposals: str,
-        regions: dict,
-        model_type: str,
-        checkpoint: str | None,
-        generator: dict,
-        device: str,
-        threads: int,
-        method: str,
-        working_size: int,
-        seed: int,
-        v1: dict,
-        precision: str = "fp32",
-    ) -> None:
-        import torch
-
-        from pipeline.refine.options import resolve_precision
-
-        torch.set_num_threads(threads)
-        self.autocast: tuple[str, torch.dtype] | None = None
-        if proposals == "regions":
-            from pipeline.sam.regions import RegionGenerator, RegionSettings
-
-            self.generator = RegionGenerator(RegionSettings(**regions))
-        else:
-            from pipeline.sam import FastMaskGenerator, build_sam
-
-            dev = _device(device)
-            sam = build_sam(model_type, checkpoint, device=dev)
-            self.generator = FastMaskGenerator(sam, **generator)
-            kind = resolve_precision(precision, dev)
-            if kind != "fp32":  # SAM's image encoder (the proposals' cost) under autocast
-                self.autocast = (torch.device(dev).type, torch.bfloat16 if kind == "bf16" else torch.float16)
-        self.kwargs = dict(method=method, working_size=working_size, seed=seed, v1_kwargs=v1)
-
-    def __call__(self, batch: dict) -> dict:
-        import torch
-
-        device_type, dtype = self.autocast or ("cpu", None)
-        with torch.inference_mode(), torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
-            return sam_batch(batch, generator=self.generator, **self.kwargs)
-
-
-def _refine_options(cfg: RefineJobConfig) -> dict:
-    """RefineOptions keyword arguments (YAML lists become tuples; ``precision`` may be ``auto``,
-    resolved by the actor for its device: ``options_for_device``)."""
-    options = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.refine.options.items()}
-    r = cfg.refine
-    return {**options, "decode": r.decode, "stride": r.stride, "precision": r.precision}
-
-
 def _static_fields(cfg: RefineJobConfig, run_id: str) -> dict[str, Any]:
     from pipeline.io.weights import checkpoint_hash
 
@@ -281,53 +182,24 @@ def build_dataset(items: list[dict], cfg: RefineJobConfig, plan: StagePlan, stat
     # actor so the next batch is already there when the GPU finishes
     pool = dict(max_tasks_in_flight_per_actor=plan.tasks_per_actor)
     if cfg.uses_sam:
-        s = cfg.sam
-        generator = dict(
-            points_per_side=s.points_per_side,
-            points_per_batch=s.points_per_batch,
-            pred_iou_thresh=s.pred_iou_thresh,
-            stability_score_thresh=s.stability_score_thresh,
-            box_nms_thresh=s.box_nms_thresh,
-        )
-        v1 = {k: v for k, v in dataclasses.asdict(cfg.v1).items() if v is not None}
         ds = ds.map_batches(
-            _SamActor,
+            ProposalWorker,
             batch_size=bs,
             batch_format="numpy",
             num_cpus=plan.actor_cpus,
             num_gpus=plan.sam_gpus,
             compute=rd.ActorPoolStrategy(size=plan.sam_actors, **pool),
-            fn_constructor_kwargs=dict(
-                proposals=s.proposals,
-                regions=dataclasses.asdict(cfg.regions),
-                model_type=s.model_type,
-                checkpoint=s.checkpoint,
-                generator=generator,
-                device=cfg.refine.device,
-                threads=plan.torch_threads,
-                method=cfg.method,
-                working_size=s.working_size,
-                seed=s.seed,
-                v1=v1,
-                precision=cfg.refine.precision,
-            ),
+            fn_constructor_kwargs=proposal_kwargs(cfg, plan.torch_threads),
         )
     ds = ds.map_batches(
-        _RefinerActor,
+        RefinerWorker,
         batch_size=bs,
         batch_format="numpy",
         num_cpus=plan.actor_cpus,
         num_gpus=plan.refine_gpus,
         **({"memory": plan.refine_memory} if plan.refine_memory else {}),
         compute=rd.ActorPoolStrategy(size=plan.refine_actors, **pool),
-        fn_constructor_kwargs=dict(
-            model_name=cfg.model.name,
-            checkpoint=cfg.model.checkpoint,
-            options=_refine_options(cfg),
-            device=cfg.refine.device,
-            threads=plan.torch_threads,
-            soft=cfg.output.soft,
-        ),
+        fn_constructor_kwargs=refiner_kwargs(cfg, plan.torch_threads),
     )
     return ds.map_batches(
         finish_batch,

@@ -19,7 +19,6 @@ kept unchanged in the output.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import secrets
@@ -148,26 +147,13 @@ class _RelabelActor:
     def __init__(self, model_name: str, checkpoint: str, options: dict, device: str, threads: int,
                  output_prefix: str, static: dict, rule: dict, scale: float | None,
                  ignore: int | None) -> None:
-        import ray
-        import torch
-
-        from pipeline.models import build_model
-        from pipeline.ray_runner import _device
-        from pipeline.refine import prepare_model, refine
-        from pipeline.refine.options import options_for_device
         from pipeline.relabel.crops import CropRule
+        from pipeline.workers import LoadedRefiner, ray_node_id
 
-        torch.set_num_threads(threads)
-        self.device = _device(device)
-        self.options = options_for_device(options, self.device)
-        self.model = prepare_model(build_model(model_name, checkpoint), self.options).to(self.device)
-        self.node = ray.get_runtime_context().get_node_id()
+        self.refiner = LoadedRefiner(model_name, checkpoint, options, device, threads)
+        self.node = ray_node_id()
         self.kwargs = dict(output_prefix=output_prefix, static=static, rule=CropRule(**rule), scale=scale,
                            ignore=ignore)
-        self._refine = refine
-
-    def _run(self, image, mask, colors):
-        return self._refine(self.model, image, mask, colors, options=self.options, device=self.device)
 
     def __call__(self, batch: dict) -> dict:
         import torch
@@ -175,7 +161,7 @@ class _RelabelActor:
         from pipeline.relabel.stages import relabel_refine_batch
 
         with torch.inference_mode():
-            return relabel_refine_batch(batch, refine_fn=self._run, node=self.node, **self.kwargs)
+            return relabel_refine_batch(batch, refine_fn=self.refiner, node=self.node, **self.kwargs)
 
 
 def _rule(cfg: RefineJobConfig) -> dict:
@@ -187,8 +173,8 @@ def build_relabel_dataset(items: list[dict], cfg: RefineJobConfig, plan: StagePl
     """The lazy Ray Data pipeline over relabel items; rows out: ``{"row": json}``."""
     import ray.data as rd
 
-    from pipeline.ray_runner import _refine_options, _SamActor
     from pipeline.relabel.stages import relabel_decode_batch
+    from pipeline.workers import ProposalWorker, proposal_kwargs, refine_options
 
     rows = [{"meta": json.dumps(it)} for it in items]
     per_block = max(1, math.ceil(len(rows) / 10_000))
@@ -198,26 +184,18 @@ def build_relabel_dataset(items: list[dict], cfg: RefineJobConfig, plan: StagePl
                         fn_kwargs={"max_pixels": cfg.input.max_pixels})
     pool = dict(max_tasks_in_flight_per_actor=plan.tasks_per_actor)
     if cfg.uses_sam:
-        s = cfg.sam
-        generator = dict(points_per_side=s.points_per_side, points_per_batch=s.points_per_batch,
-                         pred_iou_thresh=s.pred_iou_thresh, stability_score_thresh=s.stability_score_thresh,
-                         box_nms_thresh=s.box_nms_thresh)
         ds = ds.map_batches(
-            _SamActor, batch_size=1, batch_format="numpy", num_cpus=plan.actor_cpus, num_gpus=plan.sam_gpus,
+            ProposalWorker, batch_size=1, batch_format="numpy", num_cpus=plan.actor_cpus,
+            num_gpus=plan.sam_gpus,
             compute=rd.ActorPoolStrategy(size=plan.sam_actors, **pool),
-            fn_constructor_kwargs=dict(
-                proposals=s.proposals, regions=dataclasses.asdict(cfg.regions), model_type=s.model_type,
-                checkpoint=s.checkpoint, generator=generator, device=cfg.refine.device,
-                threads=plan.torch_threads, method=cfg.method, working_size=s.working_size, seed=s.seed,
-                v1={}, precision=cfg.refine.precision,
-            ),
+            fn_constructor_kwargs=proposal_kwargs(cfg, plan.torch_threads, v1=False),
         )
     return ds.map_batches(
         _RelabelActor, batch_size=1, batch_format="numpy", num_cpus=plan.actor_cpus,
         num_gpus=plan.refine_gpus, **({"memory": plan.refine_memory} if plan.refine_memory else {}),
         compute=rd.ActorPoolStrategy(size=plan.refine_actors, **pool),
         fn_constructor_kwargs=dict(
-            model_name=cfg.model.name, checkpoint=cfg.model.checkpoint, options=_refine_options(cfg),
+            model_name=cfg.model.name, checkpoint=cfg.model.checkpoint, options=refine_options(cfg),
             device=cfg.refine.device, threads=plan.torch_threads, output_prefix=cfg.output.prefix,
             static=static, rule=_rule(cfg), scale=cfg.relabel.scale, ignore=cfg.relabel.ignore,
         ),

@@ -19,6 +19,9 @@ such a row says "exceeded". Configurations:
   official-patched  official-style with patched fusion: the same computation (layer4, BN,
             grid_sample decoding) in less memory, a wall-time baseline where the official-style
             path does not fit the machine; not in the default set
+  exact-bf16 / exact-fp16  exact under autocast in bfloat16 / float16 (``refine.precision``; the
+            decoder's coordinate math stays float32); compared with ``exact`` when official is
+            not run; not in the default set
 
 Weights are random (seeded, BN statistics calibrated on a small synthetic input, decoder
 bias centred) in the chosen architecture (default crm_r50); inputs are synthetic.
@@ -38,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CONFIGS", "DEFAULT_SIZES", "run", "main", "synthetic_case"]
+__all__ = ["CONFIGS", "DEFAULT_SIZES", "run", "main", "synthetic_case", "synthetic_sample"]
 
 DEFAULT_SIZES: tuple[tuple[int, int], ...] = ((2048, 1536), (4096, 3072), (6000, 4000))  # (W, H)
 NAMED_SIZES = {"2k": (2048, 1536), "4k": (4096, 3072), "6k": (6000, 4000), "8k": (7680, 4320)}
@@ -60,16 +63,24 @@ def _options(config: str):
         return RefineOptions.official(scales=(1.0,))
     if config == "official-patched":
         return RefineOptions.official(patched_fusion=True)
+    if config in ("exact-bf16", "exact-fp16"):
+        return RefineOptions(precision=config.split("-")[1])
     raise ValueError(f"unknown benchmark configuration {config!r}; known: {', '.join(ALL_CONFIGS)}")
 
 
 CONFIGS = ("official", "exact", "strided")
-ALL_CONFIGS = CONFIGS + ("official-s1", "official-patched")
+ALL_CONFIGS = CONFIGS + ("official-s1", "official-patched", "exact-bf16", "exact-fp16")
 
 
 def synthetic_case(width: int, height: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A smooth textured image (H, W, 3) uint8 with a wavy object, and its coarse mask
     (H/8, W/8) uint8 in {0..255} (area-downsampled, as a low-resolution annotation)."""
+    image, coarse, _ = synthetic_sample(width, height, seed)
+    return image, coarse
+
+
+def synthetic_sample(width: int, height: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`synthetic_case` plus the object's exact mask (H, W) uint8 {0, 255} (ground truth)."""
     import cv2
 
     rng = np.random.default_rng(seed)
@@ -82,9 +93,10 @@ def synthetic_case(width: int, height: int, seed: int = 0) -> tuple[np.ndarray, 
     image[inside] = image[inside] * 0.5 + np.array([200, 60, 40], np.float32) * 0.5
     image += rng.normal(0, 6, (height, width, 1)).astype(np.float32)
     image = np.clip(image, 0, 255).astype(np.uint8)
+    gt = inside.astype(np.uint8) * 255
     small = (max(1, width // 8), max(1, height // 8))
-    coarse = cv2.resize(inside.astype(np.uint8) * 255, small, interpolation=cv2.INTER_AREA)
-    return image, coarse
+    coarse = cv2.resize(gt, small, interpolation=cv2.INTER_AREA)
+    return image, coarse, gt
 
 
 def _calibrated_model(name: str, seed: int):
@@ -325,7 +337,7 @@ def _fmt(value, spec: str, scale: float = 1.0) -> str:
 
 def _format_row(row: dict) -> str:
     return (
-        f"  {row['size']:>10} {row['config']:<9} {row['status']:<8} wall {_fmt(row['wall_s'], '.1f')} s  "
+        f"  {row['size']:>10} {row['config']:<10} {row['status']:<8} wall {_fmt(row['wall_s'], '.1f')} s  "
         f"peak {_fmt(row['peak_bytes'], '.2f', GB)} GB" + (f"  ({row['error']})" if row.get("error") else "")
     )
 
@@ -333,7 +345,7 @@ def _format_row(row: dict) -> str:
 def format_table(rows: list[dict]) -> str:
     """Plain-text table of `run` rows."""
     header = (
-        f"{'size':>10} {'config':<9} {'status':<8} {'wall s':>8} {'peak GB':>8} {'speedup':>8} "
+        f"{'size':>10} {'config':<10} {'status':<8} {'wall s':>8} {'peak GB':>8} {'speedup':>8} "
         f"{'mem x':>7} {'agree':>8} {'IoU':>8} {'maxdiff':>9}"
     )
     lines = [header, "-" * len(header)]
@@ -342,7 +354,7 @@ def format_table(rows: list[dict]) -> str:
         if r.get("memory_ratio_at_least") is not None:
             mem = ">=" + format(r["memory_ratio_at_least"], ".1f")
         lines.append(
-            f"{r['size']:>10} {r['config']:<9} {r['status']:<8} {_fmt(r['wall_s'], '.1f'):>8} "
+            f"{r['size']:>10} {r['config']:<10} {r['status']:<8} {_fmt(r['wall_s'], '.1f'):>8} "
             f"{_fmt(r['peak_bytes'], '.2f', GB):>8} {_fmt(r.get('speedup'), '.2f'):>8} {mem:>7} "
             f"{_fmt(r.get('agreement'), '.5f'):>8} {_fmt(r.get('iou'), '.5f'):>8} "
             f"{_fmt(r.get('max_abs_diff'), '.1e'):>9}"

@@ -55,11 +55,11 @@ def _same(stock: list[dict[str, Any]], fast: np.ndarray) -> tuple[bool, float]:
 
 def run(model_type: str = "vit_b", points_per_side: int = 32, height: int = 768, width: int = 1024,
         busy: bool = True, repeats: int = 1, threads: int | None = None, seed: int = 0,
-        **generator_kwargs: Any) -> dict[str, Any]:
+        device: str = "cpu", **generator_kwargs: Any) -> dict[str, Any]:
     """Time both generators on one image; returns and prints seconds per image and the ratio."""
     if threads:
         torch.set_num_threads(threads)
-    sam = build_sam(model_type, seed=seed)
+    sam = build_sam(model_type, seed=seed, device=device)
     if busy:
         make_busy(sam, iou_bias=0.9)
     image = synthetic_image(height, width, seed=seed)
@@ -80,7 +80,7 @@ def run(model_type: str = "vit_b", points_per_side: int = 32, height: int = 768,
         stock_cpu.append(time.process_time() - c0)
     identical, min_iou = _same(stock, fast.masks)
     result = {
-        "model_type": model_type, "busy": busy, "image": f"{height}x{width}",
+        "model_type": model_type, "device": str(device), "busy": busy, "image": f"{height}x{width}",
         "points": points_per_side ** 2, "threads": torch.get_num_threads(),
         "fast_s": min(fast_t), "stock_s": min(stock_t), "speedup": min(stock_t) / min(fast_t),
         "fast_cpu_s": min(fast_cpu), "stock_cpu_s": min(stock_cpu),
@@ -88,8 +88,8 @@ def run(model_type: str = "vit_b", points_per_side: int = 32, height: int = 768,
         **{f"fast_{k}": v for k, v in fast_gen.last_stats.items()},
         "masks_fast": len(fast), "masks_stock": len(stock), "identical": identical, "min_iou": min_iou,
     }
-    print(f"SAM {model_type} ({'busy' if busy else 'plain'} random weights), image {height}x{width}, "
-          f"{points_per_side}x{points_per_side} points, {result['threads']} threads")
+    print(f"SAM {model_type} ({'busy' if busy else 'plain'} random weights) on {device}, image "
+          f"{height}x{width}, {points_per_side}x{points_per_side} points, {result['threads']} threads")
     print(f"  stock SamAutomaticMaskGenerator: {result['stock_s']:8.2f} s/image wall, "
           f"{result['stock_cpu_s']:8.2f} s CPU, {len(stock)} masks")
     print(f"  FastMaskGenerator              : {result['fast_s']:8.2f} s/image wall, "
@@ -112,9 +112,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--plain", action="store_true", help="unmodified random weights")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu / cuda / cuda:N (default cpu)")
     args = parser.parse_args(argv)
     return run(args.model_type, args.points_per_side, args.height, args.width, busy=not args.plain,
-               repeats=args.repeats, threads=args.threads)
+               repeats=args.repeats, threads=args.threads, device=args.device)
 
 
 if __name__ == "__main__":

@@ -1,185 +1,35 @@
 """A two-node local Ray cluster (``ray start --head`` + ``ray start --address``, token auth):
 ``ray job submit`` runs the refine job on both nodes; a killed driver loses nothing on rerun.
 
-Each node is a ``ray start --block`` process in its own session with its own --memory and
---object-store-memory limits and ports; the module stops them by PID (SIGTERM makes
-``ray start --block`` stop its node), never with ``ray stop``.
+The cluster is :class:`pipeline.bench.cluster.LocalCluster`: each node a ``ray start --block``
+process with its own limits and ports, stopped by PID, never with ``ray stop``.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
+from pipeline.bench.cluster import LocalCluster
 from pipeline.io import read_manifest
 from tests.helpers import make_samples, write_layout
 
 ROOT = Path(__file__).resolve().parents[2]
-RAY = str(Path(sys.executable).parent / "ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 5
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-        try:  # anything of that node still alive: its process group is the one we started
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-class Cluster:
-    def __init__(self, tmp: str) -> None:
-        self.tmp = tmp
-        self.gcs = f"127.0.0.1:{_free_port()}"
-        self.dashboard = f"http://127.0.0.1:{_free_port()}"
-        self.env = dict(
-            os.environ,
-            RAY_AUTH_MODE="token",
-            RAY_AUTH_TOKEN=secrets.token_hex(16),
-            RAY_USAGE_STATS_ENABLED="0",
-            PYTHONPATH=str(ROOT),
-        )
-        self.env.pop("RAY_ADDRESS", None)
-        self.procs: list[subprocess.Popen] = []
-
-    def _start(self, name: str, args: list[str]) -> None:
-        log = open(Path(self.tmp) / f"{name}.log", "wb")
-        common = [
-            "--block",
-            "--num-cpus=1",
-            "--memory=4000000000",
-            "--object-store-memory=300000000",
-            f"--dashboard-agent-listen-port={_free_port()}",
-            "--min-worker-port=0",
-            "--max-worker-port=0",
-            "--disable-usage-stats",
-        ]
-        self.procs.append(
-            subprocess.Popen(
-                [RAY, "start", *args, *common],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=self.tmp,
-            )
-        )
-
-    def start(self) -> None:
-        port = self.gcs.rsplit(":", 1)[1]
-        dash_port = self.dashboard.rsplit(":", 1)[1]
-        self._start(
-            "head",
-            [
-                "--head",
-                f"--port={port}",
-                "--node-ip-address=127.0.0.1",
-                f"--ray-client-server-port={_free_port()}",
-                "--include-dashboard=true",
-                "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={dash_port}",
-                f"--temp-dir={self.tmp}/head",
-            ],
-        )
-        self._wait_port(int(port))
-        self._start("worker", [f"--address={self.gcs}", "--node-ip-address=127.0.0.1"])
-        self.python(
-            "import ray, time\nray.init()\n"
-            "while len([n for n in ray.nodes() if n['Alive']]) < 2: time.sleep(0.2)\n",
-            timeout=120,
-        )
-
-    def _wait_port(self, port: int, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.procs[0].poll() is not None:
-                raise RuntimeError(f"ray head exited; see {self.tmp}/head.log")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"ray head did not open {port}; see {self.tmp}/head.log")
-
-    def python(self, code: str, timeout: float = 120) -> str:
-        env = dict(self.env, RAY_ADDRESS=self.gcs)
-        r = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout
-        )
-        if r.returncode:
-            raise RuntimeError(f"driver failed: {r.stderr[-3000:]}")
-        return r.stdout
-
-    def submit(self, *entrypoint: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        """``ray job submit`` (retried while the dashboard is still starting)."""
-        deadline = time.monotonic() + 120
-        while True:
-            r = subprocess.run(
-                [RAY, "job", "submit", "--address", self.dashboard, "--", *entrypoint],
-                env=self.env,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                cwd=str(ROOT),
-            )
-            if r.returncode == 0 or "Job '" in r.stdout or time.monotonic() > deadline:
-                return r
-            time.sleep(2)
-
-    def kill_worker_node(self) -> None:
-        """SIGKILL the worker node: its ``ray start`` process, raylet and every worker under it."""
-        root = psutil.Process(self.procs[1].pid)
-        for p in [*root.children(recursive=True), root]:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-
-    def stop(self) -> None:
-        _stop(list(reversed(self.procs)))
-        # workers that left the nodes' process groups exit on their own once the raylets are gone;
-        # any still alive is found by this cluster's unique token in its environment
-        token = self.env["RAY_AUTH_TOKEN"]
-        for p in psutil.process_iter():
-            try:
-                if p.environ().get("RAY_AUTH_TOKEN") == token:
-                    p.kill()
-            except psutil.Error:
-                continue
 
 
 def _cluster():
     tmp = tempfile.mkdtemp(prefix="samsr-rc-", dir="/tmp")  # short: Ray's socket paths are length-limited
-    c = Cluster(tmp)
     try:
-        c.start()
-        yield c
+        with LocalCluster(tmp) as c:
+            yield c
     finally:
-        c.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -206,7 +56,7 @@ def _config(path: Path, uri: str, out: str, checkpoint: str, **ray) -> str:
     return str(path)
 
 
-def _node_ids(cluster: Cluster) -> set[str]:
+def _node_ids(cluster: LocalCluster) -> set[str]:
     out = cluster.python(
         "import ray\nray.init()\nprint(' '.join(n['NodeID'] for n in ray.nodes() if n['Alive']))"
     )
@@ -271,7 +121,7 @@ def test_driver_killed_then_rerun_processes_only_missing(cluster, tmp_path, crm_
     assert ok == [s["key"] for s in samples]  # each sample exactly once
 
 
-def _driver(cluster: Cluster, config: str, log: Path) -> subprocess.Popen:
+def _driver(cluster: LocalCluster, config: str, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "jobs.refine", "--config", config],
         env=dict(cluster.env, RAY_ADDRESS=cluster.gcs),

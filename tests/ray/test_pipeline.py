@@ -230,7 +230,7 @@ def _refiner_worker_pids() -> list[int]:
     pids = []
     for p in psutil.Process().children(recursive=True):
         try:
-            if "_RefinerActor" in " ".join(p.cmdline()):
+            if "RefinerWorker" in " ".join(p.cmdline()):
                 pids.append(p.pid)
         except psutil.Error:
             continue

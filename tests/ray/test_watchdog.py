@@ -93,7 +93,7 @@ def test_stderr_filter_shortens_rays_worker_death_notice(capfd):
 
     from pipeline.progress import DropRayNotices, shorten_worker_death
 
-    retry = (b"\x1b[33m(raylet)\x1b[0m Task MapWorker(MapBatches(_RefinerActor)).submit failed. There are "
+    retry = (b"\x1b[33m(raylet)\x1b[0m Task MapWorker(MapBatches(RefinerWorker)).submit failed. There are "
              b"infinite retries remaining, so the task will be retried. Error: The actor is temporarily "
              b"unavailable: RpcError: RPC error: Socket closed rpc_code: 14\n")
     died = (b"\x1b[33m(raylet)\x1b[0m A worker died or was killed while executing a task by an unexpected "

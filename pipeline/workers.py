@@ -1,0 +1,152 @@
+"""The model stages as plain callables: the refiner and the proposal source, each loaded once.
+
+Ray Data runs these classes as actor pools (``pipeline.ray_runner``, ``pipeline.relabel_runner``);
+``samsr benchmark pipeline`` calls the very same objects in a bare Python loop. Nothing here
+needs Ray: the node id is recorded only when the object lives in a Ray worker.
+
+The constructor keyword arguments of a job come from :func:`refiner_kwargs` /
+:func:`proposal_kwargs`, so the Ray pipeline and the bare loop build identical workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from pipeline.stages import refine_batch, sam_batch
+
+__all__ = ["resolve_device", "ray_node_id", "LoadedRefiner", "RefinerWorker", "ProposalWorker",
+           "refine_options", "refiner_kwargs", "proposal_kwargs"]
+
+
+def resolve_device(requested: str) -> str:
+    """``refine.device`` -> the torch device of this process: ``cpu``; ``cuda`` when asked (an
+    error if this process sees no CUDA device); ``auto``: ``cuda`` when CUDA is available and
+    (inside Ray) this worker was given a GPU, else ``cpu``."""
+    import torch
+
+    if requested == "cpu":
+        return "cpu"
+    if torch.cuda.is_available() and (requested == "cuda" or _ray_gpu_ids()):
+        return "cuda"
+    if requested == "cuda":
+        raise ValueError("refine.device: 'cuda' but this worker sees no CUDA device")
+    return "cpu"
+
+
+def _ray_gpu_ids() -> list:
+    import ray
+
+    return ray.get_gpu_ids() if ray.is_initialized() else []
+
+
+def ray_node_id() -> str | None:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
+class LoadedRefiner:
+    """A refiner model loaded once: CPU state dict -> ``prepare_model`` -> device.
+
+    Calling it refines one image: ``(image (H, W, 3) uint8, mask (H, W) uint8, colours or None)
+    -> (H, W) float32 probabilities`` with the job's options.
+    """
+
+    def __init__(self, model_name: str, checkpoint: str, options: dict, device: str, threads: int) -> None:
+        import torch
+
+        from pipeline.models import build_model
+        from pipeline.refine import prepare_model, refine
+        from pipeline.refine.options import options_for_device
+
+        torch.set_num_threads(threads)
+        self.device = resolve_device(device)
+        self.options = options_for_device(options, self.device)
+        model = build_model(model_name, checkpoint)  # torch.load(map_location="cpu") inside
+        self.model = prepare_model(model, self.options).to(self.device)
+        self._refine = refine
+
+    def __call__(self, image, mask, colors):
+        return self._refine(self.model, image, mask, colors, options=self.options, device=self.device)
+
+
+class RefinerWorker:
+    """The refine stage: :func:`pipeline.stages.refine_batch` with a :class:`LoadedRefiner`."""
+
+    def __init__(self, model_name: str, checkpoint: str, options: dict, device: str, threads: int,
+                 soft: bool) -> None:
+        self.refiner = LoadedRefiner(model_name, checkpoint, options, device, threads)
+        self.soft = soft
+        self.node = ray_node_id()
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        with torch.inference_mode():
+            return refine_batch(batch, refine_fn=self.refiner, soft=self.soft, node=self.node)
+
+
+class ProposalWorker:
+    """The proposal stage (samsr methods): SAM's automatic mask generator or ``regions``,
+    through :func:`pipeline.stages.sam_batch`. SAM's image encoder runs under autocast when
+    ``precision`` resolves to bf16 / fp16 on the device."""
+
+    def __init__(self, proposals: str, regions: dict, model_type: str, checkpoint: str | None,
+                 generator: dict, device: str, threads: int, method: str, working_size: int, seed: int,
+                 v1: dict, precision: str = "fp32") -> None:
+        import torch
+
+        from pipeline.refine.options import resolve_precision
+
+        torch.set_num_threads(threads)
+        self.autocast: tuple[str, torch.dtype] | None = None
+        if proposals == "regions":
+            from pipeline.sam.regions import RegionGenerator, RegionSettings
+
+            self.generator = RegionGenerator(RegionSettings(**regions))
+        else:
+            from pipeline.sam import FastMaskGenerator, build_sam
+
+            dev = resolve_device(device)
+            sam = build_sam(model_type, checkpoint, device=dev)
+            self.generator = FastMaskGenerator(sam, **generator)
+            kind = resolve_precision(precision, dev)
+            if kind != "fp32":  # SAM's image encoder (the proposals' cost) under autocast
+                self.autocast = (torch.device(dev).type, torch.bfloat16 if kind == "bf16" else torch.float16)
+        self.kwargs = dict(method=method, working_size=working_size, seed=seed, v1_kwargs=v1)
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        device_type, dtype = self.autocast or ("cpu", None)
+        with torch.inference_mode(), torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+            return sam_batch(batch, generator=self.generator, **self.kwargs)
+
+
+def refine_options(cfg) -> dict:
+    """RefineOptions keyword arguments of a job (YAML lists become tuples; ``precision`` may be
+    ``auto``, resolved by the worker for its device: ``options_for_device``)."""
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.refine.options.items()}
+    r = cfg.refine
+    return {**options, "decode": r.decode, "stride": r.stride, "precision": r.precision}
+
+
+def refiner_kwargs(cfg, threads: int) -> dict[str, Any]:
+    """:class:`RefinerWorker` constructor arguments of a refine job."""
+    return dict(model_name=cfg.model.name, checkpoint=cfg.model.checkpoint, options=refine_options(cfg),
+                device=cfg.refine.device, threads=threads, soft=cfg.output.soft)
+
+
+def proposal_kwargs(cfg, threads: int, v1: bool = True) -> dict[str, Any]:
+    """:class:`ProposalWorker` constructor arguments of a job (``v1=False``: no SAM-SR-v1 gates,
+    the relabel job)."""
+    s = cfg.sam
+    generator = dict(points_per_side=s.points_per_side, points_per_batch=s.points_per_batch,
+                     pred_iou_thresh=s.pred_iou_thresh, stability_score_thresh=s.stability_score_thresh,
+                     box_nms_thresh=s.box_nms_thresh)
+    gates = {k: v for k, v in dataclasses.asdict(cfg.v1).items() if v is not None} if v1 else {}
+    return dict(proposals=s.proposals, regions=dataclasses.asdict(cfg.regions), model_type=s.model_type,
+                checkpoint=s.checkpoint, generator=generator, device=cfg.refine.device, threads=threads,
+                method=cfg.method, working_size=s.working_size, seed=s.seed, v1=gates,
+                precision=cfg.refine.precision)

@@ -1,0 +1,42 @@
+"""``samsr benchmark gpu --small`` runs on CPU: refiner fp32 vs bf16, SAM stock vs fast, the pipeline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from jobs.benchmark import main as benchmark_main
+from pipeline.bench.gpu import GpuSampler
+
+
+def test_benchmark_gpu_small_on_cpu(tmp_path, capsys):
+    out = tmp_path / "gpu.json"
+    assert benchmark_main(["gpu", "--small", "--device", "cpu", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "samsr benchmark gpu on CPU (cpu)" in text and "GPU busy n/a" in text
+    r = json.loads(out.read_text())
+    fp32, bf16 = r["refiner"]
+    assert (fp32["config"], bf16["config"]) == ("exact", "exact-bf16")
+    assert fp32["status"] == bf16["status"] == "ok" and fp32["wall_s"] > 0 and bf16["peak_bytes"] > 0
+    # bf16 is compared with fp32: close, not equal (it really ran in bfloat16)
+    assert bf16["agreement"] >= 0.999 and 0 < bf16["max_abs_diff"] < 0.05
+    s = r["sam"]
+    assert s["identical"] and s["stock_s"] > 0 and s["fast_s"] > 0
+    p = r["pipeline"]
+    assert p["gpus"] == 0 and p["images"] == 3 and p["images_per_s"] > 0 and p["gpu_busy"] is None
+    assert 0 < p["refine_share"] <= 1.5
+
+
+def test_gpu_sampler_window_mean():
+    s = GpuSampler()
+    s.samples = [(1.0, 0.2), (2.0, 0.6), (3.0, 1.0)]
+    assert s.mean() == pytest.approx(0.6)
+    assert s.mean(1.5, 3.0) == pytest.approx(0.8)
+    assert s.mean(4.0) is None
+
+
+def test_benchmark_gpu_rejects_unknown_parts(capsys):
+    with pytest.raises(SystemExit):
+        benchmark_main(["gpu", "--parts", "refiner,nope"])
+    assert "unknown ['nope']" in capsys.readouterr().err
