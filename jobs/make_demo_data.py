@@ -39,7 +39,8 @@ from PIL import Image
 from pipeline.train.composites import find_fonts, make_composite
 from pipeline.train.regions import region_masks
 
-__all__ = ["PACKAGES", "fetch_packages", "parse_dep5", "collect_photos", "split_photos", "write_sets", "main"]
+__all__ = ["PACKAGES", "fetch_packages", "parse_dep5", "collect_photos", "split_photos", "write_sets",
+           "snap_region_folder", "main"]
 
 PACKAGES = ("mate-backgrounds", "plasma-workspace-wallpapers", "ukui-wallpapers", "lomiri-wallpapers",
             "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04")
@@ -260,6 +261,45 @@ def write_region_sets(photos: list[dict], out: str, train_count: int, holdout_co
         json.dump(sources, f, indent=1)
 
 
+def snap_region_folder(src: str, dst: str, max_offset: float = 0.5) -> dict[str, int]:
+    """Real-edge samples of ``src`` (prefix layout) with their truth snapped to the image's edges
+    (:func:`pipeline.train.regions.snap_to_edge`) into ``dst``: the image file is linked (never
+    re-encoded), ``_gt.png`` / ``_seg.png`` are rewritten; a sample whose boundary is still more
+    than ``max_offset`` px off the edge centre on average is left out. Returns counts."""
+    import glob
+    import shutil
+
+    from pipeline.train.regions import snap_to_edge
+
+    os.makedirs(dst, exist_ok=True)
+    counts = {"kept": 0, "moved": 0, "dropped": 0}
+    for gt_path in sorted(glob.glob(os.path.join(src, "*_gt.png"))):
+        key = os.path.basename(gt_path)[: -len("_gt.png")]
+        im_path = os.path.join(src, f"{key}_im.jpg")
+        img = cv2.imread(im_path, cv2.IMREAD_COLOR)
+        gt = cv2.imread(gt_path, cv2.IMREAD_GRAYSCALE)
+        if img is None or gt is None:
+            raise ValueError(f"snap_region_folder: cannot read sample {key!r} in {src}")
+        snapped, left = snap_to_edge(np.ascontiguousarray(img[..., ::-1]), gt)
+        if not abs(left) <= max_offset:
+            counts["dropped"] += 1
+            continue
+        counts["moved"] += int(not np.array_equal(snapped, np.where(gt > 128, 255, 0)))
+        counts["kept"] += 1
+        out_im = os.path.join(dst, f"{key}_im.jpg")
+        if not os.path.exists(out_im):
+            try:
+                os.link(im_path, out_im)
+            except OSError:
+                shutil.copyfile(im_path, out_im)
+        h, w = snapped.shape
+        cv2.imwrite(os.path.join(dst, f"{key}_seg.png"),
+                    cv2.resize(snapped, (max(1, w // 8), max(1, h // 8)), interpolation=cv2.INTER_AREA))
+        cv2.imwrite(os.path.join(dst, f"{key}_gt.png"), snapped)
+    print(f"snapped {src} -> {dst}: {counts}", flush=True)
+    return counts
+
+
 def _write_licences(photos: list[dict], out: str) -> None:
     with open(os.path.join(out, "photos.json"), "w") as f:
         json.dump([{k: v for k, v in p.items() if k != "file"} for p in photos], f, indent=1)
@@ -284,7 +324,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--holdout-fraction", type=float, default=0.2, help="fraction of photos held out")
     ap.add_argument("--demo-dir", default=None, help="also write 3 demo samples here (e.g. samples/demo)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--snap-folder", nargs=2, metavar=("SRC", "DST"), default=None,
+                    help="only snap the real-edge samples of SRC to the image edges into DST, and exit")
     args = ap.parse_args(argv)
+    if args.snap_folder:
+        snap_region_folder(*args.snap_folder)
+        return 0
     photos = collect_photos(fetch_packages(args.cache, args.packages))
     split_photos(photos, args.holdout_fraction, args.seed)
     os.makedirs(args.out, exist_ok=True)

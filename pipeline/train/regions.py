@@ -15,7 +15,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["segment_labels", "segment_graph", "grow_region", "region_masks", "boundary_contrast"]
+from pipeline.sam.regions import colour_gradient
+
+__all__ = ["segment_labels", "segment_graph", "grow_region", "region_masks", "boundary_contrast",
+           "signed_distance", "edge_profile", "edge_offset", "snap_to_edge"]
 
 
 def segment_labels(image: np.ndarray, scale: float, sigma: float = 0.8, min_size: int = 64) -> np.ndarray:
@@ -88,11 +91,13 @@ def _clean(mask: np.ndarray, min_hole: int) -> np.ndarray:
 
 
 MIN_CONTRAST = 2.5
+MAX_EDGE_OFFSET = 0.5
 
 
 def region_masks(image: np.ndarray, rng: np.random.Generator, count: int = 1,
                  area_range: tuple[float, float] = (0.03, 0.35), tries: int = 8,
-                 min_contrast: float = MIN_CONTRAST) -> list[np.ndarray]:
+                 min_contrast: float = MIN_CONTRAST,
+                 max_edge_offset: float | None = MAX_EDGE_OFFSET) -> list[np.ndarray]:
     """Up to ``count`` object-sized regions of ``image`` ((H, W, 3) uint8 RGB), each an (H, W)
     uint8 {0, 255} truth, from one segmentation.
 
@@ -102,6 +107,9 @@ def region_masks(image: np.ndarray, rng: np.random.Generator, count: int = 1,
     component is kept; a region outside 0.5x-2x of its target area, or whose boundary does not
     lie on strong edges (:func:`boundary_contrast` < ``min_contrast``: a cut through texture or a
     smooth gradient, whose "truth" no refiner could find), is redrawn (``tries`` seeds each).
+    With ``max_edge_offset`` (default 0.5 px) each region is snapped to the image's edges
+    (:func:`snap_to_edge`) and redrawn when its boundary is still farther than that from the edge
+    centre on average; None keeps Felzenszwalb's boundary as is.
     """
     h, w = image.shape[:2]
     npx = h * w
@@ -121,8 +129,13 @@ def region_masks(image: np.ndarray, rng: np.random.Generator, count: int = 1,
         got = float(mask.sum())
         if 0.5 * target <= got <= 2.0 * target and got < 0.9 * npx:
             m = np.where(mask, 255, 0).astype(np.uint8)
-            if boundary_contrast(image, m) >= min_contrast:
-                out.append(m)
+            if boundary_contrast(image, m) < min_contrast:
+                continue
+            if max_edge_offset is not None:
+                m, left = snap_to_edge(image, m)
+                if not abs(left) <= max_edge_offset:
+                    continue
+            out.append(m)
     return out
 
 
@@ -131,10 +144,81 @@ def boundary_contrast(image: np.ndarray, mask: np.ndarray) -> float:
     the mean colour-gradient magnitude (CIELAB, Sobel after a 3 x 3 blur) on the mask's boundary
     pixels over its mean on the whole image. ~1 for a cut through texture; >> 1 on object edges.
     """
-    from pipeline.sam.regions import colour_gradient
-
     grad = colour_gradient(image)
     edge = cv2.morphologyEx((mask > 128).astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
     if not edge.any():
         return 0.0
     return float(grad[edge].mean() / max(float(grad.mean()), 1e-6))
+
+
+def signed_distance(mask: np.ndarray) -> np.ndarray:
+    """(H, W) float32 signed Euclidean distance of each pixel centre to the boundary of ``mask``
+    ((H, W), foreground > 128): the boundary lies half-way between the last pixels inside
+    (-0.5) and the first outside (+0.5); negative inside. ``signed_distance(m) < t`` moves the
+    boundary outward by t pixels (inward for t < 0)."""
+    m = (mask > 128).astype(np.uint8)
+    inside = cv2.distanceTransform(m, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    outside = cv2.distanceTransform(1 - m, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return np.where(m > 0, 0.5 - inside, outside - 0.5).astype(np.float32)
+
+
+def edge_profile(image: np.ndarray, mask: np.ndarray, radius: int = 3) -> np.ndarray:
+    """Mean gradient magnitude (Sobel on the RGB values as floats: linear, so a symmetric edge
+    gives a symmetric profile; over its image mean) along the boundary of ``mask`` moved by
+    d = -radius..radius pixels, as a (2 * radius + 1,) array. Each pixel's signed Euclidean
+    distance s to the boundary (which lies half-way between the last pixels inside, s = -0.5, and
+    the first outside, s = +0.5) weighs it by max(0, 1 - |s - d|), so a mask whose boundary lies
+    on the centre of an edge peaks at d = 0.
+    NaN where no pixel is that far from the boundary."""
+    rgb = image.astype(np.float32)
+    gx, gy = cv2.Sobel(rgb, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(rgb, cv2.CV_32F, 0, 1, ksize=3)
+    grad = np.sqrt((gx * gx + gy * gy).reshape(*image.shape[:2], -1).sum(-1)).astype(np.float64)
+    mean = max(float(grad.mean()), 1e-6)
+    dist = signed_distance(mask)
+    near = np.abs(dist) < radius + 1
+    dist, g = dist[near], grad[near]
+    out = []
+    for d in range(-radius, radius + 1):
+        w = np.maximum(0.0, 1.0 - np.abs(dist - d))
+        out.append(float((w * g).sum() / w.sum() / mean) if w.sum() > 0 else np.nan)
+    return np.asarray(out, dtype=np.float64)
+
+
+def edge_offset(image: np.ndarray, mask: np.ndarray, radius: int = 3) -> float:
+    """Where the image's edge lies relative to the boundary of ``mask``, in pixels (sub-pixel: a
+    parabola through the peak of :func:`edge_profile` and its neighbours): 0 when the boundary is
+    on the edge's centre, > 0 when the edge lies outside the mask (the mask is too small), < 0
+    inside. NaN when the mask has no boundary."""
+    p = edge_profile(image, mask, radius)
+    if np.isnan(p).all():
+        return float("nan")
+    i = int(np.nanargmax(p))
+    if 0 < i < len(p) - 1 and np.isfinite(p[i - 1]) and np.isfinite(p[i + 1]):
+        a, b, c = p[i - 1], p[i], p[i + 1]
+        denom = a - 2 * b + c
+        frac = 0.5 * (a - c) / denom if denom < 0 else 0.0
+    else:
+        frac = 0.0
+    return float(i - radius + frac)
+
+
+def snap_to_edge(image: np.ndarray, mask: np.ndarray, max_shift: int = 2,
+                 radius: int = 3) -> tuple[np.ndarray, float]:
+    """Move the whole boundary of ``mask`` by the whole number of pixels nearest to its
+    :func:`edge_offset` (at most ``max_shift``), so that it lies on the centre of the image's
+    edge up to half a pixel on average. Returns (mask (H, W) uint8 {0, 255}, the offset left).
+
+    Felzenszwalb's regions put their boundary where neighbouring pixels differ most *after* its
+    Gaussian pre-smoothing and merges; measured on this project's data, the edge's centre lies
+    0.3-0.6 px outside such a region on average (+-1 px per region), where a composite's exact
+    truth is within 0.05 px: a refiner trained on unsnapped regions learns to erode.
+    """
+    offset = edge_offset(image, mask, radius)
+    binary = np.where(mask > 128, 255, 0).astype(np.uint8)
+    if not np.isfinite(offset):
+        return binary, offset
+    shift = int(np.clip(np.round(offset), -max_shift, max_shift))
+    if shift == 0:
+        return binary, offset
+    moved = np.where(signed_distance(binary) < shift, 255, 0).astype(np.uint8)
+    return moved, edge_offset(image, moved, radius)

@@ -3,9 +3,20 @@ whose boundary lies on the photo's own edges."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
+import pytest
 
-from pipeline.train.regions import grow_region, region_masks, segment_graph, segment_labels
+from pipeline.train.regions import (
+    edge_offset,
+    edge_profile,
+    grow_region,
+    region_masks,
+    segment_graph,
+    segment_labels,
+    signed_distance,
+    snap_to_edge,
+)
 
 
 def _scene(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -54,4 +65,60 @@ def test_region_masks_are_object_sized_and_follow_real_edges() -> None:
         fg = m > 0
         iou = (fg & obj).sum() / (fg | obj).sum()
         hits += iou > 0.97  # the region that found the object matches it to the pixel edge
+        assert abs(edge_offset(image, m)) <= 0.5  # snapped: on the edges' centre on average
     assert hits >= 1
+
+
+def _blurred_disc(radius: float = 40.0, size: int = 128) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    inside = np.hypot(yy - size / 2 + 0.5, xx - size / 2 + 0.5) < radius
+    img = np.where(inside[..., None], np.array([200, 80, 40]), np.array([30, 90, 160])).astype(np.float32)
+    return np.clip(cv2.GaussianBlur(img, (0, 0), 1.2), 0, 255).astype(np.uint8)
+
+
+def _disc(radius: float, size: int = 128) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    return np.where(np.hypot(yy - size / 2 + 0.5, xx - size / 2 + 0.5) < radius, 255, 0).astype(np.uint8)
+
+
+def test_edge_offset_finds_where_the_edge_lies_relative_to_the_mask():
+    image = _blurred_disc(40.0)
+    assert abs(edge_offset(image, _disc(40.0))) < 0.1  # the truth: on the edge's centre
+    assert edge_offset(image, _disc(38.0)) == pytest.approx(2.0, abs=0.2)  # too small: edge outside
+    assert edge_offset(image, _disc(39.0)) == pytest.approx(1.0, abs=0.2)
+    assert edge_offset(image, _disc(41.0)) == pytest.approx(-1.0, abs=0.2)  # too large: edge inside
+    # a straight edge between two colours: symmetric, whichever side the mask is
+    half = np.zeros((64, 64, 3), np.float32)
+    half[:, :32], half[:, 32:] = (200, 80, 40), (30, 90, 160)
+    half = np.clip(cv2.GaussianBlur(half, (0, 0), 1.2), 0, 255).astype(np.uint8)
+    left = np.zeros((64, 64), np.uint8)
+    left[:, :32] = 255
+    assert abs(edge_offset(half, left)) < 0.05 and abs(edge_offset(half, 255 - left)) < 0.05
+    p = edge_profile(image, _disc(40.0), radius=3)
+    assert p.shape == (7,) and int(np.argmax(p)) == 3 and p[3] > 3 * p[0]
+    assert np.isnan(edge_offset(image, np.zeros((128, 128), np.uint8)))
+
+
+def test_signed_distance_moves_the_boundary_by_whole_pixels():
+    m = _disc(20.0, 64)
+    d = signed_distance(m)
+    assert np.array_equal(d < 0, m > 0)
+    ring = np.round(np.unique(d[np.abs(d) < 1]), 3)
+    assert {-0.5, 0.5} <= set(ring.tolist()) and np.abs(ring).min() == 0.5  # no pixel on the boundary
+    area = lambda r: int((_disc(r, 64) > 0).sum())  # noqa: E731
+    grown, shrunk = d < 1, d < -1  # the boundary one pixel out / in (up to the pixel grid)
+    assert np.all(grown >= (m > 0)) and area(21.0) <= grown.sum() <= area(21.5)
+    assert np.all(shrunk <= (m > 0)) and area(18.5) <= shrunk.sum() <= area(19.0)
+
+
+def test_snap_to_edge_puts_a_shifted_truth_back_on_the_edge():
+    image = _blurred_disc(40.0)
+    truth = _disc(40.0)
+    for radius in (38.0, 39.0, 41.0, 42.0):
+        snapped, left = snap_to_edge(image, _disc(radius))
+        assert abs(left) <= 0.4 and set(np.unique(snapped)) <= {0, 255}
+        assert (snapped != truth).mean() < 0.01  # back to the true disc up to its rim
+    same, left = snap_to_edge(image, truth)
+    assert np.array_equal(same, truth) and abs(left) < 0.1  # a truth on the edge is kept as is
+    far, left = snap_to_edge(image, _disc(44.0), max_shift=2)  # moves at most max_shift
+    assert left < -0.5
