@@ -15,8 +15,11 @@ method sees the same inputs (DESIGN §3b):
 - ``identity``: the truth itself (a refiner should leave it alone).
 
 Per kind it prints coarse vs refined dataset IoU (total intersection / total union), mean mBA,
-mean Boundary IoU, the share of images made worse (refined mBA < coarse mBA) and the mean signed
-area change (|mask| - |truth|) / |truth|, all in percent. This is a script, not a timed test.
+mean Boundary IoU, the share of images made worse (refined mBA < coarse mBA), the mean signed
+area change (|mask| - |truth|) / |truth|, all in percent, and the mean edge offset in pixels
+(:func:`pipeline.train.regions.edge_offset`: where the image's edges lie relative to the mask's
+boundary, > 0 outside; a refiner that erodes from real edges shows > 0; the truth's own offset in
+brackets). This is a script, not a timed test.
 """
 
 from __future__ import annotations
@@ -98,8 +101,10 @@ def _summary(rows: list[dict[str, Any]], which: str) -> dict[str, float | None]:
     def pct(v: float | None) -> float | None:
         return None if v is None else 100 * v
 
+    offsets = [r[which]["edge_offset"] for r in rows if np.isfinite(r[which].get("edge_offset", np.nan))]
     return {"iou": pct(agg["dataset_iou"]), "mba": pct(agg["mean_mba"]), "biou": pct(agg["mean_biou"]),
-            "area": 100 * float(np.mean([r[which]["area_change"] for r in rows])) if rows else None}
+            "area": 100 * float(np.mean([r[which]["area_change"] for r in rows])) if rows else None,
+            "edge_offset": float(np.mean(offsets)) if offsets else None}
 
 
 def _shrink(image: np.ndarray, truth: np.ndarray, max_side: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -134,6 +139,7 @@ def evaluate(model, refs: Sequence[Any], kinds: Sequence[str] = KINDS, options=N
     from pipeline.metrics import image_metrics
     from pipeline.refine import RefineOptions, prepare_model, refine
     from pipeline.sam import merge_v1, propose
+    from pipeline.train.regions import edge_offset
 
     if method != "crm" and proposer is None:
         raise ValueError(f"method {method}: needs a proposal source")
@@ -145,6 +151,7 @@ def evaluate(model, refs: Sequence[Any], kinds: Sequence[str] = KINDS, options=N
         s = load_sample(ref, load_gt=False)
         image, truth = _shrink(s.image, s.coarse, max_side)
         props = None if method == "crm" else propose(proposer, image, s.key, working_size=working_size)
+        truth_offset = edge_offset(image, truth)
         for kind in kinds:
             coarse = make_coarse(truth, kind, s.key, seed)
             t = time.perf_counter()
@@ -157,10 +164,13 @@ def evaluate(model, refs: Sequence[Any], kinds: Sequence[str] = KINDS, options=N
             else:
                 prob = refine(model, image, coarse, options=options, device=device)  # numpy: synchronised
             seconds[kind] += time.perf_counter() - t
-            row = {"key": s.key, "kind": kind, "size": list(truth.shape), "gate": gate}
+            row = {"key": s.key, "kind": kind, "size": list(truth.shape), "gate": gate,
+                   "truth_edge_offset": truth_offset}
             for name, mask in (("coarse", coarse), ("refined", prob)):
                 row[name] = image_metrics(mask, truth)
                 row[name]["area_change"] = _area_change(mask, truth)
+                binary = np.where(mask > (0.5 if mask.dtype.kind == "f" else 128), 255, 0).astype(np.uint8)
+                row[name]["edge_offset"] = edge_offset(image, binary)
             per_kind[kind].append(row)
             if log:
                 c, r = row["coarse"], row["refined"]
@@ -174,8 +184,14 @@ def evaluate(model, refs: Sequence[Any], kinds: Sequence[str] = KINDS, options=N
         worse = sum(r["refined"]["mba"] < r["coarse"]["mba"] for r in scored)
         out["kinds"][kind] = {"coarse": _summary(rows, "coarse"), "refined": _summary(rows, "refined"),
                               "worse": 100 * worse / len(scored) if scored else None,
-                              "seconds": seconds[kind]}
+                              "seconds": seconds[kind], "truth_edge_offset": _mean_finite(
+                                  [r["truth_edge_offset"] for r in rows])}
     return out
+
+
+def _mean_finite(values: Sequence[float]) -> float | None:
+    v = [x for x in values if np.isfinite(x)]
+    return float(np.mean(v)) if v else None
 
 
 def _f(v: float | None, fmt: str = ".2f") -> str:
@@ -185,16 +201,18 @@ def _f(v: float | None, fmt: str = ".2f") -> str:
 def format_table(result: dict[str, Any]) -> str:
     """Markdown table, one row per coarse kind: coarse -> refined for each metric (percent)."""
     lines = ["| coarse kind | n | dataset IoU | mean mBA | mean Boundary IoU | images worse (mBA) "
-             "| area change vs truth | refine s/image |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| area change vs truth | edge offset px (truth) | refine s/image |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for kind, k in result["kinds"].items():
         c, r = k["coarse"], k["refined"]
         n = result["n"]
         gain = {m: None if c[m] is None or r[m] is None else r[m] - c[m] for m in ("iou", "mba", "biou")}
         cells = [f"{_f(c[m])} -> {_f(r[m])} ({_f(gain[m], '+.2f')})" for m in ("iou", "mba", "biou")]
         area = f"{_f(c['area'], '+.2f')}% -> {_f(r['area'], '+.2f')}%"
+        edge = (f"{_f(c.get('edge_offset'), '+.2f')} -> {_f(r.get('edge_offset'), '+.2f')} "
+                f"({_f(k.get('truth_edge_offset'), '+.2f')})")
         lines.append(f"| {kind} | {n} | " + " | ".join(cells) + f" | {_f(k['worse'], '.0f')}% | {area} "
-                     f"| {k['seconds'] / max(1, n):.1f} |")
+                     f"| {edge} | {k['seconds'] / max(1, n):.1f} |")
     return "\n".join(lines)
 
 

@@ -70,6 +70,11 @@ def test_quality_benchmark_end_to_end(tmp_path: Path, capsys) -> None:
     rows = [r for r in result["per_image"] if r["kind"] == "identity"]
     worse = sum(r["refined"]["mba"] < r["coarse"]["mba"] for r in rows)
     assert result["kinds"]["identity"]["worse"] == pytest.approx(100 * worse / 2)
+    # edge offsets: the identity coarse mask is the truth, so both offsets are the truth's
+    k = result["kinds"]["identity"]
+    assert k["coarse"]["edge_offset"] == pytest.approx(k["truth_edge_offset"])
+    assert all(r["coarse"]["edge_offset"] == r["truth_edge_offset"] for r in rows)
+    assert "edge offset px (truth)" in printed
     assert KINDS == ("lowres8", "lowres16", "perturbed", "identity")
 
 
