@@ -54,10 +54,14 @@ class LocalCluster:
     ``stop()`` ends every process it started (by PID, then by its unique auth token)."""
 
     def __init__(self, tmp: str, nodes: int = 2, cpus: float = 1, memory: int = 4_000_000_000,
-                 object_store_memory: int = 300_000_000, root: str | None = None) -> None:
+                 object_store_memory: int = 300_000_000, root: str | None = None,
+                 pin_cores: bool = False) -> None:
         if nodes < 1:
             raise ValueError(f"LocalCluster: nodes must be >= 1, got {nodes}")
         self.tmp, self.nodes, self.cpus = tmp, nodes, cpus
+        # pin_cores: node i (all its processes) runs on core i of this process's cores, so that
+        # nodes do not share physical cores (a scaling measurement on one machine)
+        self.cores = sorted(os.sched_getaffinity(0)) if pin_cores else None
         self.memory, self.object_store_memory = memory, object_store_memory
         root = root or str(ROOT)
         self.gcs = f"127.0.0.1:{_free_port()}"
@@ -73,6 +77,10 @@ class LocalCluster:
         self.procs: list[subprocess.Popen] = []
 
     def _start(self, name: str, args: list[str]) -> None:
+        pin = None
+        if self.cores is not None:
+            core = self.cores[len(self.procs) % len(self.cores)]
+            pin = lambda: os.sched_setaffinity(0, {core})  # noqa: E731
         common = [
             "--block",
             f"--num-cpus={self.cpus:g}",
@@ -92,6 +100,7 @@ class LocalCluster:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                     cwd=self.tmp,
+                    preexec_fn=pin,
                 )
             )
 

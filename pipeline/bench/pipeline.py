@@ -17,8 +17,10 @@ job config throughout:
    processes inherit it), so Ray's own processes compete for the same cores as the work, and
    its pipelining across stages cannot hide its cost. Masks must come out byte-identical.
 2. **Scaling.** A two-node local cluster (:class:`pipeline.bench.cluster.LocalCluster`, one CPU
-   per node) runs the job through ``python -m jobs.refine`` with one, then two workers per
-   model stage. Efficiency = images/s with 2 / (2 x images/s with 1).
+   per node, each node pinned to its own core, so the nodes share no core) runs the job through
+   ``python -m jobs.refine`` with one, then two workers per model stage. Efficiency = images/s
+   with 2 / (2 x images/s with 1). With a proposal stage (samsr methods) one "worker" is two
+   actors that may sit on both nodes; ``--method crm`` measures one refiner actor per core.
 
 Steady state: from the times the finished masks were written (their mtimes), the rate over the
 images after the first ``w`` (w = workers): ``(n - w) / (t[n-1] - t[w-1])``, so model loading,
@@ -202,7 +204,7 @@ def _scaling(cfg, work: str, threads: int, timeout_s: float) -> dict[str, Any]:
 
     tmp = tempfile.mkdtemp(prefix="samsr-bc-", dir="/tmp")  # short: Ray's socket paths are length-limited
     try:
-        with LocalCluster(tmp, nodes=2, cpus=1) as cluster:
+        with LocalCluster(tmp, nodes=2, cpus=1, pin_cores=True) as cluster:
             one = _cluster_run(cluster, cfg, work, 1, threads, timeout_s)
             two = _cluster_run(cluster, cfg, work, 2, threads, timeout_s)
     finally:
