@@ -45,7 +45,7 @@ from typing import Any
 
 import cv2
 
-__all__ = ["run", "main", "write_inputs", "steady_state", "bare_loop", "format_report"]
+__all__ = ["run", "main", "write_inputs", "steady_state", "mask_times", "bare_loop", "format_report"]
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = str(ROOT / "configs" / "demo.yaml")
@@ -83,7 +83,9 @@ def _local_path(uri: str) -> str:
     return uri[len("file://"):] if uri.startswith("file://") else uri
 
 
-def _mask_times(rows: list[dict]) -> list[float]:
+def mask_times(rows: list[dict]) -> list[float]:
+    """Write times (mtime) of the masks of manifest ``rows``, in row order; raises naming the
+    samples when any row failed."""
     bad = [r["key"] for r in rows if r["status"] != "ok"]
     if bad:
         raise RuntimeError(f"benchmark samples failed: {bad[:5]} ({len(bad)} in all)")
@@ -162,13 +164,13 @@ def _overhead(cfg, work: str, cores: int, threads: int) -> dict[str, Any]:
     with _Pinned(cores):
         bare_cfg = _with(cfg, output={"prefix": os.path.join(work, "out-bare")}, refine={"threads": threads})
         bare_rows, t0 = bare_loop(bare_cfg, threads)
-        bare = steady_state(_mask_times(bare_rows), 1, t0)
+        bare = steady_state(mask_times(bare_rows), 1, t0)
         ray_cfg = _with(cfg, output={"prefix": os.path.join(work, "out-ray")}, refine={"threads": threads},
                         ray=workers)
         t0 = time.time()
         run_refine(ray_cfg)
     ray_rows = read_manifest(ray_cfg.output.prefix).to_pylist()
-    ray = steady_state(_mask_times(ray_rows), 1, t0)
+    ray = steady_state(mask_times(ray_rows), 1, t0)
     a, b = _masks(bare_rows), _masks(ray_rows)
     same = sum(a[k] == b.get(k) for k in a)
     return {"cores": cores, "bare": bare, "ray": ray, "identical_masks": same, "images": len(a),
@@ -196,7 +198,7 @@ def _cluster_run(cluster, cfg, work: str, workers: int, threads: int, timeout_s:
                            f"{(r.stdout + r.stderr)[-3000:]}")
     rows = read_manifest(job.output.prefix).to_pylist()
     nodes = {row["worker_node"] for row in rows}
-    return {**steady_state(_mask_times(rows), workers, t0), "nodes": len(nodes)}
+    return {**steady_state(mask_times(rows), workers, t0), "nodes": len(nodes)}
 
 
 def _scaling(cfg, work: str, threads: int, timeout_s: float) -> dict[str, Any]:
