@@ -90,7 +90,8 @@ class RefinerWorker:
 class ProposalWorker:
     """The proposal stage (samsr methods): SAM's automatic mask generator or ``regions``,
     through :func:`pipeline.stages.sam_batch`. SAM's image encoder runs under autocast when
-    ``precision`` resolves to bf16 / fp16 on the device."""
+    ``precision`` (``sam.precision``) resolves to bf16 / fp16 on the device (the rest of the
+    generator stays float32: `FastMaskGenerator`'s ``precision``)."""
 
     def __init__(self, proposals: str, regions: dict, model_type: str, checkpoint: str | None,
                  generator: dict, device: str, threads: int, method: str, working_size: int, seed: int,
@@ -100,7 +101,6 @@ class ProposalWorker:
         from pipeline.refine.options import resolve_precision
 
         torch.set_num_threads(threads)
-        self.autocast: tuple[str, torch.dtype] | None = None
         if proposals == "regions":
             from pipeline.sam.regions import RegionGenerator, RegionSettings
 
@@ -110,17 +110,13 @@ class ProposalWorker:
 
             dev = resolve_device(device)
             sam = build_sam(model_type, checkpoint, device=dev)
-            self.generator = FastMaskGenerator(sam, **generator)
-            kind = resolve_precision(precision, dev)
-            if kind != "fp32":  # SAM's image encoder (the proposals' cost) under autocast
-                self.autocast = (torch.device(dev).type, torch.bfloat16 if kind == "bf16" else torch.float16)
+            self.generator = FastMaskGenerator(sam, precision=resolve_precision(precision, dev), **generator)
         self.kwargs = dict(method=method, working_size=working_size, seed=seed, v1_kwargs=v1)
 
     def __call__(self, batch: dict) -> dict:
         import torch
 
-        device_type, dtype = self.autocast or ("cpu", None)
-        with torch.inference_mode(), torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+        with torch.inference_mode():
             return sam_batch(batch, generator=self.generator, **self.kwargs)
 
 
@@ -149,4 +145,4 @@ def proposal_kwargs(cfg, threads: int, v1: bool = True) -> dict[str, Any]:
     return dict(proposals=s.proposals, regions=dataclasses.asdict(cfg.regions), model_type=s.model_type,
                 checkpoint=s.checkpoint, generator=generator, device=cfg.refine.device, threads=threads,
                 method=cfg.method, working_size=s.working_size, seed=s.seed, v1=gates,
-                precision=cfg.refine.precision)
+                precision=s.precision)

@@ -92,6 +92,9 @@ class SamConfig:
     stability_score_thresh: float = _f(0.95, _unit)
     box_nms_thresh: float = _f(0.7, _unit)
     seed: int = _f(0, _non_negative)
+    # autocast type of SAM's image encoder (proposals: sam); auto: bf16 on CUDA (fp16 without bf16),
+    # fp32 on CPU (exact, stock's masks); bf16 on a CPU with bf16 instructions: opt-in, not exact
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
 
 def _segment_size(v: int) -> str | None:
@@ -134,7 +137,7 @@ class RefineConfig:
     decode: Literal["full", "strided", "bbox", "contour"] = "full"
     stride: int = _f(4, _positive)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # autocast type of the refiner and SAM; auto: bf16 on CUDA (fp16 without bf16), fp32 on CPU
+    # autocast type of the refiner; auto: bf16 on CUDA (fp16 without bf16), fp32 on CPU
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     threads: int | None = _f(None, _positive)  # torch threads per refiner actor (None: its CPUs)
     options: dict = field(default_factory=dict)  # extra pipeline.refine.RefineOptions fields

@@ -20,6 +20,13 @@ in the same order, with the same scores. What differs is only how the work is do
   no `MaskData` deep copies, no RLE encoding or decoding unless asked for
   (`SamMasks.to_annotations`).
 
+One option is not exact: ``precision="bf16"`` (or ``"fp16"``) runs the image encoder under
+``torch.autocast`` in that type (its embedding is cast back to float32; the prompt encoder, the
+mask decoder and all filtering stay in float32). On a CPU with bfloat16 instructions the
+encoder, the largest single cost, runs ~3x faster; masks then differ from the stock
+generator's at a few pixels, and a mask whose score sits on a threshold can come or go
+(``samsr benchmark sam --precision bf16`` reports both).
+
 Prompts are batched exactly as in the stock generator (``points_per_batch``), so the mask
 decoder sees identical inputs and returns identical numbers.
 """
@@ -52,6 +59,7 @@ from pipeline.sam.postprocess import mask_boxes, upscale_logits
 __all__ = ["FastMaskGenerator", "SamMasks", "mask_boxes", "upscale_logits"]
 
 _OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+_ENCODER_TYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -141,7 +149,8 @@ class FastMaskGenerator:
     done once per batch instead of once per prompt (`pipeline.sam.decoder`); False calls
     ``sam.mask_decoder`` as the stock generator does. ``points_per_batch`` must equal the stock
     generator's for bit-identical decoder outputs (other batch sizes can change the last float
-    bits).
+    bits). ``precision``: "fp32" (exact, default), "bf16" or "fp16" (the image encoder under
+    autocast; module docstring).
     """
 
     def __init__(
@@ -161,6 +170,7 @@ class FastMaskGenerator:
         min_mask_region_area: int = 0,
         postprocess_chunk: int = 32,
         shared_decoder: bool = True,
+        precision: str = "fp32",
     ) -> None:
         if not isinstance(sam, Sam):
             raise ValueError(f"FastMaskGenerator needs a segment_anything Sam, got {type(sam).__name__}")
@@ -177,6 +187,8 @@ class FastMaskGenerator:
             raise ValueError(f"need {crop_n_layers + 1} point grids, got {len(point_grids)}")
         if points_per_batch < 1 or postprocess_chunk < 1:
             raise ValueError("points_per_batch and postprocess_chunk must be >= 1")
+        if precision not in _ENCODER_TYPES:
+            raise ValueError(f"precision must be one of {tuple(_ENCODER_TYPES)}, got {precision!r}")
         self.predictor = SamPredictor(sam)
         self.point_grids = point_grids
         self.points_per_batch = points_per_batch
@@ -190,6 +202,7 @@ class FastMaskGenerator:
         self.min_mask_region_area = min_mask_region_area
         self.postprocess_chunk = postprocess_chunk
         self.shared_decoder = shared_decoder
+        self.precision = precision
         # counts of the last `generate` call: point prompts decoded, prompts whose low-res
         # masks were upscaled by the mask decoder (3 masks each), masks passing the IoU filter
         self.last_stats: dict[str, int] = {}
@@ -252,7 +265,7 @@ class FastMaskGenerator:
         x0, y0, x1, y1 = crop_box
         cropped = image[y0:y1, x0:x1, :]
         im_size = cropped.shape[:2]
-        self.predictor.set_image(cropped)  # the one image-encoder call for this crop
+        self._encode(cropped)  # the one image-encoder call for this crop
         features = self.predictor.features
         input_size = self.predictor.input_size
         sam = self.sam
@@ -288,6 +301,17 @@ class FastMaskGenerator:
                                iou_threshold=self.box_nms_thresh)
             found = found.select(keep)
         return found
+
+    def _encode(self, image: np.ndarray) -> None:
+        """``predictor.set_image``, under autocast when ``precision`` asks for it (the features
+        are float32 either way)."""
+        dtype = _ENCODER_TYPES[self.precision]
+        if dtype is None:
+            self.predictor.set_image(image)
+            return
+        with torch.autocast(self.sam.device.type, dtype=dtype):
+            self.predictor.set_image(image)
+        self.predictor.features = self.predictor.features.float()
 
     def _decode(self, features: torch.Tensor, dense_pe: torch.Tensor, sparse: torch.Tensor,
                 dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
