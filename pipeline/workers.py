@@ -140,7 +140,7 @@ def proposal_kwargs(cfg, threads: int, v1: bool = True) -> dict[str, Any]:
     s = cfg.sam
     generator = dict(points_per_side=s.points_per_side, points_per_batch=s.points_per_batch,
                      pred_iou_thresh=s.pred_iou_thresh, stability_score_thresh=s.stability_score_thresh,
-                     box_nms_thresh=s.box_nms_thresh)
+                     box_nms_thresh=s.box_nms_thresh, reassociate=s.reassociate)
     gates = {k: v for k, v in dataclasses.asdict(cfg.v1).items() if v is not None} if v1 else {}
     return dict(proposals=s.proposals, regions=dataclasses.asdict(cfg.regions), model_type=s.model_type,
                 checkpoint=s.checkpoint, generator=generator, device=cfg.refine.device, threads=threads,

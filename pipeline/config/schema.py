@@ -95,6 +95,8 @@ class SamConfig:
     # autocast type of SAM's image encoder (proposals: sam); auto: bf16 on CUDA (fp16 without bf16),
     # fp32 on CPU (exact, stock's masks); bf16 on a CPU with bf16 instructions: opt-in, not exact
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # the mask decoder's attention products reordered (opt-in; same function up to float rounding)
+    reassociate: bool = False
 
 
 def _segment_size(v: int) -> str | None:

@@ -20,12 +20,17 @@ in the same order, with the same scores. What differs is only how the work is do
   no `MaskData` deep copies, no RLE encoding or decoding unless asked for
   (`SamMasks.to_annotations`).
 
-One option is not exact: ``precision="bf16"`` (or ``"fp16"``) runs the image encoder under
-``torch.autocast`` in that type (its embedding is cast back to float32; the prompt encoder, the
-mask decoder and all filtering stay in float32). On a CPU with bfloat16 instructions the
-encoder, the largest single cost, runs ~3x faster; masks then differ from the stock
-generator's at a few pixels, and a mask whose score sits on a threshold can come or go
-(``samsr benchmark sam --precision bf16`` reports both).
+Two options are not exact (opt-in; `samsr benchmark sam --reassociate --precision bf16` times
+them against stock and counts the masks matched at IoU >= 0.99 either way):
+
+- ``reassociate=True`` reorders the mask decoder's per-prompt attention products
+  (`pipeline.sam.decoder`): the same function up to float rounding (~1e-6 relative), half the
+  decoder's multiply-adds;
+- ``precision="bf16"`` (or ``"fp16"``) runs the image encoder under ``torch.autocast`` in that
+  type (its embedding is cast back to float32; the prompt encoder, the mask decoder and all
+  filtering stay in float32). On a CPU with bfloat16 instructions the encoder runs ~3x faster;
+  masks then differ from stock's at a few pixels, and a mask whose score sits on a threshold
+  can come or go.
 
 Prompts are batched exactly as in the stock generator (``points_per_batch``), so the mask
 decoder sees identical inputs and returns identical numbers.
@@ -150,7 +155,8 @@ class FastMaskGenerator:
     ``sam.mask_decoder`` as the stock generator does. ``points_per_batch`` must equal the stock
     generator's for bit-identical decoder outputs (other batch sizes can change the last float
     bits). ``precision``: "fp32" (exact, default), "bf16" or "fp16" (the image encoder under
-    autocast; module docstring).
+    autocast); ``reassociate``: the decoder's reordered products (module docstring; needs
+    ``shared_decoder``).
     """
 
     def __init__(
@@ -171,6 +177,7 @@ class FastMaskGenerator:
         postprocess_chunk: int = 32,
         shared_decoder: bool = True,
         precision: str = "fp32",
+        reassociate: bool = False,
     ) -> None:
         if not isinstance(sam, Sam):
             raise ValueError(f"FastMaskGenerator needs a segment_anything Sam, got {type(sam).__name__}")
@@ -203,6 +210,9 @@ class FastMaskGenerator:
         self.postprocess_chunk = postprocess_chunk
         self.shared_decoder = shared_decoder
         self.precision = precision
+        if reassociate and not shared_decoder:
+            raise ValueError("reassociate needs shared_decoder=True")
+        self.reassociate = reassociate
         # counts of the last `generate` call: point prompts decoded, prompts whose low-res
         # masks were upscaled by the mask decoder (3 masks each), masks passing the IoU filter
         self.last_stats: dict[str, int] = {}
@@ -324,7 +334,7 @@ class FastMaskGenerator:
         """
         sam = self.sam
         if self.shared_decoder:
-            decoded = decode_tokens(sam, features, dense_pe, sparse, dense)
+            decoded = decode_tokens(sam, features, dense_pe, sparse, dense, reassociate=self.reassociate)
             iou_preds = decoded.iou_pred.flatten(0, 1).cpu()
         else:
             low_res, iou_preds = sam.mask_decoder(

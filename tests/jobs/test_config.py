@@ -81,6 +81,7 @@ def test_method_defaults_to_samsr_v21_only_with_a_sam_checkpoint():
         (_with("sam.model_type", "vit_x"), "sam.model_type: must be one of"),
         (_with("sam.proposals", "slic"), "sam.proposals: must be one of 'sam', 'regions'"),
         (_with("sam.precision", "int8"), "sam.precision: must be one of 'auto', 'fp32', 'bf16', 'fp16'"),
+        (_with("sam.reassociate", "yes"), "sam.reassociate: must be true or false"),
         (_with("regions.min_segment", 0), "regions.min_segment: must be in (0, 1)"),
         (_with("regions.merge_factor", 1), "regions.merge_factor: must be > 1"),
         (_with("regions.algorithm", "watershed"), "regions.algorithm: must be one of 'felzenszwalb'"),

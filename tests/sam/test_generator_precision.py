@@ -1,4 +1,5 @@
-"""FastMaskGenerator's opt-in non-exact mode: the image encoder under bf16 autocast only."""
+"""FastMaskGenerator's opt-in non-exact modes: the image encoder under bf16 autocast, the
+reassociated mask decoder."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pipeline.sam.generator import FastMaskGenerator
 
 def _record_autocast(module: torch.nn.Module, seen: list) -> torch.utils.hooks.RemovableHandle:
     return module.register_forward_hook(
-        lambda mod, args, out: seen.append((torch.is_autocast_cpu_enabled(), out[0].dtype
+        lambda mod, args, out: seen.append((torch.is_autocast_enabled("cpu"), out[0].dtype
                                             if isinstance(out, tuple) else out.dtype)))
 
 
@@ -69,3 +70,49 @@ def test_bench_reports_the_bf16_mode():
     for k in ("speedup_low", "speedup_low_cpu", "low_recall", "low_precision", "low_min_iou"):
         assert 0.0 <= r[k] < float("inf")
     assert r["masks_low"] >= 0 and 0.0 <= r["low_recall"] <= 1.0
+
+
+@pytest.mark.parametrize("model", ["sam_small", "sam_tiny"])
+def test_reassociated_decoder_computes_the_same_function(model, request):
+    """The reordered attention products: SAM's mask decoder up to float rounding."""
+    from pipeline.sam.decoder import decode_tokens, upscale_masks
+
+    sam = request.getfixturevalue(model)
+    torch.manual_seed(0)
+    c, size = sam.prompt_encoder.embed_dim, sam.prompt_encoder.image_embedding_size
+    features = torch.randn(1, c, *size)
+    points = torch.rand(16, 1, 2, dtype=torch.float64) * sam.image_encoder.img_size
+    with torch.inference_mode():
+        sparse, dense = sam.prompt_encoder(points=(points, torch.ones(16, 1, dtype=torch.int)),
+                                           boxes=None, masks=None)
+        pe = sam.prompt_encoder.get_dense_pe()
+        ref_masks, ref_iou = sam.mask_decoder(features, pe, sparse, dense, multimask_output=True)
+        decoded = decode_tokens(sam, features, pe, sparse, dense, reassociate=True)
+        masks = upscale_masks(sam, decoded)
+    assert masks.shape == ref_masks.shape
+    assert not torch.equal(masks, ref_masks)  # really another order of operations
+    torch.testing.assert_close(masks, ref_masks, rtol=0, atol=1e-5 * float(ref_masks.abs().max()))
+    torch.testing.assert_close(decoded.iou_pred, ref_iou, rtol=0, atol=1e-5)
+
+
+SETTINGS = [dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0),
+            dict(points_per_side=8, pred_iou_thresh=0.07, stability_score_thresh=0.7),
+            dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.85, crop_n_layers=1)]
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+def test_reassociated_masks_match_stock(sam_small, image, settings):
+    """The opt-in mode's masks have IoU >= 0.99 with stock's, both ways (random weights, whose
+    logits sit close to the threshold, are the hard case for a non-exact mode)."""
+    from segment_anything import SamAutomaticMaskGenerator
+
+    stock = SamAutomaticMaskGenerator(sam_small, **settings).generate(image)
+    fast = FastMaskGenerator(sam_small, reassociate=True, **settings).generate(image)
+    assert len(stock) >= 5
+    m = matched(np.stack([a["segmentation"] for a in stock]), fast.masks)
+    assert m == {"recall": 1.0, "precision": 1.0, "min_iou": pytest.approx(1.0, abs=0.01)}
+
+
+def test_reassociate_needs_the_shared_decoder(sam_small):
+    with pytest.raises(ValueError, match="reassociate needs shared_decoder"):
+        FastMaskGenerator(sam_small, points_per_side=4, reassociate=True, shared_decoder=False)
