@@ -195,12 +195,13 @@ def upscale_masks(sam: Sam, decoded: DecodedTokens, prompts: torch.Tensor | None
 
 
 def decode_points(sam: Sam, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
-                  sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                  sparse: torch.Tensor, dense: torch.Tensor,
+                  reassociate: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``sam.mask_decoder(image_embeddings, image_pe, sparse, dense, multimask_output=True)``.
 
     image_embeddings, image_pe: (1, C, h, w); sparse: (B, T, C) prompt tokens; dense: (B, C, h, w)
     identical along B (no mask prompts). Returns low-res mask logits (B, 3, 4h, 4w) and
-    predicted IoUs (B, 3), float32.
+    predicted IoUs (B, 3), float32. ``reassociate``: module docstring (not bit-identical).
     """
-    decoded = decode_tokens(sam, image_embeddings, image_pe, sparse, dense)
+    decoded = decode_tokens(sam, image_embeddings, image_pe, sparse, dense, reassociate=reassociate)
     return upscale_masks(sam, decoded), decoded.iou_pred

@@ -29,6 +29,19 @@ def small_sam(seed: int = 0) -> Sam:
     return make_busy(sam.eval(), iou_bias=0.1)
 
 
+def decoder_inputs(sam: Sam, n: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """Random image features and ``n`` random point prompts for ``sam``'s mask decoder:
+    (features, dense positional encoding, sparse, dense prompt embeddings)."""
+    torch.manual_seed(seed)
+    c, size = sam.prompt_encoder.embed_dim, sam.prompt_encoder.image_embedding_size
+    features = torch.randn(1, c, *size)
+    points = torch.rand(n, 1, 2, dtype=torch.float64) * sam.image_encoder.img_size
+    with torch.inference_mode():
+        sparse, dense = sam.prompt_encoder(points=(points, torch.ones(n, 1, dtype=torch.int)),
+                                           boxes=None, masks=None)
+        return features, sam.prompt_encoder.get_dense_pe(), sparse, dense
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """One torch thread: on this shared 2-core machine, 2 OpenMP threads under load run the
