@@ -10,7 +10,7 @@ from torch import Tensor
 from pipeline.models.crm import CRMNet, make_coord, make_input
 from pipeline.refine.encoder import encode_levels, encode_reduced
 from pipeline.refine.modes import roi_mask, strided_decode
-from pipeline.refine.options import TTA_FLIPS, RefineOptions
+from pipeline.refine.options import TTA_FLIPS, RefineOptions, autocast_dtype
 from pipeline.refine.tiles import FullFeatures, StreamFeatures, TileDecoder, fuse_patched, tile_cells
 
 __all__ = ["refine", "reflect_pad"]
@@ -92,9 +92,6 @@ def _to_tensors(image, coarse, sam_colors, device) -> tuple[Tensor, Tensor, Tens
             colors = F.interpolate(colors, size=(h, w), mode="nearest")
         colors = colors / 255
     return img, mask, colors
-
-
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _scale_probability(
@@ -247,7 +244,7 @@ def _refine(model, image, coarse, sam_colors, options: RefineOptions, device: to
     if roi is not None:
         roi = _align(roi[None, None].float(), options.align)[0, 0] > 0.5
     prob = None
-    dtype = _AUTOCAST.get(options.precision)
+    dtype = autocast_dtype(options.precision)
     for scale in options.scales:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             prob = _scale_probability(model, base, mask_in, scale, roi, options).float()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 __all__ = ["RefineOptions", "DECODE_MODES", "TTA_MODES", "TTA_FLIPS", "PRECISIONS", "resolve_precision",
-           "options_for_device"]
+           "autocast_dtype", "options_for_device"]
 
 DECODE_MODES = ("full", "strided", "bbox", "contour")
 # Flips per test-time augmentation mode: (flip rows, flip columns) for each pass.
@@ -28,6 +28,15 @@ def resolve_precision(precision: str, device) -> str:
 
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "fp32"
+
+
+def autocast_dtype(precision: str):
+    """The torch.autocast type of a resolved precision: None for fp32 (no autocast)."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def options_for_device(options: dict, device) -> RefineOptions:

@@ -58,13 +58,13 @@ from segment_anything.utils.amg import (
 )
 from torchvision.ops.boxes import batched_nms, box_area
 
+from pipeline.refine.options import autocast_dtype
 from pipeline.sam.decoder import decode_tokens, upscale_masks
 from pipeline.sam.postprocess import mask_boxes, upscale_logits
 
 __all__ = ["FastMaskGenerator", "SamMasks", "mask_boxes", "upscale_logits"]
 
 _OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
-_ENCODER_TYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -194,8 +194,7 @@ class FastMaskGenerator:
             raise ValueError(f"need {crop_n_layers + 1} point grids, got {len(point_grids)}")
         if points_per_batch < 1 or postprocess_chunk < 1:
             raise ValueError("points_per_batch and postprocess_chunk must be >= 1")
-        if precision not in _ENCODER_TYPES:
-            raise ValueError(f"precision must be one of {tuple(_ENCODER_TYPES)}, got {precision!r}")
+        encoder_dtype = autocast_dtype(precision)  # raises on an unknown precision
         self.predictor = SamPredictor(sam)
         self.point_grids = point_grids
         self.points_per_batch = points_per_batch
@@ -209,7 +208,7 @@ class FastMaskGenerator:
         self.min_mask_region_area = min_mask_region_area
         self.postprocess_chunk = postprocess_chunk
         self.shared_decoder = shared_decoder
-        self.precision = precision
+        self.precision, self.encoder_dtype = precision, encoder_dtype
         if reassociate and not shared_decoder:
             raise ValueError("reassociate needs shared_decoder=True")
         self.reassociate = reassociate
@@ -315,11 +314,10 @@ class FastMaskGenerator:
     def _encode(self, image: np.ndarray) -> None:
         """``predictor.set_image``, under autocast when ``precision`` asks for it (the features
         are float32 either way)."""
-        dtype = _ENCODER_TYPES[self.precision]
-        if dtype is None:
+        if self.encoder_dtype is None:
             self.predictor.set_image(image)
             return
-        with torch.autocast(self.sam.device.type, dtype=dtype):
+        with torch.autocast(self.sam.device.type, dtype=self.encoder_dtype):
             self.predictor.set_image(image)
         self.predictor.features = self.predictor.features.float()
 
