@@ -7,6 +7,7 @@
     samsr report ./out/demo                      # HTML report with overlays (jobs.report)
     samsr benchmark refiner                      # benchmarks (jobs.benchmark)
     samsr train --help                           # train the refiner (jobs.train)
+    samsr weights average A.pt B.pt --out C.pt   # interpolate two weights files (jobs.weights)
 
 ``samsr COMMAND --help`` shows each command's options.
 """
@@ -29,6 +30,7 @@ COMMANDS = {
     "report": ("jobs.report", "static HTML report: overlays, plots, worst/best samples, failures"),
     "benchmark": ("jobs.benchmark", "benchmarks: 'samsr benchmark refiner' or 'samsr benchmark sam'"),
     "train": ("jobs.train", "train the refiner (Ray Train)"),
+    "weights": ("jobs.weights", "weights files: 'samsr weights average' (WiSE-FT / model soup)"),
 }
 
 

@@ -230,11 +230,12 @@ def write_sets(photos: list[dict], out: str, train_count: int, holdout_count: in
 
 
 def write_region_sets(photos: list[dict], out: str, train_count: int, holdout_count: int, seed: int,
-                      per_image: int = 4) -> None:
+                      per_image: int = 4, snap: str = "local") -> None:
     """Write real-edge samples (:mod:`pipeline.train.regions`): an unaltered photo and one
     object-sized region of it as truth. ``OUT/train_regions``: photos at 0.64-1.28k px (long side)
     from the train photos, ``per_image`` regions per segmentation; ``OUT/holdout_regions``: one
-    region per held-out photo at 2k-3k px."""
+    region per held-out photo at 2k-3k px. ``snap``: how the truth is moved onto the photo's edges
+    (:func:`pipeline.train.regions.region_masks`)."""
     sources: dict[str, str] = {}
     jobs = [("train_regions", "train", train_count, (640, 1280), 92, per_image),
             ("holdout_regions", "holdout", holdout_count, (2048, 3072), 95, 1)]
@@ -252,7 +253,7 @@ def write_region_sets(photos: list[dict], out: str, train_count: int, holdout_co
                 i += len(keys)  # rerun: keep what exists
                 continue
             img = _load(photo["file"], int(rng.integers(lo, hi + 1)))
-            for key, gt in zip(keys, region_masks(img, rng, len(keys))):
+            for key, gt in zip(keys, region_masks(img, rng, len(keys), snap=snap)):
                 sources[key] = photo["path"]
                 _write_sample(d, key, img, gt, q)
                 i += 1
@@ -261,16 +262,18 @@ def write_region_sets(photos: list[dict], out: str, train_count: int, holdout_co
         json.dump(sources, f, indent=1)
 
 
-def snap_region_folder(src: str, dst: str, max_offset: float = 0.5) -> dict[str, int]:
+def snap_region_folder(src: str, dst: str, max_offset: float = 0.5, snap: str = "local") -> dict[str, int]:
     """Real-edge samples of ``src`` (prefix layout) with their truth snapped to the image's edges
-    (:func:`pipeline.train.regions.snap_to_edge`) into ``dst``: the image file is linked (never
+    (``snap``: ``local``, :func:`pipeline.train.regions.snap_locally`, or ``global``,
+    :func:`pipeline.train.regions.snap_to_edge`) into ``dst``: the image file is linked (never
     re-encoded), ``_gt.png`` / ``_seg.png`` are rewritten; a sample whose boundary is still more
     than ``max_offset`` px off the edge centre on average is left out. Returns counts."""
     import glob
     import shutil
 
-    from pipeline.train.regions import snap_to_edge
+    from pipeline.train.regions import snap_locally, snap_to_edge
 
+    snapper = {"local": snap_locally, "global": snap_to_edge}[snap]
     os.makedirs(dst, exist_ok=True)
     counts = {"kept": 0, "moved": 0, "dropped": 0}
     for gt_path in sorted(glob.glob(os.path.join(src, "*_gt.png"))):
@@ -280,7 +283,7 @@ def snap_region_folder(src: str, dst: str, max_offset: float = 0.5) -> dict[str,
         gt = cv2.imread(gt_path, cv2.IMREAD_GRAYSCALE)
         if img is None or gt is None:
             raise ValueError(f"snap_region_folder: cannot read sample {key!r} in {src}")
-        snapped, left = snap_to_edge(np.ascontiguousarray(img[..., ::-1]), gt)
+        snapped, left = snapper(np.ascontiguousarray(img[..., ::-1]), gt)
         if not abs(left) <= max_offset:
             counts["dropped"] += 1
             continue
@@ -324,11 +327,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--holdout-fraction", type=float, default=0.2, help="fraction of photos held out")
     ap.add_argument("--demo-dir", default=None, help="also write 3 demo samples here (e.g. samples/demo)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--snap", default="local", choices=["local", "global"],
+                    help="how region truth is moved onto the photo's edges: local (each boundary stretch "
+                    "onto its own edge; default) or global (the whole boundary by one mean offset; older sets)")
     ap.add_argument("--snap-folder", nargs=2, metavar=("SRC", "DST"), default=None,
                     help="only snap the real-edge samples of SRC to the image edges into DST, and exit")
     args = ap.parse_args(argv)
     if args.snap_folder:
-        snap_region_folder(*args.snap_folder)
+        snap_region_folder(*args.snap_folder, snap=args.snap)
         return 0
     photos = collect_photos(fetch_packages(args.cache, args.packages))
     split_photos(photos, args.holdout_fraction, args.seed)
@@ -337,7 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{len(photos)} photos: {sum(p['split'] == 'train' for p in photos)} train, "
           f"{sum(p['split'] == 'holdout' for p in photos)} held out", flush=True)
     write_sets(photos, args.out, args.train_count, args.holdout_count, args.demo_dir, args.seed)
-    write_region_sets(photos, args.out, args.train_regions, args.holdout_regions, args.seed)
+    write_region_sets(photos, args.out, args.train_regions, args.holdout_regions, args.seed,
+                      snap=args.snap)
     return 0
 
 

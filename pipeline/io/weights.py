@@ -26,7 +26,7 @@ import fsspec
 import torch
 from torch import Tensor, nn
 
-from pipeline.models.checkpoint import OFFICIAL_PREFIX, CheckpointError
+from pipeline.models.checkpoint import OFFICIAL_PREFIX, CheckpointError, strip_prefix
 
 __all__ = ["CheckpointError", "read_state_dict", "save_checkpoint", "checkpoint_hash", "cache_dir",
            "local_copy"]
@@ -130,12 +130,14 @@ def read_state_dict(uri: str, *, cache: bool | str | Path = False,
     return obj
 
 
-def save_checkpoint(model: nn.Module, uri: str, prefix: str = OFFICIAL_PREFIX) -> str:
-    """Write `model`'s state dict in the official format (keys prefixed "module.").
+def save_checkpoint(model: nn.Module | dict[str, Tensor], uri: str, prefix: str = OFFICIAL_PREFIX) -> str:
+    """Write `model`'s state dict (or a state dict, with or without the prefix) in the official
+    format (keys prefixed "module.").
 
     Returns `uri`. Parent directories of local paths are created.
     """
-    state = {prefix + k: v.detach().cpu() for k, v in model.state_dict().items()}
+    given = model.state_dict() if isinstance(model, nn.Module) else strip_prefix(model, prefix)
+    state = {prefix + k: v.detach().cpu() for k, v in given.items()}
     buffer = io.BytesIO()
     torch.save(state, buffer)
     with fsspec.open(uri, "wb", auto_mkdir=True) as handle:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CheckpointError", "load_weights", "strip_prefix", "OFFICIAL_PREFIX"]
+__all__ = ["CheckpointError", "load_weights", "strip_prefix", "interpolate_state_dicts", "OFFICIAL_PREFIX"]
 
 OFFICIAL_PREFIX = "module."  # nn.DataParallel(model).state_dict()
 
@@ -61,3 +61,36 @@ def load_weights(model: nn.Module, state_dict: dict[str, Tensor], source: str = 
             f"{what} {source}: unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected)")
     model.load_state_dict(given, strict=True)
     return model
+
+
+def interpolate_state_dicts(a: dict[str, Tensor], b: dict[str, Tensor], alpha: float,
+                            sources: tuple[str, str] = ("a", "b")) -> dict[str, Tensor]:
+    """``(1 - alpha) * a + alpha * b`` for every floating-point tensor of two state dicts of the
+    same model (with or without "module."; the result has none); integer tensors (BatchNorm's
+    step counters) are taken from ``b``.
+
+    Weight-space interpolation between a model and its fine-tuned descendant (WiSE-FT, Wortsman et
+    al. 2022) or two runs from one init (a "model soup"): both must come from the same init for the
+    average to be a good model. Raises CheckpointError naming the first key only one side has, or
+    whose shapes differ (``sources`` name the two sides).
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    sa, sb = strip_prefix(a), strip_prefix(b)
+    for x, y, name in ((sa, sb, sources[0]), (sb, sa, sources[1])):
+        only = [k for k in x if k not in y]
+        if only:
+            raise CheckpointError(f"checkpoint {name}: key {only[0]!r} is not in the other checkpoint "
+                                  f"({len(only)} such keys; not the same model type)")
+    out: dict[str, Tensor] = {}
+    for key, va in sa.items():
+        vb = sb[key]
+        if tuple(va.shape) != tuple(vb.shape):
+            raise CheckpointError(f"checkpoint {sources[1]}: key {key!r} has shape {tuple(vb.shape)}, "
+                                  f"{sources[0]} has {tuple(va.shape)}")
+        if va.is_floating_point() and vb.is_floating_point():
+            mixed = (1.0 - alpha) * va.double() + alpha * vb.double()
+            out[key] = mixed.to(va.dtype)
+        else:
+            out[key] = vb.clone()
+    return out

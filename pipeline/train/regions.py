@@ -18,7 +18,8 @@ import numpy as np
 from pipeline.sam.regions import colour_gradient
 
 __all__ = ["segment_labels", "segment_graph", "grow_region", "region_masks", "boundary_contrast",
-           "signed_distance", "edge_profile", "edge_offset", "snap_to_edge"]
+           "signed_distance", "edge_profile", "edge_offset", "snap_to_edge",
+           "local_edge_offset", "snap_locally"]
 
 
 def segment_labels(image: np.ndarray, scale: float, sigma: float = 0.8, min_size: int = 64) -> np.ndarray:
@@ -97,7 +98,7 @@ MAX_EDGE_OFFSET = 0.5
 def region_masks(image: np.ndarray, rng: np.random.Generator, count: int = 1,
                  area_range: tuple[float, float] = (0.03, 0.35), tries: int = 8,
                  min_contrast: float = MIN_CONTRAST,
-                 max_edge_offset: float | None = MAX_EDGE_OFFSET) -> list[np.ndarray]:
+                 max_edge_offset: float | None = MAX_EDGE_OFFSET, snap: str = "local") -> list[np.ndarray]:
     """Up to ``count`` object-sized regions of ``image`` ((H, W, 3) uint8 RGB), each an (H, W)
     uint8 {0, 255} truth, from one segmentation.
 
@@ -107,10 +108,16 @@ def region_masks(image: np.ndarray, rng: np.random.Generator, count: int = 1,
     component is kept; a region outside 0.5x-2x of its target area, or whose boundary does not
     lie on strong edges (:func:`boundary_contrast` < ``min_contrast``: a cut through texture or a
     smooth gradient, whose "truth" no refiner could find), is redrawn (``tries`` seeds each).
-    With ``max_edge_offset`` (default 0.5 px) each region is snapped to the image's edges
-    (:func:`snap_to_edge`) and redrawn when its boundary is still farther than that from the edge
-    centre on average; None keeps Felzenszwalb's boundary as is.
+    With ``max_edge_offset`` (default 0.5 px) each region is snapped to the image's edges and
+    redrawn when its boundary is still farther than that from the edge centre on average; None
+    keeps Felzenszwalb's boundary as is. ``snap``: ``local`` (default, :func:`snap_locally`: each
+    boundary stretch onto its own edge, stretches without a clear edge left alone) or ``global``
+    (:func:`snap_to_edge`: the whole boundary by one rounded mean offset; sets built before
+    2026-12-05).
     """
+    if snap not in ("local", "global"):
+        raise ValueError(f"region_masks: snap must be 'local' or 'global', got {snap!r}")
+    snapper = snap_locally if snap == "local" else snap_to_edge
     h, w = image.shape[:2]
     npx = h * w
     scale = float(rng.uniform(150, 700)) * max(0.5, npx / 1e6) ** 0.5
@@ -132,7 +139,7 @@ def region_masks(image: np.ndarray, rng: np.random.Generator, count: int = 1,
             if boundary_contrast(image, m) < min_contrast:
                 continue
             if max_edge_offset is not None:
-                m, left = snap_to_edge(image, m)
+                m, left = snapper(image, m)
                 if not abs(left) <= max_edge_offset:
                     continue
             out.append(m)
@@ -162,6 +169,14 @@ def signed_distance(mask: np.ndarray) -> np.ndarray:
     return np.where(m > 0, 0.5 - inside, outside - 0.5).astype(np.float32)
 
 
+def _rgb_gradient(image: np.ndarray) -> np.ndarray:
+    """(H, W) float32 Sobel magnitude of the RGB values as floats (linear: a symmetric edge gives a
+    symmetric profile)."""
+    rgb = image.astype(np.float32)
+    gx, gy = cv2.Sobel(rgb, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(rgb, cv2.CV_32F, 0, 1, ksize=3)
+    return np.sqrt((gx * gx + gy * gy).reshape(*image.shape[:2], -1).sum(-1))
+
+
 def edge_profile(image: np.ndarray, mask: np.ndarray, radius: int = 3) -> np.ndarray:
     """Mean gradient magnitude (Sobel on the RGB values as floats: linear, so a symmetric edge
     gives a symmetric profile; over its image mean) along the boundary of ``mask`` moved by
@@ -170,9 +185,7 @@ def edge_profile(image: np.ndarray, mask: np.ndarray, radius: int = 3) -> np.nda
     the first outside, s = +0.5) weighs it by max(0, 1 - |s - d|), so a mask whose boundary lies
     on the centre of an edge peaks at d = 0.
     NaN where no pixel is that far from the boundary."""
-    rgb = image.astype(np.float32)
-    gx, gy = cv2.Sobel(rgb, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(rgb, cv2.CV_32F, 0, 1, ksize=3)
-    grad = np.sqrt((gx * gx + gy * gy).reshape(*image.shape[:2], -1).sum(-1)).astype(np.float64)
+    grad = _rgb_gradient(image).astype(np.float64)
     mean = max(float(grad.mean()), 1e-6)
     dist = signed_distance(mask)
     near = np.abs(dist) < radius + 1
@@ -221,4 +234,61 @@ def snap_to_edge(image: np.ndarray, mask: np.ndarray, max_shift: int = 2,
     if shift == 0:
         return binary, offset
     moved = np.where(signed_distance(binary) < shift, 255, 0).astype(np.uint8)
+    return moved, edge_offset(image, moved, radius)
+
+
+def local_edge_offset(image: np.ndarray, mask: np.ndarray, radius: int = 3, sigma: float = 6.0,
+                      min_peak: float = 2.0, min_contrast: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel :func:`edge_offset`: where the image's edge lies relative to each *stretch* of the
+    boundary of ``mask``, in pixels (> 0: outside the mask), and where a clear edge was found.
+
+    The profile of :func:`edge_profile` is gathered locally: the weighted gradient sums of each
+    shift d = -radius..radius are Gaussian-blurred (``sigma`` px, about a boundary stretch of
+    2.5 sigma on each side) before the division, so every pixel near the boundary sees the profile
+    of the stretch next to it. A stretch has a clear edge when its profile's peak is at least
+    ``min_peak`` times the image's mean gradient and ``min_contrast`` times the profile's lower end
+    and lies inside the searched range (not at +-radius); elsewhere (a weak or textured stretch,
+    or an edge farther than ``radius``) the offset is 0. Returns ((H, W) float32 offsets,
+    (H, W) bool clear-edge map), both only meaningful within ``radius`` px of the boundary.
+    """
+    grad = _rgb_gradient(image)
+    grad /= max(float(grad.mean()), 1e-6)
+    dist = signed_distance(mask)
+    near = (np.abs(dist) < radius + 1).astype(np.float32)
+    blur = lambda x: cv2.GaussianBlur(x, (0, 0), sigma)  # noqa: E731
+    prof = []
+    for d in range(-radius, radius + 1):
+        w = np.maximum(0.0, 1.0 - np.abs(dist - d)) * near
+        prof.append(blur(w * grad) / np.maximum(blur(w), 1e-6))
+    p = np.stack(prof)  # (2r+1, H, W)
+    i = np.argmax(p, axis=0)
+    peak = np.take_along_axis(p, i[None], 0)[0]
+    a = np.take_along_axis(p, np.clip(i - 1, 0, 2 * radius)[None], 0)[0]
+    c = np.take_along_axis(p, np.clip(i + 1, 0, 2 * radius)[None], 0)[0]
+    denom = a - 2 * peak + c
+    frac = np.where(denom < 0, 0.5 * (a - c) / np.where(denom < 0, denom, -1.0), 0.0)
+    offset = (i - radius + np.clip(frac, -0.5, 0.5)).astype(np.float32)
+    clear = (peak >= min_peak) & (peak >= min_contrast * p.min(axis=0)) & (i > 0) & (i < 2 * radius)
+    return np.where(clear, offset, 0.0).astype(np.float32), clear
+
+
+def snap_locally(image: np.ndarray, mask: np.ndarray, max_shift: float = 2.0, radius: int = 3,
+                 sigma: float = 6.0) -> tuple[np.ndarray, float]:
+    """Move each stretch of the boundary of ``mask`` onto the centre of the image's edge next to
+    it (:func:`local_edge_offset`, at most ``max_shift`` px) and leave stretches without a clear
+    edge where they are. Returns (mask (H, W) uint8 {0, 255}, the whole boundary's
+    :func:`edge_offset` left after the move).
+
+    :func:`snap_to_edge` moves the whole boundary by one rounded mean offset, so a region whose
+    strong edges lie a pixel outside is also grown by a pixel along its weak stretches, where no
+    edge says where the truth is; a refiner trained on such truth learns to grow boundaries that
+    have no edge. Here the new boundary is the zero level of ``signed_distance - offset``: the
+    offset field is smooth along the boundary, so the moved boundary stays smooth.
+    """
+    binary = np.where(mask > 128, 255, 0).astype(np.uint8)
+    if not binary.any() or binary.all():
+        return binary, float("nan")
+    offset, _ = local_edge_offset(image, binary, radius=radius, sigma=sigma)
+    offset = np.clip(offset, -max_shift, max_shift)
+    moved = np.where(signed_distance(binary) < offset, 255, 0).astype(np.uint8)
     return moved, edge_offset(image, moved, radius)

@@ -19,7 +19,8 @@ def test_console_script_help_lists_every_command():
     assert r.returncode == 0, r.stderr
     for name in COMMANDS:
         assert name in r.stdout
-    assert set(COMMANDS) == {"refine", "relabel", "evaluate", "query", "report", "benchmark", "train"}
+    assert set(COMMANDS) == {"refine", "relabel", "evaluate", "query", "report", "benchmark", "train",
+                             "weights"}
 
 
 @pytest.mark.parametrize(
@@ -31,6 +32,7 @@ def test_console_script_help_lists_every_command():
         ("report", ["OUTPUT", "--out", "--worst", "--best"]),
         ("benchmark", ["refiner", "sam", "quality"]),
         ("train", ["usage: samsr train"]),
+        ("weights", ["usage: samsr weights", "average"]),
     ],
 )
 def test_each_subcommand_has_accurate_help(command, expected, capsys):

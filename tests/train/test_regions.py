@@ -11,10 +11,12 @@ from pipeline.train.regions import (
     edge_offset,
     edge_profile,
     grow_region,
+    local_edge_offset,
     region_masks,
     segment_graph,
     segment_labels,
     signed_distance,
+    snap_locally,
     snap_to_edge,
 )
 
@@ -122,3 +124,42 @@ def test_snap_to_edge_puts_a_shifted_truth_back_on_the_edge():
     assert np.array_equal(same, truth) and abs(left) < 0.1  # a truth on the edge is kept as is
     far, left = snap_to_edge(image, _disc(44.0), max_shift=2)  # moves at most max_shift
     assert left < -0.5
+
+
+def test_local_edge_offset_measures_each_stretch_of_the_boundary():
+    image = _blurred_disc(40.0)
+    for radius, want in ((38.0, 2.0), (39.0, 1.0), (40.0, 0.0), (41.0, -1.0)):
+        offset, clear = local_edge_offset(image, _disc(radius))
+        ring = np.abs(signed_distance(_disc(radius))) < 1
+        assert clear[ring].all()
+        assert np.abs(offset[ring] - want).max() < 0.3, radius
+    # half of the disc's rim has no edge (inside colour on both sides): clear only on the other half
+    flat = image.copy()
+    flat[:, 72:] = image[64, 64]
+    offset, clear = local_edge_offset(flat, _disc(39.0))
+    ring = np.abs(signed_distance(_disc(39.0))) < 1
+    left, right = ring.copy(), ring.copy()
+    left[:, 56:], right[:, :88] = False, False  # away from the seam at column 72
+    assert clear[left].all() and np.abs(offset[left] - 1.0).max() < 0.3
+    assert not clear[right].any() and np.all(offset[right] == 0)
+
+
+def test_snap_locally_moves_only_the_stretches_that_have_an_edge():
+    image = _blurred_disc(40.0)
+    truth = _disc(40.0)
+    for radius in (38.0, 39.0, 41.0, 42.0):  # a clear edge all round: back onto it, like snap_to_edge
+        snapped, left = snap_locally(image, _disc(radius))
+        assert abs(left) <= 0.4 and set(np.unique(snapped)) <= {0, 255}
+        assert (snapped != truth).mean() < 0.01
+    same, _ = snap_locally(image, truth)
+    assert np.array_equal(same, truth)
+    # no edge on the right half: the global snap grows the whole disc, the local one only the left
+    flat = image.copy()
+    flat[:, 72:] = image[64, 64]
+    small = _disc(39.0)
+    local, _ = snap_locally(flat, small)
+    whole, _ = snap_to_edge(flat, small)
+    grown = lambda m, cols: int(((m > 0) & (small == 0))[:, cols].sum())  # noqa: E731
+    assert grown(local, slice(0, 56)) > 60 and grown(whole, slice(0, 56)) > 60
+    assert grown(local, slice(88, None)) <= 2 < 30 < grown(whole, slice(88, None))
+    assert np.all((local > 0) >= (small > 0))  # moved outward only
