@@ -329,7 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--snap", default="local", choices=["local", "global"],
                     help="how region truth is moved onto the photo's edges: local (each boundary stretch "
-                    "onto its own edge; default) or global (the whole boundary by one mean offset; older sets)")
+                    "onto its own edge; default) or global (the whole boundary by one mean offset; "
+                    "older sets)")
     ap.add_argument("--snap-folder", nargs=2, metavar=("SRC", "DST"), default=None,
                     help="only snap the real-edge samples of SRC to the image edges into DST, and exit")
     args = ap.parse_args(argv)
