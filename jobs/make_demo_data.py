@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.train.composites import find_fonts, make_composite
-from pipeline.train.regions import region_masks
+from pipeline.train.regions import SNAPS, region_masks
 
 __all__ = ["PACKAGES", "fetch_packages", "parse_dep5", "collect_photos", "split_photos", "write_sets",
            "snap_region_folder", "main"]
@@ -271,9 +271,7 @@ def snap_region_folder(src: str, dst: str, max_offset: float = 0.5, snap: str = 
     import glob
     import shutil
 
-    from pipeline.train.regions import snap_locally, snap_to_edge
-
-    snapper = {"local": snap_locally, "global": snap_to_edge}[snap]
+    snapper = SNAPS[snap]
     os.makedirs(dst, exist_ok=True)
     counts = {"kept": 0, "moved": 0, "dropped": 0}
     for gt_path in sorted(glob.glob(os.path.join(src, "*_gt.png"))):
@@ -327,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--holdout-fraction", type=float, default=0.2, help="fraction of photos held out")
     ap.add_argument("--demo-dir", default=None, help="also write 3 demo samples here (e.g. samples/demo)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--snap", default="local", choices=["local", "global"],
+    ap.add_argument("--snap", default="local", choices=list(SNAPS),
                     help="how region truth is moved onto the photo's edges: local (each boundary stretch "
                     "onto its own edge; default) or global (the whole boundary by one mean offset; "
                     "older sets)")

@@ -19,7 +19,7 @@ from pipeline.sam.regions import colour_gradient
 
 __all__ = ["segment_labels", "segment_graph", "grow_region", "region_masks", "boundary_contrast",
            "signed_distance", "edge_profile", "edge_offset", "snap_to_edge",
-           "local_edge_offset", "snap_locally"]
+           "local_edge_offset", "snap_locally", "SNAPS"]
 
 
 def segment_labels(image: np.ndarray, scale: float, sigma: float = 0.8, min_size: int = 64) -> np.ndarray:
@@ -115,9 +115,9 @@ def region_masks(image: np.ndarray, rng: np.random.Generator, count: int = 1,
     (:func:`snap_to_edge`: the whole boundary by one rounded mean offset; sets built before
     2026-12-05).
     """
-    if snap not in ("local", "global"):
-        raise ValueError(f"region_masks: snap must be 'local' or 'global', got {snap!r}")
-    snapper = snap_locally if snap == "local" else snap_to_edge
+    if snap not in SNAPS:
+        raise ValueError(f"region_masks: snap must be one of {tuple(SNAPS)}, got {snap!r}")
+    snapper = SNAPS[snap]
     h, w = image.shape[:2]
     npx = h * w
     scale = float(rng.uniform(150, 700)) * max(0.5, npx / 1e6) ** 0.5
@@ -292,3 +292,8 @@ def snap_locally(image: np.ndarray, mask: np.ndarray, max_shift: float = 2.0, ra
     offset = np.clip(offset, -max_shift, max_shift)
     moved = np.where(signed_distance(binary) < offset, 255, 0).astype(np.uint8)
     return moved, edge_offset(image, moved, radius)
+
+
+# How real-edge truth is moved onto the photo's edges, by name (`region_masks(snap=...)`,
+# `python -m jobs.make_demo_data --snap`).
+SNAPS = {"local": snap_locally, "global": snap_to_edge}
