@@ -104,6 +104,13 @@ def encode_mask(mask: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def pil_bytes(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    """``im`` saved by Pillow in ``fmt`` (any mode, extra save keywords passed on), as bytes."""
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
 def jpeg_with_orientation(stored: np.ndarray, orientation: int, quality: int = 95) -> bytes:
     """JPEG of ``stored`` (the pixels as stored) with EXIF Orientation tag ``orientation`` (1..8)."""
     exif = Image.Exif()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import cv2
 import numpy as np
 import pytest
@@ -23,16 +21,11 @@ from tests.helpers import (
     encode_mask,
     jpeg_with_orientation,
     make_sample,
+    pil_bytes,
     put,
     write_layout,
     write_prefix_layout,
 )
-
-
-def _pil_bytes(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format=fmt, **kw)
-    return buf.getvalue()
 
 
 def _quadrants(h: int = 32, w: int = 48) -> np.ndarray:
@@ -90,21 +83,21 @@ def test_image_pixel_formats_normalise_to_rgb_uint8():
     rgb = _quadrants()
     grey = rgb[:, :, 1]
     cases = {
-        "grey": (_pil_bytes(Image.fromarray(grey)), np.repeat(grey[:, :, None], 3, 2)),
-        "rgba": (_pil_bytes(Image.fromarray(np.dstack([rgb, np.full(grey.shape, 7, np.uint8)]))), rgb),
+        "grey": (pil_bytes(Image.fromarray(grey)), np.repeat(grey[:, :, None], 3, 2)),
+        "rgba": (pil_bytes(Image.fromarray(np.dstack([rgb, np.full(grey.shape, 7, np.uint8)]))), rgb),
         "la": (
-            _pil_bytes(Image.fromarray(np.dstack([grey, grey])).convert("LA")),
+            pil_bytes(Image.fromarray(np.dstack([grey, grey])).convert("LA")),
             np.repeat(grey[:, :, None], 3, 2),
         ),
         "palette": (
-            _pil_bytes(Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=4)),
+            pil_bytes(Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=4)),
             rgb,
         ),
         "one_bit": (
-            _pil_bytes(Image.fromarray(grey > 0).convert("1")),
+            pil_bytes(Image.fromarray(grey > 0).convert("1")),
             np.repeat((grey > 0)[:, :, None] * 255, 3, 2),
         ),
-        "cmyk_jpeg": (_pil_bytes(Image.fromarray(rgb).convert("CMYK"), "JPEG", quality=98), rgb),
+        "cmyk_jpeg": (pil_bytes(Image.fromarray(rgb).convert("CMYK"), "JPEG", quality=98), rgb),
     }
     for name, (data, expected) in cases.items():
         out = decode_image(data, key=name)
@@ -131,20 +124,20 @@ def test_mask_pixel_formats_normalise_to_grey_uint8():
         "labels01": (encode_mask(binary), binary * 255),
         "labels01_16bit": (encode_mask(binary.astype(np.uint16)), binary * 255),
         "16bit": (encode_mask(soft.astype(np.uint16) * 257), soft),
-        "one_bit": (_pil_bytes(Image.fromarray(binary.astype(bool))), binary * 255),
-        "palette_grey": (_pil_bytes(palette_bw), binary * 255),
-        "palette_voc": (_pil_bytes(voc), binary * 255),
+        "one_bit": (pil_bytes(Image.fromarray(binary.astype(bool))), binary * 255),
+        "palette_grey": (pil_bytes(palette_bw), binary * 255),
+        "palette_voc": (pil_bytes(voc), binary * 255),
         "rgb_grey": (encode_image(np.repeat(soft[:, :, None], 3, 2), "png"), soft),
         "rgb_colour_labels": (
             encode_image(np.dstack([binary * 200, binary * 0, binary * 30]), "png"),
             binary * 255,
         ),
-        "rgba_cut_out": (_pil_bytes(Image.fromarray(cut_out, "RGBA")), soft),
+        "rgba_cut_out": (pil_bytes(Image.fromarray(cut_out, "RGBA")), soft),
         "rgba_opaque": (
-            _pil_bytes(Image.fromarray(np.dstack([soft, soft, soft, np.full_like(soft, 255)]))),
+            pil_bytes(Image.fromarray(np.dstack([soft, soft, soft, np.full_like(soft, 255)]))),
             soft,
         ),
-        "float_tiff": (_pil_bytes(Image.fromarray(soft.astype(np.float32) / 255.0), "TIFF"), soft),
+        "float_tiff": (pil_bytes(Image.fromarray(soft.astype(np.float32) / 255.0), "TIFF"), soft),
     }
     for name, (data, expected) in cases.items():
         out = decode_mask(data, key=name)

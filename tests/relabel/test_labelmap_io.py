@@ -17,13 +17,7 @@ from pipeline.relabel.labelmaps import (
     read_label_map,
     write_label_map,
 )
-from tests.helpers import bomb_png
-
-
-def _png(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format=fmt, **kw)
-    return buf.getvalue()
+from tests.helpers import bomb_png, pil_bytes
 
 
 def _palette_image(values: np.ndarray, palette: bytes) -> Image.Image:
@@ -43,7 +37,7 @@ _PALETTE = bytes(v for i in range(22) for v in ((i * 37) % 256, (i * 91 + 13) % 
 def test_round_trip_L():
     values = np.random.default_rng(0).integers(0, 256, (23, 31)).astype(np.uint8)
     values[0, 0], values[1, 1] = 0, 255
-    label = read_label_map(_png(Image.fromarray(values)), "k")
+    label = read_label_map(pil_bytes(Image.fromarray(values)), "k")
     assert label.mode == "L" and label.values.dtype == np.uint8 and label.palette is None
     np.testing.assert_array_equal(label.values, values)
     again = read_label_map(write_label_map(label, label.values), "k")
@@ -55,7 +49,7 @@ def test_round_trip_L():
 def test_round_trip_P_keeps_indices_palette_and_transparency(transparency):
     values = np.random.default_rng(1).integers(0, 21, (17, 29)).astype(np.uint8)
     values[-1, -1] = 21
-    data = _png(_palette_image(values, _PALETTE), transparency=transparency)
+    data = pil_bytes(_palette_image(values, _PALETTE), transparency=transparency)
     label = read_label_map(data, "k")
     assert label.mode == "P" and label.values.dtype == np.uint8
     np.testing.assert_array_equal(label.values, values)  # indices, not colours
@@ -73,7 +67,7 @@ def test_round_trip_P_keeps_indices_palette_and_transparency(transparency):
 
 def test_write_P_index_past_a_short_palette_is_kept():
     """Pillow packs a 3-entry palette image into 2 bits; index 9 must not become 9 & 3 = 1."""
-    label = read_label_map(_png(_palette_image(np.array([[0, 1], [2, 1]]), bytes(range(9)))), "k")
+    label = read_label_map(pil_bytes(_palette_image(np.array([[0, 1], [2, 1]]), bytes(range(9)))), "k")
     assert len(label.palette) == 9
     values = np.array([[0, 1], [2, 9]], np.uint8)
     out = read_label_map(write_label_map(label, values), "k")
@@ -84,7 +78,7 @@ def test_write_P_index_past_a_short_palette_is_kept():
 def test_round_trip_I16():
     values = np.random.default_rng(2).integers(0, 65536, (19, 13)).astype(np.uint16)
     values[0, 0], values[0, 1] = 0, 65535
-    label = read_label_map(_png(Image.fromarray(values)), "k")
+    label = read_label_map(pil_bytes(Image.fromarray(values)), "k")
     assert label.mode == "I;16" and label.values.dtype == np.uint16 and label.palette is None
     np.testing.assert_array_equal(label.values, values)
     again = read_label_map(write_label_map(label, label.values), "k")
@@ -92,9 +86,9 @@ def test_round_trip_I16():
     np.testing.assert_array_equal(again.values, values)
 
 
-def test_mode_I_reads_int32_and_writes_16_bit_png():
+def test_mode_I_reads_int32_and_writes_16_bitpil_bytes():
     values = np.array([[0, 1, 70000], [-3, 5, 40000]], np.int32)
-    label = read_label_map(_png(Image.fromarray(values), "TIFF"), "k")
+    label = read_label_map(pil_bytes(Image.fromarray(values), "TIFF"), "k")
     assert label.mode == "I" and label.values.dtype == np.int32
     np.testing.assert_array_equal(label.values, values)
     with pytest.raises(ValueError, match="range 0..65535"):
@@ -107,7 +101,7 @@ def test_mode_I_reads_int32_and_writes_16_bit_png():
 
 def test_one_bit_reads_as_L_zero_one():
     bits = np.array([[0, 1, 1], [1, 0, 0]], bool)
-    label = read_label_map(_png(Image.fromarray(bits)), "k")
+    label = read_label_map(pil_bytes(Image.fromarray(bits)), "k")
     assert label.mode == "L" and label.values.dtype == np.uint8
     np.testing.assert_array_equal(label.values, bits.astype(np.uint8))
 
@@ -115,7 +109,7 @@ def test_one_bit_reads_as_L_zero_one():
 def test_multi_frame_reads_the_first_frame():
     a = np.full((5, 6), 3, np.uint8)
     b = np.full((5, 6), 9, np.uint8)
-    data = _png(Image.fromarray(a), "TIFF", save_all=True, append_images=[Image.fromarray(b)])
+    data = pil_bytes(Image.fromarray(a), "TIFF", save_all=True, append_images=[Image.fromarray(b)])
     assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 2
     np.testing.assert_array_equal(read_label_map(data, "k").values, a)
 
@@ -141,7 +135,7 @@ def test_colour_label_maps_are_rejected(mode):
     im = Image.new(mode, (8, 6))
     fmt = "JPEG" if mode == "CMYK" else "PNG"
     with pytest.raises(SampleError) as err:
-        read_label_map(_png(im, fmt), "img/7")
+        read_label_map(pil_bytes(im, fmt), "img/7")
     assert err.value.error_type == "label_map_mode" and err.value.key == "img/7"
     assert f"mode {mode}" in err.value.message and "single-channel class ids" in err.value.message
 
@@ -159,14 +153,14 @@ def test_undecodable_bytes_are_decode_error(data):
 
 def test_truncated_png_is_decode_error():
     values = np.random.default_rng(3).integers(0, 256, (64, 64)).astype(np.uint8)
-    data = _png(Image.fromarray(values))
+    data = pil_bytes(Image.fromarray(values))
     with pytest.raises(SampleError) as err:
         read_label_map(data[: len(data) // 2], "k")
     assert err.value.error_type == "decode_error"
 
 
 def test_too_large_from_the_header():
-    data = _png(Image.fromarray(np.zeros((10, 20), np.uint8)))
+    data = pil_bytes(Image.fromarray(np.zeros((10, 20), np.uint8)))
     assert read_label_map(data, "k", max_pixels=200).values.shape == (10, 20)
     with pytest.raises(SampleError) as err:
         read_label_map(data, "k", max_pixels=199)
@@ -175,7 +169,7 @@ def test_too_large_from_the_header():
 
 def test_too_large_bomb_is_not_decoded():
     """A header claiming 1e10 pixels (Pillow's own bomb limit) and a 120 MP bomb under it."""
-    data = bytearray(_png(Image.fromarray(np.zeros((4, 4), np.uint8))))
+    data = bytearray(pil_bytes(Image.fromarray(np.zeros((4, 4), np.uint8))))
     data[16:24] = struct.pack(">II", 100_000, 100_000)
     data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
     with pytest.raises(SampleError) as err:
