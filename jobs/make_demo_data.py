@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.train.composites import find_fonts, make_composite
-from pipeline.train.regions import SNAPS, region_masks
+from pipeline.train.regions import SNAPS, region_masks, snap_region
 
 __all__ = ["PACKAGES", "fetch_packages", "parse_dep5", "collect_photos", "split_photos", "write_sets",
            "snap_region_folder", "main"]
@@ -271,7 +271,8 @@ def snap_region_folder(src: str, dst: str, max_offset: float = 0.5, snap: str = 
     import glob
     import shutil
 
-    snapper = SNAPS[snap]
+    if snap not in SNAPS:
+        raise ValueError(f"snap_region_folder: snap must be one of {tuple(SNAPS)}, got {snap!r}")
     os.makedirs(dst, exist_ok=True)
     counts = {"kept": 0, "moved": 0, "dropped": 0}
     for gt_path in sorted(glob.glob(os.path.join(src, "*_gt.png"))):
@@ -281,7 +282,7 @@ def snap_region_folder(src: str, dst: str, max_offset: float = 0.5, snap: str = 
         gt = cv2.imread(gt_path, cv2.IMREAD_GRAYSCALE)
         if img is None or gt is None:
             raise ValueError(f"snap_region_folder: cannot read sample {key!r} in {src}")
-        snapped, left = snapper(np.ascontiguousarray(img[..., ::-1]), gt)
+        snapped, left = snap_region(np.ascontiguousarray(img[..., ::-1]), gt, snap)
         if not abs(left) <= max_offset:
             counts["dropped"] += 1
             continue

@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.sam.regions import colour_gradient
 
 __all__ = ["segment_labels", "segment_graph", "grow_region", "region_masks", "boundary_contrast",
-           "signed_distance", "edge_profile", "edge_offset", "snap_to_edge",
+           "fill_weak_holes", "snap_region", "signed_distance", "edge_profile", "edge_offset", "snap_to_edge",
            "local_edge_offset", "snap_locally", "SNAPS"]
 
 
@@ -91,8 +91,35 @@ def _clean(mask: np.ndarray, min_hole: int) -> np.ndarray:
     return keep | small[holes]
 
 
+def fill_weak_holes(mask: np.ndarray, grad: np.ndarray, min_contrast: float) -> np.ndarray:
+    """``mask`` ((H, W) bool) with every hole filled whose own boundary does not lie on strong edges:
+    the mean of ``grad`` ((H, W), e.g. :func:`pipeline.sam.regions.colour_gradient`) on the hole's
+    boundary ring (its pixels and the mask's pixels next to it) under ``min_contrast`` times the
+    image mean — a patch of texture or shading that the merge happened to skip, not a hole an
+    annotator would draw. Holes with strong boundaries (a real opening) are kept."""
+    n, holes, stats, _ = cv2.connectedComponentsWithStats((~mask).astype(np.uint8), connectivity=4)
+    if n <= 2:
+        return mask
+    h, w = mask.shape
+    border = set(np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]])).tolist())
+    floor = min_contrast * max(float(grad.mean()), 1e-6)
+    out = mask.copy()
+    ring_kernel = np.ones((3, 3), np.uint8)
+    for i in range(1, n):
+        if i in border:
+            continue
+        x, y, bw, bh = (int(v) for v in stats[i, :4])
+        y0, y1, x0, x1 = max(0, y - 1), min(h, y + bh + 1), max(0, x - 1), min(w, x + bw + 1)
+        hole = (holes[y0:y1, x0:x1] == i).astype(np.uint8)
+        ring = cv2.morphologyEx(hole, cv2.MORPH_GRADIENT, ring_kernel) > 0
+        if float(grad[y0:y1, x0:x1][ring].mean()) < floor:
+            out[y0:y1, x0:x1] |= hole > 0
+    return out
+
+
 MIN_CONTRAST = 2.5
 MAX_EDGE_OFFSET = 0.5
+MAX_OVERLAP = 0.9
 
 
 def region_masks(image: np.ndarray, rng: np.random.Generator, count: int = 1,
@@ -104,25 +131,29 @@ def region_masks(image: np.ndarray, rng: np.random.Generator, count: int = 1,
 
     Felzenszwalb scale U(150, 700) (x sqrt(image size / 1 Mpx), so segments are comparable
     across sizes), min segment size 0.02% of the image; each region's target area is
-    U(area_range) of the image. Holes below 0.2% of the image are filled and only the largest
-    component is kept; a region outside 0.5x-2x of its target area, or whose boundary does not
+    U(area_range) of the image. Holes below 0.2% of the image are filled, and so are holes whose
+    own boundary is weak (:func:`fill_weak_holes`, ``min_contrast``); only the largest component
+    is kept; a region outside 0.5x-2x of its target area, or whose boundary does not
     lie on strong edges (:func:`boundary_contrast` < ``min_contrast``: a cut through texture or a
     smooth gradient, whose "truth" no refiner could find), is redrawn (``tries`` seeds each).
     With ``max_edge_offset`` (default 0.5 px) each region is snapped to the image's edges and
     redrawn when its boundary is still farther than that from the edge centre on average; None
-    keeps Felzenszwalb's boundary as is. ``snap``: ``local`` (default, :func:`snap_locally`: each
+    keeps Felzenszwalb's boundary as is (after snapping, the largest component is kept and small
+    holes filled again). A region whose IoU with one already returned exceeds 0.9 is redrawn (two
+    seeds can grow the same region). ``snap``: ``local`` (default, :func:`snap_locally`: each
     boundary stretch onto its own edge, stretches without a clear edge left alone) or ``global``
     (:func:`snap_to_edge`: the whole boundary by one rounded mean offset; sets built before
     2026-12-05).
     """
     if snap not in SNAPS:
         raise ValueError(f"region_masks: snap must be one of {tuple(SNAPS)}, got {snap!r}")
-    snapper = SNAPS[snap]
     h, w = image.shape[:2]
     npx = h * w
     scale = float(rng.uniform(150, 700)) * max(0.5, npx / 1e6) ** 0.5
     labels = segment_labels(image, scale=scale, sigma=0.8, min_size=max(16, int(npx * 2e-4)))
     area, mean, adjacency = segment_graph(labels, image)
+    grad = colour_gradient(image)
+    min_hole = max(16, int(npx * 2e-3))
     out: list[np.ndarray] = []
     for _ in range(count * tries):
         if len(out) == count:
@@ -132,18 +163,44 @@ def region_masks(image: np.ndarray, rng: np.random.Generator, count: int = 1,
         if not len(small):
             continue
         region = grow_region(area, mean, adjacency, int(rng.choice(small)), target, rng)
-        mask = _clean(np.isin(labels, region), max(16, int(npx * 2e-3)))
+        mask = fill_weak_holes(_clean(np.isin(labels, region), min_hole), grad, min_contrast)
         got = float(mask.sum())
         if 0.5 * target <= got <= 2.0 * target and got < 0.9 * npx:
             m = np.where(mask, 255, 0).astype(np.uint8)
-            if boundary_contrast(image, m) < min_contrast:
+            if _contrast(grad, m) < min_contrast:
                 continue
             if max_edge_offset is not None:
-                m, left = snapper(image, m)
+                m, left = snap_region(image, m, snap)
                 if not abs(left) <= max_edge_offset:
                     continue
+            if any(_iou(m, o) > MAX_OVERLAP for o in out):
+                continue  # another seed grew (nearly) the same region: one copy is enough
             out.append(m)
     return out
+
+
+def snap_region(image: np.ndarray, mask: np.ndarray, snap: str = "local") -> tuple[np.ndarray, float]:
+    """``mask`` ((H, W) uint8) moved onto the edges of ``image`` by the snap named ``snap``
+    (:data:`SNAPS`), then cleaned as :func:`region_masks` cleans a region (the largest component,
+    holes under 0.2% of the image filled: moving boundary stretches can pinch off specks and open
+    pinholes). Returns (mask (H, W) uint8 {0, 255}, the snap's remaining mean offset in px)."""
+    if snap not in SNAPS:
+        raise ValueError(f"snap_region: snap must be one of {tuple(SNAPS)}, got {snap!r}")
+    moved, left = SNAPS[snap](image, mask)
+    min_hole = max(16, int(mask.size * 2e-3))
+    return np.where(_clean(moved > 128, min_hole), 255, 0).astype(np.uint8), left
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 128, b > 128
+    return float((a & b).sum()) / max(1, int((a | b).sum()))
+
+
+def _contrast(grad: np.ndarray, mask: np.ndarray) -> float:
+    edge = cv2.morphologyEx((mask > 128).astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+    if not edge.any():
+        return 0.0
+    return float(grad[edge].mean() / max(float(grad.mean()), 1e-6))
 
 
 def boundary_contrast(image: np.ndarray, mask: np.ndarray) -> float:
@@ -151,11 +208,7 @@ def boundary_contrast(image: np.ndarray, mask: np.ndarray) -> float:
     the mean colour-gradient magnitude (CIELAB, Sobel after a 3 x 3 blur) on the mask's boundary
     pixels over its mean on the whole image. ~1 for a cut through texture; >> 1 on object edges.
     """
-    grad = colour_gradient(image)
-    edge = cv2.morphologyEx((mask > 128).astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
-    if not edge.any():
-        return 0.0
-    return float(grad[edge].mean() / max(float(grad.mean()), 1e-6))
+    return _contrast(colour_gradient(image), mask)
 
 
 def signed_distance(mask: np.ndarray) -> np.ndarray:

@@ -7,9 +7,11 @@ import cv2
 import numpy as np
 import pytest
 
+from pipeline.sam.regions import colour_gradient
 from pipeline.train.regions import (
     edge_offset,
     edge_profile,
+    fill_weak_holes,
     grow_region,
     local_edge_offset,
     region_masks,
@@ -17,6 +19,7 @@ from pipeline.train.regions import (
     segment_labels,
     signed_distance,
     snap_locally,
+    snap_region,
     snap_to_edge,
 )
 
@@ -68,7 +71,45 @@ def test_region_masks_are_object_sized_and_follow_real_edges() -> None:
         iou = (fg & obj).sum() / (fg | obj).sum()
         hits += iou > 0.97  # the region that found the object matches it to the pixel edge
         assert abs(edge_offset(image, m)) <= 0.5  # snapped: on the edges' centre on average
+        n_holes = cv2.connectedComponents((m == 0).astype(np.uint8), connectivity=4)[0] - 2
+        n_parts = cv2.connectedComponents((m > 0).astype(np.uint8), connectivity=4)[0] - 1
+        assert n_parts == 1 and n_holes <= 0  # one piece, no pinholes (this scene has no openings)
     assert hits >= 1
+    for i, a in enumerate(masks):  # two seeds growing the same region give one sample, not two
+        for b in masks[:i]:
+            assert ((a > 0) & (b > 0)).sum() / ((a > 0) | (b > 0)).sum() <= 0.9
+
+
+def test_fill_weak_holes_keeps_real_openings_and_fills_texture_patches() -> None:
+    """A ring-shaped object on a flat background: its opening shows the background through a
+    strong edge and stays; a patch of faint shading inside the object that the region skipped
+    (a hole with a weak boundary) is filled."""
+    h, w = 120, 160
+    yy, xx = np.mgrid[:h, :w]
+    obj = (np.abs(yy - 60) < 50) & (np.abs(xx - 80) < 70)
+    opening = (np.abs(yy - 60) < 12) & (np.abs(xx - 45) < 12)
+    patch = (np.abs(yy - 60) < 10) & (np.abs(xx - 115) < 10)
+    image = np.empty((h, w, 3), np.float32)
+    image[:] = (30, 90, 160)
+    image[obj & ~opening] = (200, 80, 40)
+    image[patch] = (204, 82, 42)  # faint shading: nearly the object's own colour
+    image = np.clip(image + np.random.default_rng(0).normal(0, 4, image.shape), 0, 255).astype(np.uint8)
+    region = obj & ~opening & ~patch
+    out = fill_weak_holes(region, colour_gradient(image), 2.5)
+    assert np.array_equal(out, obj & ~opening)
+    assert np.array_equal(fill_weak_holes(obj, colour_gradient(image), 2.5), obj)  # no holes: unchanged
+
+
+def test_snap_region_snaps_then_drops_specks_and_pinholes() -> None:
+    image = _blurred_disc(40.0)
+    shifted = _disc(39.0)
+    shifted[10:12, 10:12] = 255  # a speck far from the disc
+    shifted[64, 64] = 0  # a pinhole in its middle
+    out, left = snap_region(image, shifted)
+    assert abs(left) <= 0.4 and (out != _disc(40.0)).mean() < 0.01
+    assert out[10:12, 10:12].max() == 0 and out[64, 64] == 255
+    with pytest.raises(ValueError, match="snap must be one of"):
+        snap_region(image, shifted, "nearest")
 
 
 def _blurred_disc(radius: float = 40.0, size: int = 128) -> np.ndarray:
@@ -163,3 +204,24 @@ def test_snap_locally_moves_only_the_stretches_that_have_an_edge():
     assert grown(local, slice(0, 56)) > 60 and grown(whole, slice(0, 56)) > 60
     assert grown(local, slice(88, None)) <= 2 < 30 < grown(whole, slice(88, None))
     assert np.all((local > 0) >= (small > 0))  # moved outward only
+
+
+def test_snap_region_folder_rewrites_truth_and_links_images(tmp_path) -> None:
+    from jobs.make_demo_data import snap_region_folder
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    image = _blurred_disc(40.0)
+    cv2.imwrite(str(src / "a_im.jpg"), image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 100])
+    shifted = _disc(39.0)
+    shifted[64, 64] = 0  # a pinhole: cleaned away with the snap
+    cv2.imwrite(str(src / "a_gt.png"), shifted)
+    cv2.imwrite(str(src / "b_im.jpg"), np.zeros((128, 128, 3), np.uint8))  # no edge anywhere: dropped
+    cv2.imwrite(str(src / "b_gt.png"), _disc(30.0))
+    counts = snap_region_folder(str(src), str(dst))
+    assert counts == {"kept": 1, "moved": 1, "dropped": 1}
+    gt = cv2.imread(str(dst / "a_gt.png"), cv2.IMREAD_GRAYSCALE)
+    assert (gt != _disc(40.0)).mean() < 0.01 and gt[64, 64] == 255
+    assert (dst / "a_im.jpg").read_bytes() == (src / "a_im.jpg").read_bytes()
+    assert cv2.imread(str(dst / "a_seg.png"), cv2.IMREAD_GRAYSCALE).shape == (16, 16)
+    assert not (dst / "b_gt.png").exists()
