@@ -19,7 +19,8 @@ mean Boundary IoU, the share of images made worse (refined mBA < coarse mBA), th
 area change (|mask| - |truth|) / |truth|, all in percent, and the mean edge offset in pixels
 (:func:`pipeline.train.regions.edge_offset`: where the image's edges lie relative to the mask's
 boundary, > 0 outside; a refiner that erodes from real edges shows > 0; the truth's own offset in
-brackets). This is a script, not a timed test.
+brackets). With several ``--data`` folders, a table per folder follows the combined one (and
+``by_source`` in the JSON). This is a script, not a timed test.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-__all__ = ["KINDS", "make_coarse", "evaluate", "format_table", "main"]
+__all__ = ["KINDS", "make_coarse", "evaluate", "summarise", "format_table", "main"]
 
 KINDS = ("lowres8", "lowres16", "perturbed", "identity")
 PERTURB_SIDE = 512
@@ -121,7 +122,8 @@ def _shrink(image: np.ndarray, truth: np.ndarray, max_side: int | None) -> tuple
 def evaluate(model, refs: Sequence[Any], kinds: Sequence[str] = KINDS, options=None, seed: int = 0,
              log: bool = True, device: str = "cpu", max_side: int | None = None, method: str = "crm",
              proposer: Any = None, working_size: int = 1024,
-             v1_kwargs: dict[str, float] | None = None) -> dict[str, Any]:
+             v1_kwargs: dict[str, float] | None = None,
+             sources: Sequence[str] | None = None) -> dict[str, Any]:
     """Refine every sample of ``refs`` once per coarse kind. The refs' *mask* file is the truth
     (``list_samples(uri, "prefix", mask_suffix="_gt.png")``), resized to the image if it differs.
     ``max_side`` first shrinks image and truth to that long side (photographs of everyday size);
@@ -131,6 +133,9 @@ def evaluate(model, refs: Sequence[Any], kinds: Sequence[str] = KINDS, options=N
     ``proposer``'s masks, a 7-channel model), ``samsr-v1`` (the coarse mask merged with the
     proposals by `pipeline.sam.merge_v1` first, unless a gate fires). Proposals are made once per
     image (at ``working_size``, colour seed 0) and shared by its coarse kinds, as in the pipeline.
+
+    ``sources``: a label per ref (e.g. the data folder it came from), kept in each per-image row
+    as ``source`` so that :func:`summarise` can split the result.
 
     Returns {"n", "kinds": {kind: {"coarse": summary, "refined": summary, "worse": percent,
     "seconds": float}}, "per_image": [...]} where a summary is {"iou", "mba", "biou", "area"}.
@@ -145,9 +150,10 @@ def evaluate(model, refs: Sequence[Any], kinds: Sequence[str] = KINDS, options=N
         raise ValueError(f"method {method}: needs a proposal source")
     options = options or RefineOptions()
     model = prepare_model(model.eval(), options).to(device)
+    if sources is not None and len(sources) != len(refs):
+        raise ValueError(f"sources: {len(sources)} labels for {len(refs)} refs")
     per_kind: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
-    seconds = dict.fromkeys(kinds, 0.0)
-    for ref in refs:
+    for i, ref in enumerate(refs):
         s = load_sample(ref, load_gt=False)
         image, truth = _shrink(s.image, s.coarse, max_side)
         props = None if method == "crm" else propose(proposer, image, s.key, working_size=working_size)
@@ -163,9 +169,10 @@ def evaluate(model, refs: Sequence[Any], kinds: Sequence[str] = KINDS, options=N
                 prob = refine(model, image, merged, options=options, device=device)
             else:
                 prob = refine(model, image, coarse, options=options, device=device)  # numpy: synchronised
-            seconds[kind] += time.perf_counter() - t
             row = {"key": s.key, "kind": kind, "size": list(truth.shape), "gate": gate,
-                   "truth_edge_offset": truth_offset}
+                   "truth_edge_offset": truth_offset, "seconds": time.perf_counter() - t}
+            if sources is not None:
+                row["source"] = sources[i]
             for name, mask in (("coarse", coarse), ("refined", prob)):
                 row[name] = image_metrics(mask, truth)
                 row[name]["area_change"] = _area_change(mask, truth)
@@ -177,15 +184,23 @@ def evaluate(model, refs: Sequence[Any], kinds: Sequence[str] = KINDS, options=N
                 print(f"[quality] {s.key} {kind:<9} "
                       f"iou {100 * (c['iou'] or 0):6.2f} -> {100 * (r['iou'] or 0):6.2f}"
                       f"  mba {100 * (c['mba'] or 0):6.2f} -> {100 * (r['mba'] or 0):6.2f}", flush=True)
-    out: dict[str, Any] = {"n": len(refs), "kinds": {}, "per_image": [r for k in kinds for r in per_kind[k]]}
+    return summarise([r for k in kinds for r in per_kind[k]], kinds)
+
+
+def summarise(per_image: Sequence[dict[str, Any]], kinds: Sequence[str]) -> dict[str, Any]:
+    """The per-kind summary of :func:`evaluate` from its per-image rows (all of them, or a subset,
+    e.g. one source's): {"n", "kinds", "per_image"}; ``n`` counts the distinct images."""
+    rows_of = {k: [r for r in per_image if r["kind"] == k] for k in kinds}
+    n = max((len(v) for v in rows_of.values()), default=0)
+    out: dict[str, Any] = {"n": n, "kinds": {}, "per_image": [r for k in kinds for r in rows_of[k]]}
     for kind in kinds:
-        rows = per_kind[kind]
+        rows = rows_of[kind]
         scored = [r for r in rows if r["coarse"]["mba"] is not None and r["refined"]["mba"] is not None]
         worse = sum(r["refined"]["mba"] < r["coarse"]["mba"] for r in scored)
         out["kinds"][kind] = {"coarse": _summary(rows, "coarse"), "refined": _summary(rows, "refined"),
                               "worse": 100 * worse / len(scored) if scored else None,
-                              "seconds": seconds[kind], "truth_edge_offset": _mean_finite(
-                                  [r["truth_edge_offset"] for r in rows])}
+                              "seconds": float(sum(r["seconds"] for r in rows)),
+                              "truth_edge_offset": _mean_finite([r["truth_edge_offset"] for r in rows])}
     return out
 
 
@@ -261,7 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     # the coarse masks are made from the truth, so any _seg files are not needed (nor read)
-    refs = [r for uri in args.data for r in list_samples(uri, "prefix", mask_suffix="_gt.png")[: args.limit]]
+    listed = [(uri, r) for uri in args.data
+              for r in list_samples(uri, "prefix", mask_suffix="_gt.png")[: args.limit]]
+    refs, sources = [r for _, r in listed], [uri for uri, _ in listed]
     if not refs:
         ap.error(f"no samples found in {args.data}")
     model = build_model(args.model, checkpoint=args.weights)
@@ -279,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             proposer = FastMaskGenerator(build_sam(args.sam_model_type, args.sam_checkpoint))
     t0 = time.time()
     result = evaluate(model, refs, kinds, options, args.seed, device=args.device, max_side=args.max_side,
-                      method=args.method, proposer=proposer)
+                      method=args.method, proposer=proposer, sources=sources)
     result.update({"max_side": args.max_side, "device": args.device, "method": args.method,
                    "proposals": args.proposals if args.method != "crm" else None,
                    "model": args.model, "weights": args.weights, "scales": list(options.scales),
@@ -294,6 +311,13 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{result['n']} images from {', '.join(args.data)}"
           + (f", long side <= {args.max_side}" if args.max_side else ""))
     print(format_table(result))
+    if len(args.data) > 1:  # each source alone: composites and real-edge regions can disagree
+        result["by_source"] = {}
+        for uri in args.data:
+            part = summarise([r for r in result["per_image"] if r["source"] == uri], kinds)
+            result["by_source"][uri] = {"n": part["n"], "kinds": part["kinds"]}
+            print(f"\n{uri} alone ({part['n']} images):")
+            print(format_table(part))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -78,6 +78,38 @@ def test_quality_benchmark_end_to_end(tmp_path: Path, capsys) -> None:
     assert KINDS == ("lowres8", "lowres16", "perturbed", "identity")
 
 
+def test_quality_benchmark_prints_each_source_alone(tmp_path: Path, capsys) -> None:
+    """Two --data folders: the combined table, then one per folder whose numbers equal a run on
+    that folder alone."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    for folder, n, seed in ((a, 2, 3), (b, 1, 4)):
+        write_composites(folder, n, 64, 80, seed=seed, colour=(40, 90, 200), kind="blob", prefix="s",
+                         ext="png", seg=False)
+    torch.manual_seed(0)
+    weights = tmp_path / "w.pt"
+    save_checkpoint(build_model("crm_mnv2"), str(weights))
+    common = ["benchmark", "quality", "--weights", str(weights), "--kinds", "lowres8,perturbed",
+              "--threads", "1"]
+    both = tmp_path / "both.json"
+    assert cli_main([*common, "--data", str(a), "--data", str(b), "--json", str(both)]) == 0
+    printed = capsys.readouterr().out
+    assert f"{a} alone (2 images):" in printed and f"{b} alone (1 images):" in printed
+    assert printed.count("| lowres8 | 2 |") == 1 and printed.count("| lowres8 | 3 |") == 1
+    result = json.loads(both.read_text())
+    assert result["n"] == 3 and {r["source"] for r in result["per_image"]} == {str(a), str(b)}
+    for folder in (a, b):  # same keys in both folders: the split goes by folder, not by key
+        alone = tmp_path / f"{folder.name}.json"
+        assert cli_main([*common, "--data", str(folder), "--json", str(alone)]) == 0
+        want, got = json.loads(alone.read_text()), result["by_source"][str(folder)]
+        assert got["n"] == want["n"] and "by_source" not in want
+        for kind in ("lowres8", "perturbed"):
+            for which in ("coarse", "refined"):
+                for m in ("iou", "mba", "biou", "area"):
+                    assert got["kinds"][kind][which][m] == pytest.approx(want["kinds"][kind][which][m])
+            assert got["kinds"][kind]["worse"] == want["kinds"][kind]["worse"]
+
+
 def test_max_side_shrinks_image_and_truth_together(tmp_path: Path) -> None:
     from pipeline.bench.quality import evaluate
     from pipeline.io import list_samples
