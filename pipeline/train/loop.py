@@ -28,7 +28,7 @@ from pipeline.train.loss import LossWeights
 from pipeline.train.step import train_step
 
 __all__ = ["TrainConfig", "train_loop", "init_from_checkpoint", "init_for_training", "lr_milestones",
-           "fit_steps"]
+           "fit_steps", "scaled_milestones", "replan"]
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,9 @@ class TrainConfig:
     fresh_init: bool = True  # from-ImageNet start: orthogonal mask/SAM stem channels, Kaiming decoder MLP
     dropout: float | None = 0.0  # training dropout of the fusion (None: the model's own, 0.5 in CRM)
     export: str | None = None  # final weights (official key naming) written here by rank 0
-    time_budget_s: float | None = None  # stop after this long; steps, lr milestones shrink to fit (fit_steps)
+    time_budget_s: float | None = None  # stop after this long; steps and milestones fit it (replan)
     epoch_repeats: int = 1  # an epoch visits every sample this often (other crops): fewer loader restarts
-    calibration_steps: int = 50  # steps timed before the budget fixes the run's length
+    calibration_steps: int = 50  # steps timed before the budget first sets the run's length
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.crop < 32:
@@ -101,8 +101,26 @@ def fit_steps(cfg: TrainConfig, step: int, seconds_left: float, s_per_step: floa
     """
     fits = step + int(0.97 * max(0.0, seconds_left) / max(s_per_step, 1e-9))
     steps = max(step + 1, min(cfg.steps, fits))
+    return steps, scaled_milestones(cfg, steps)
+
+
+def scaled_milestones(cfg: TrainConfig, steps: int) -> list[int]:
+    """:func:`lr_milestones` scaled by ``steps / cfg.steps`` (a run cut to ``steps``)."""
     scale = steps / cfg.steps
-    return steps, sorted({max(1, int(m * scale)) for m in lr_milestones(cfg)})
+    return sorted({max(1, int(m * scale)) for m in lr_milestones(cfg)})
+
+
+def replan(cfg: TrainConfig, step: int, seconds_left: float, s_per_step: float,
+           milestones: list[int], first: bool = False) -> tuple[int, list[int]] | None:
+    """A time-budgeted run's new (steps, lr milestones) from the rate just measured, or None to
+    keep the current plan. The first plan (``first``) is always taken; later ones only while the
+    lr decay has not begun under either plan (``step`` before every current and new milestone), so
+    a run whose first timing was slowed by something else (a benchmark, a cold loader, the page
+    cache) gets its length back, and a run that slowed down is cut before its decay."""
+    steps, miles = fit_steps(cfg, step, seconds_left, s_per_step)
+    if first or all(step < m for m in milestones + miles):
+        return steps, miles
+    return None
 
 
 def init_from_checkpoint(model: nn.Module, state: dict[str, torch.Tensor],
@@ -231,7 +249,9 @@ def train_loop(config: dict[str, Any]) -> None:
     t0, seen0 = time.time(), step
     total = cfg.steps
     calibrate_at = step + max(2, cfg.calibration_steps) if cfg.time_budget_s else None
-    warm_at, t_warm = step + max(1, cfg.calibration_steps // 5), None  # rate timed after warm-up steps
+    warm_at = step + max(1, cfg.calibration_steps // 5)  # the rate is timed after warm-up steps
+    refit_every = 4 * max(2, cfg.calibration_steps)  # re-timed windows until the lr decay begins
+    window, miles = (warm_at, 0.0), lr_milestones(cfg)
     while step < total:
         epoch, skip = divmod(step, per_epoch)
         dataset.set_epoch(epoch)
@@ -247,14 +267,20 @@ def train_loop(config: dict[str, Any]) -> None:
             scheduler.step()
             step += 1
             if step == warm_at:
-                t_warm = time.time()
-            if step == calibrate_at:
-                rate = (time.time() - t_warm) / (step - warm_at)
-                total, miles = fit_steps(cfg, step, cfg.time_budget_s - (time.time() - t_start), rate)
-                total = _agree(total, device, world)
-                scheduler.milestones = Counter(miles)
-                if rank == 0:
-                    _log({"event": "time_budget", "steps": total, "lr_milestones": miles, "s_per_step": rate})
+                window = (step, time.time())
+            if calibrate_at is not None and step >= calibrate_at and (step - calibrate_at) % refit_every == 0:
+                now = time.time()
+                rate = (now - window[1]) / (step - window[0])
+                window = (step, now)
+                plan = replan(cfg, step, cfg.time_budget_s - (now - t_start), rate, miles,
+                              first=step == calibrate_at)
+                fit = _agree(-1 if plan is None else plan[0], device, world)  # rank 0 decides
+                if fit > 0 and (fit, scaled_milestones(cfg, fit)) != (total, miles):
+                    total, miles = fit, scaled_milestones(cfg, fit)
+                    scheduler.milestones = Counter(miles)
+                    if rank == 0:
+                        _log({"event": "time_budget", "steps": total, "lr_milestones": miles,
+                              "s_per_step": rate})
             if cfg.time_budget_s and step % cfg.log_every == 0 and step < total:
                 over = time.time() - t_start > cfg.time_budget_s  # the estimate was off: stop here
                 total = _agree(step if over else total, device, world)

@@ -123,6 +123,26 @@ def test_fit_steps_scales_run_and_milestones() -> None:
         TrainConfig(checkpoint_dir="x", time_budget_s=0)
 
 
+def test_replan_gives_a_slow_start_its_length_back_until_the_decay_begins() -> None:
+    from pipeline.train.loop import TrainConfig, fit_steps, replan
+
+    cfg = TrainConfig(checkpoint_dir="x", steps=10_000, lr_milestones=(5000, 8000))
+    # first timing slowed by something else: 3 s/step over the first window, 3,000 s left
+    steps, miles = replan(cfg, 50, 3000.0, 3.0, [5000, 8000], first=True)
+    assert (steps, miles) == fit_steps(cfg, 50, 3000.0, 3.0) and steps == 50 + 970
+    # quiet again (1 s/step) at step 250 with 2,400 s left: the decay (at 510) has not begun -> longer
+    longer = replan(cfg, 250, 2400.0, 1.0, miles)
+    assert longer == fit_steps(cfg, 250, 2400.0, 1.0) and longer[0] == 250 + 2328
+    assert longer[1] == [int(m * (longer[0] / 10_000)) for m in (5000, 8000)]
+    # once the run is past its first milestone, the plan stays (the decay is not undone) ...
+    assert replan(cfg, 1300, 1000.0, 0.5, longer[1]) is None
+    # ... and a re-plan whose own first milestone would already be behind is refused too
+    assert replan(cfg, 600, 10.0, 1.0, [1000, 1600]) is None
+    # a run that slowed down is cut while its decay is still ahead
+    shorter = replan(cfg, 250, 600.0, 2.0, longer[1])
+    assert shorter is not None and shorter[0] == 250 + 291 and all(m > 250 for m in shorter[1])
+
+
 def test_time_budget_ends_the_run_early_and_exports(tiny_data: Path, tmp_path: Path, capsys) -> None:
     ckpt, export = tmp_path / "ckpt", tmp_path / "w.pt"
     # 20,000 steps cannot fit in 12 s: after 50 timed steps the run is cut to what fits
@@ -134,11 +154,11 @@ def test_time_budget_ends_the_run_early_and_exports(tiny_data: Path, tmp_path: P
     wall = time.time() - t
     events = [json.loads(line[len("[train] "):]) for line in capsys.readouterr().out.splitlines()
               if line.startswith("[train] {")]
-    budget = [e for e in events if e.get("event") == "time_budget"]
-    assert len(budget) == 1 and 50 < budget[0]["steps"] < 20000
-    n, miles = budget[0]["steps"], budget[0]["lr_milestones"]
+    budget = [e for e in events if e.get("event") == "time_budget"]  # the first plan, then re-plans
+    assert budget and all(50 < b["steps"] < 20000 for b in budget)
+    n, miles = budget[-1]["steps"], budget[-1]["lr_milestones"]
     assert len(miles) == 2 and abs(miles[0] - n / 2) <= 1 and abs(miles[1] - n * 5 / 6) <= 1
     last = load_latest(str(ckpt))["step"]
-    assert 50 <= last <= budget[0]["steps"], "stopped at the estimate (or earlier, by the hard limit)"
+    assert 50 <= last <= n, "stopped at the estimate (or earlier, by the hard limit)"
     assert wall < 12 + 120, "ends near its budget, not after 20,000 steps"
     read_state_dict(str(export))
