@@ -230,12 +230,12 @@ def write_sets(photos: list[dict], out: str, train_count: int, holdout_count: in
 
 
 def write_region_sets(photos: list[dict], out: str, train_count: int, holdout_count: int, seed: int,
-                      per_image: int = 4, snap: str = "local") -> None:
+                      per_image: int = 4, snap: str = "local", fill_weak: bool = False) -> None:
     """Write real-edge samples (:mod:`pipeline.train.regions`): an unaltered photo and one
     object-sized region of it as truth. ``OUT/train_regions``: photos at 0.64-1.28k px (long side)
     from the train photos, ``per_image`` regions per segmentation; ``OUT/holdout_regions``: one
-    region per held-out photo at 2k-3k px. ``snap``: how the truth is moved onto the photo's edges
-    (:func:`pipeline.train.regions.region_masks`)."""
+    region per held-out photo at 2k-3k px. ``snap``: how the truth is moved onto the photo's edges;
+    ``fill_weak``: also fill holes with weak boundaries (:func:`pipeline.train.regions.region_masks`)."""
     sources: dict[str, str] = {}
     jobs = [("train_regions", "train", train_count, (640, 1280), 92, per_image),
             ("holdout_regions", "holdout", holdout_count, (2048, 3072), 95, 1)]
@@ -253,7 +253,7 @@ def write_region_sets(photos: list[dict], out: str, train_count: int, holdout_co
                 i += len(keys)  # rerun: keep what exists
                 continue
             img = _load(photo["file"], int(rng.integers(lo, hi + 1)))
-            for key, gt in zip(keys, region_masks(img, rng, len(keys), snap=snap)):
+            for key, gt in zip(keys, region_masks(img, rng, len(keys), snap=snap, fill_weak=fill_weak)):
                 sources[key] = photo["path"]
                 _write_sample(d, key, img, gt, q)
                 i += 1
@@ -330,6 +330,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="how region truth is moved onto the photo's edges: local (each boundary stretch "
                     "onto its own edge; default) or global (the whole boundary by one mean offset; "
                     "older sets)")
+    ap.add_argument("--fill-weak-holes", action="store_true",
+                    help="also fill a region's holes whose own boundary is weak (texture patches the merge "
+                    "skipped); off by default (model card: a run trained so filled faint-pattern holes)")
     ap.add_argument("--snap-folder", nargs=2, metavar=("SRC", "DST"), default=None,
                     help="only snap the real-edge samples of SRC to the image edges into DST, and exit")
     args = ap.parse_args(argv)
@@ -344,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{sum(p['split'] == 'holdout' for p in photos)} held out", flush=True)
     write_sets(photos, args.out, args.train_count, args.holdout_count, args.demo_dir, args.seed)
     write_region_sets(photos, args.out, args.train_regions, args.holdout_regions, args.seed,
-                      snap=args.snap)
+                      snap=args.snap, fill_weak=args.fill_weak_holes)
     return 0
 
 

@@ -125,17 +125,20 @@ MAX_OVERLAP = 0.9
 def region_masks(image: np.ndarray, rng: np.random.Generator, count: int = 1,
                  area_range: tuple[float, float] = (0.03, 0.35), tries: int = 8,
                  min_contrast: float = MIN_CONTRAST,
-                 max_edge_offset: float | None = MAX_EDGE_OFFSET, snap: str = "local") -> list[np.ndarray]:
+                 max_edge_offset: float | None = MAX_EDGE_OFFSET, snap: str = "local",
+                 fill_weak: bool = False) -> list[np.ndarray]:
     """Up to ``count`` object-sized regions of ``image`` ((H, W, 3) uint8 RGB), each an (H, W)
     uint8 {0, 255} truth, from one segmentation.
 
     Felzenszwalb scale U(150, 700) (x sqrt(image size / 1 Mpx), so segments are comparable
     across sizes), min segment size 0.02% of the image; each region's target area is
-    U(area_range) of the image. Holes below 0.2% of the image are filled, and so are holes whose
-    own boundary is weak (:func:`fill_weak_holes`, ``min_contrast``); only the largest component
-    is kept; a region outside 0.5x-2x of its target area, or whose boundary does not
-    lie on strong edges (:func:`boundary_contrast` < ``min_contrast``: a cut through texture or a
-    smooth gradient, whose "truth" no refiner could find), is redrawn (``tries`` seeds each).
+    U(area_range) of the image. Holes below 0.2% of the image are filled (with ``fill_weak``, also
+    holes whose own boundary is weak, :func:`fill_weak_holes` at ``min_contrast``: off by default,
+    a run trained on such truth learned to fill faint-pattern holes that the held-out truth keeps,
+    see the model card); only the largest component is kept; a region outside 0.5x-2x of its
+    target area, or whose boundary does not lie on strong edges (:func:`boundary_contrast` <
+    ``min_contrast``: a cut through texture or a smooth gradient, whose "truth" no refiner could
+    find), is redrawn (``tries`` seeds each).
     With ``max_edge_offset`` (default 0.5 px) each region is snapped to the image's edges and
     redrawn when its boundary is still farther than that from the edge centre on average; None
     keeps Felzenszwalb's boundary as is (after snapping, the largest component is kept and small
@@ -163,7 +166,9 @@ def region_masks(image: np.ndarray, rng: np.random.Generator, count: int = 1,
         if not len(small):
             continue
         region = grow_region(area, mean, adjacency, int(rng.choice(small)), target, rng)
-        mask = fill_weak_holes(_clean(np.isin(labels, region), min_hole), grad, min_contrast)
+        mask = _clean(np.isin(labels, region), min_hole)
+        if fill_weak:
+            mask = fill_weak_holes(mask, grad, min_contrast)
         got = float(mask.sum())
         if 0.5 * target <= got <= 2.0 * target and got < 0.9 * npx:
             m = np.where(mask, 255, 0).astype(np.uint8)

@@ -78,6 +78,9 @@ def test_region_masks_are_object_sized_and_follow_real_edges() -> None:
     for i, a in enumerate(masks):  # two seeds growing the same region give one sample, not two
         for b in masks[:i]:
             assert ((a > 0) & (b > 0)).sum() / ((a > 0) | (b > 0)).sum() <= 0.9
+    # no holes here, so filling weak ones (opt-in) changes nothing
+    filled = region_masks(image, np.random.default_rng(0), count=6, area_range=(0.1, 0.3), fill_weak=True)
+    assert len(filled) == len(masks) and all(np.array_equal(a, b) for a, b in zip(filled, masks))
 
 
 def test_fill_weak_holes_keeps_real_openings_and_fills_texture_patches() -> None:
