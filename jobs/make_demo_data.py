@@ -332,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "older sets)")
     ap.add_argument("--fill-weak-holes", action="store_true",
                     help="also fill a region's holes whose own boundary is weak (texture patches the merge "
-                    "skipped); off by default (model card: a run trained so filled faint-pattern holes)")
+                    "skipped); off by default (model card: measured, no evidence for or against it)")
     ap.add_argument("--snap-folder", nargs=2, metavar=("SRC", "DST"), default=None,
                     help="only snap the real-edge samples of SRC to the image edges into DST, and exit")
     args = ap.parse_args(argv)

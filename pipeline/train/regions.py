@@ -133,9 +133,9 @@ def region_masks(image: np.ndarray, rng: np.random.Generator, count: int = 1,
     Felzenszwalb scale U(150, 700) (x sqrt(image size / 1 Mpx), so segments are comparable
     across sizes), min segment size 0.02% of the image; each region's target area is
     U(area_range) of the image. Holes below 0.2% of the image are filled (with ``fill_weak``, also
-    holes whose own boundary is weak, :func:`fill_weak_holes` at ``min_contrast``: off by default,
-    a run trained on such truth learned to fill faint-pattern holes that the held-out truth keeps,
-    see the model card); only the largest component is kept; a region outside 0.5x-2x of its
+    holes whose own boundary is weak, :func:`fill_weak_holes` at ``min_contrast``: off by default;
+    one run on such truth measured no better, see the model card); only the largest component is
+    kept; a region outside 0.5x-2x of its
     target area, or whose boundary does not lie on strong edges (:func:`boundary_contrast` <
     ``min_contrast``: a cut through texture or a smooth gradient, whose "truth" no refiner could
     find), is redrawn (``tries`` seeds each).
