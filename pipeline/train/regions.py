@@ -135,10 +135,9 @@ def region_masks(image: np.ndarray, rng: np.random.Generator, count: int = 1,
     U(area_range) of the image. Holes below 0.2% of the image are filled (with ``fill_weak``, also
     holes whose own boundary is weak, :func:`fill_weak_holes` at ``min_contrast``: off by default;
     one run on such truth measured no better, see the model card); only the largest component is
-    kept; a region outside 0.5x-2x of its
-    target area, or whose boundary does not lie on strong edges (:func:`boundary_contrast` <
-    ``min_contrast``: a cut through texture or a smooth gradient, whose "truth" no refiner could
-    find), is redrawn (``tries`` seeds each).
+    kept; a region outside 0.5x-2x of its target area, or whose boundary does not lie on strong
+    edges (:func:`boundary_contrast` < ``min_contrast``: a cut through texture or a smooth
+    gradient, whose "truth" no refiner could find), is redrawn (``tries`` seeds each).
     With ``max_edge_offset`` (default 0.5 px) each region is snapped to the image's edges and
     redrawn when its boundary is still farther than that from the edge centre on average; None
     keeps Felzenszwalb's boundary as is (after snapping, the largest component is kept and small
