@@ -34,14 +34,19 @@ _PALETTE = bytes(v for i in range(22) for v in ((i * 37) % 256, (i * 91 + 13) % 
 # ---------------------------------------------------------------- reading and writing
 
 
-def test_round_trip_L():
-    values = np.random.default_rng(0).integers(0, 256, (23, 31)).astype(np.uint8)
-    values[0, 0], values[1, 1] = 0, 255
+@pytest.mark.parametrize("mode, dtype, seed, shape, extremes", [
+    ("L", np.uint8, 0, (23, 31), ((0, 0, 0), (1, 1, 255))),
+    ("I;16", np.uint16, 2, (19, 13), ((0, 0, 0), (0, 1, 65535))),
+])
+def test_round_trip_grey_modes(mode, dtype, seed, shape, extremes):
+    values = np.random.default_rng(seed).integers(0, np.iinfo(dtype).max + 1, shape).astype(dtype)
+    for y, x, v in extremes:
+        values[y, x] = v
     label = read_label_map(pil_bytes(Image.fromarray(values)), "k")
-    assert label.mode == "L" and label.values.dtype == np.uint8 and label.palette is None
+    assert label.mode == mode and label.values.dtype == dtype and label.palette is None
     np.testing.assert_array_equal(label.values, values)
     again = read_label_map(write_label_map(label, label.values), "k")
-    assert again.mode == "L" and again.palette is None
+    assert again.mode == mode and again.values.dtype == dtype and again.palette is None
     np.testing.assert_array_equal(again.values, values)
 
 
@@ -75,18 +80,7 @@ def test_write_P_index_past_a_short_palette_is_kept():
     assert out.palette[:9] == bytes(range(9)) and len(out.palette) == 30
 
 
-def test_round_trip_I16():
-    values = np.random.default_rng(2).integers(0, 65536, (19, 13)).astype(np.uint16)
-    values[0, 0], values[0, 1] = 0, 65535
-    label = read_label_map(pil_bytes(Image.fromarray(values)), "k")
-    assert label.mode == "I;16" and label.values.dtype == np.uint16 and label.palette is None
-    np.testing.assert_array_equal(label.values, values)
-    again = read_label_map(write_label_map(label, label.values), "k")
-    assert again.mode == "I;16" and again.values.dtype == np.uint16
-    np.testing.assert_array_equal(again.values, values)
-
-
-def test_mode_I_reads_int32_and_writes_16_bitpil_bytes():
+def test_mode_I_reads_int32_and_writes_16_bit_png():
     values = np.array([[0, 1, 70000], [-3, 5, 40000]], np.int32)
     label = read_label_map(pil_bytes(Image.fromarray(values), "TIFF"), "k")
     assert label.mode == "I" and label.values.dtype == np.int32
