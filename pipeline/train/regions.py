@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from pipeline.sam.regions import colour_gradient
+from pipeline.train.perturb import mask_iou
 
 __all__ = ["segment_labels", "segment_graph", "grow_region", "region_masks", "boundary_contrast",
            "fill_weak_holes", "snap_region", "signed_distance", "edge_profile", "edge_offset", "snap_to_edge",
@@ -177,7 +178,7 @@ def region_masks(image: np.ndarray, rng: np.random.Generator, count: int = 1,
                 m, left = snap_region(image, m, snap)
                 if not abs(left) <= max_edge_offset:
                     continue
-            if any(_iou(m, o) > MAX_OVERLAP for o in out):
+            if any(mask_iou(m, o) > MAX_OVERLAP for o in out):
                 continue  # another seed grew (nearly) the same region: one copy is enough
             out.append(m)
     return out
@@ -193,11 +194,6 @@ def snap_region(image: np.ndarray, mask: np.ndarray, snap: str = "local") -> tup
     moved, left = SNAPS[snap](image, mask)
     min_hole = max(16, int(mask.size * 2e-3))
     return np.where(_clean(moved > 128, min_hole), 255, 0).astype(np.uint8), left
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 128, b > 128
-    return float((a & b).sum()) / max(1, int((a | b).sum()))
 
 
 def _contrast(grad: np.ndarray, mask: np.ndarray) -> float:
