@@ -40,7 +40,9 @@ def test_benchmark_pipeline_end_to_end(tmp_path, crm_checkpoint, capsys):
         assert 0 < run["per_image_s"] < run["wall_s"] and run["startup_s"] >= 0
     assert o["overhead"] == pytest.approx(o["ray"]["per_image_s"] / o["bare"]["per_image_s"] - 1)
     s = r["scaling"]
-    assert s["one"]["nodes"] == 1 and s["two"]["nodes"] == 2  # the second worker is on the other node
+    # the second worker was placed on the other node (with 4 tiny images one may still do them all)
+    assert s["one"]["nodes"] == 1 and s["two"]["nodes"] == 2
+    assert s["one"]["nodes_used"] == 1 and 1 <= s["two"]["nodes_used"] <= 2
     assert s["efficiency"] == pytest.approx(s["two"]["images_per_s"] / (2 * s["one"]["images_per_s"]))
     # outputs of every run are kept in the workdir, one mask per image each
     for name in ("out-bare", "out-ray", "out-w1", "out-w2"):
