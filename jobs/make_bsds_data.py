@@ -8,7 +8,8 @@ BSDS500 (Arbelaez, Maire, Fowlkes, Malik, TPAMI 2011; a mirror is github.com/BID
 (:func:`pipeline.train.consensus.consensus_objects`) in the prefix layout: ``NAME_im.jpg`` (the
 original JPEG, byte for byte), ``NAME_gt.png`` (the object, 0/255) and ``NAME_seg.png`` (the
 truth downsampled 8x, as the other sets), plus ``OUT/objects.json`` (photo, annotator, agreement,
-area). Use it as the judge of ``samsr benchmark quality`` (test split) or as training data
+area, share of the image border covered). ``--max-frame 0.1`` keeps objects only (no sky,
+ground or water). Use it as the judge of ``samsr benchmark quality`` (test split) or as training data
 (train/val). BSDS500 is distributed by Berkeley for research use; nothing of it is committed.
 """
 
@@ -25,7 +26,7 @@ import numpy as np
 
 from pipeline.train.consensus import consensus_objects
 
-__all__ = ["read_segmentations", "write_split", "main"]
+__all__ = ["read_segmentations", "frame_share", "write_split", "main"]
 
 SPLITS = ("train", "val", "test")
 
@@ -41,9 +42,17 @@ def read_segmentations(path: str) -> list[np.ndarray]:
         raise ValueError(f"{path}: not a BSDS500 groundTruth file ({e})") from e
 
 
+def frame_share(mask: np.ndarray) -> float:
+    """The share of the image's outermost pixel ring that ``mask`` ((H, W) bool) covers: 0 for an
+    object inside the photo, large for sky, ground or water."""
+    ring = np.concatenate([mask[0], mask[-1], mask[1:-1, 0], mask[1:-1, -1]])
+    return float(ring.mean())
+
+
 def write_split(bsds: str, split: str, out: str, *, min_iou: float = 0.9, max_objects: int = 2,
-                limit: int | None = None) -> list[dict]:
-    """Write ``split``'s consensus objects under ``out``; returns the objects.json records."""
+                max_frame: float = 1.0, limit: int | None = None) -> list[dict]:
+    """Write ``split``'s consensus objects under ``out`` (those covering at most ``max_frame`` of the
+    image's border, :func:`frame_share`); returns the objects.json records."""
     if split not in SPLITS:
         raise ValueError(f"split: {split!r} is not one of {', '.join(SPLITS)}")
     gt_dir, im_dir = os.path.join(bsds, "groundTruth", split), os.path.join(bsds, "images", split)
@@ -58,6 +67,9 @@ def write_split(bsds: str, split: str, out: str, *, min_iou: float = 0.9, max_ob
         image = os.path.join(im_dir, photo + ".jpg")
         segs = read_segmentations(os.path.join(gt_dir, name))
         for i, obj in enumerate(consensus_objects(segs, min_iou=min_iou, max_objects=max_objects)):
+            frame = frame_share(obj.mask)
+            if frame > max_frame:
+                continue
             key = f"bsds_{split}_{photo}_{i}"
             gt = np.where(obj.mask, 255, 0).astype(np.uint8)
             h, w = gt.shape
@@ -68,7 +80,8 @@ def write_split(bsds: str, split: str, out: str, *, min_iou: float = 0.9, max_ob
             cv2.imwrite(os.path.join(out, key + "_seg.png"), seg.astype(np.uint8))
             records.append({"key": key, "photo": photo, "split": split, "annotator": obj.annotator,
                             "annotators": len(segs), "agreement": round(obj.agreement, 4),
-                            "agreeing": obj.agreeing, "area": round(float(obj.mask.mean()), 4)})
+                            "agreeing": obj.agreeing, "area": round(float(obj.mask.mean()), 4),
+                            "frame": round(frame, 4)})
     with open(os.path.join(out, "objects.json"), "w") as f:
         json.dump(records, f, indent=1)
     return records
@@ -82,10 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--min-iou", type=float, default=0.9,
                     help="IoU another annotator's region must reach to count as agreeing (default 0.9)")
     ap.add_argument("--max-objects", type=int, default=2, help="objects per photo at most (default 2)")
+    ap.add_argument("--max-frame", type=float, default=1.0,
+                    help="keep regions covering at most this share of the image border (default 1: all; "
+                    "0.1 keeps objects and drops sky, ground and water)")
     ap.add_argument("--limit", type=int, default=None, help="first N photos only")
     args = ap.parse_args(argv)
     records = write_split(args.bsds, args.split, args.out, min_iou=args.min_iou,
-                          max_objects=args.max_objects, limit=args.limit)
+                          max_objects=args.max_objects, max_frame=args.max_frame, limit=args.limit)
     print(f"{len(records)} objects from {len({r['photo'] for r in records})} photos -> {args.out}")
     return 0
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -123,7 +124,7 @@ def evaluate(model, refs: Sequence[Any], kinds: Sequence[str] = KINDS, options=N
              log: bool = True, device: str = "cpu", max_side: int | None = None, method: str = "crm",
              proposer: Any = None, working_size: int = 1024,
              v1_kwargs: dict[str, float] | None = None,
-             sources: Sequence[str] | None = None) -> dict[str, Any]:
+             sources: Sequence[str] | None = None, save_masks: str | None = None) -> dict[str, Any]:
     """Refine every sample of ``refs`` once per coarse kind. The refs' *mask* file is the truth
     (``list_samples(uri, "prefix", mask_suffix="_gt.png")``), resized to the image if it differs.
     ``max_side`` first shrinks image and truth to that long side (photographs of everyday size);
@@ -136,6 +137,10 @@ def evaluate(model, refs: Sequence[Any], kinds: Sequence[str] = KINDS, options=N
 
     ``sources``: a label per ref (e.g. the data folder it came from), kept in each per-image row
     as ``source`` so that :func:`summarise` can split the result.
+
+    ``save_masks``: a local folder; each image's truth (``KEY_truth.png``, at the size judged),
+    coarse and refined masks (``KEY_KIND_coarse.png`` / ``KEY_KIND_refined.png``, 0/255) go there
+    for looking at single images.
 
     Returns {"n", "kinds": {kind: {"coarse": summary, "refined": summary, "worse": percent,
     "seconds": float}}, "per_image": [...]} where a summary is {"iou", "mba", "biou", "area"}.
@@ -153,11 +158,15 @@ def evaluate(model, refs: Sequence[Any], kinds: Sequence[str] = KINDS, options=N
     if sources is not None and len(sources) != len(refs):
         raise ValueError(f"sources: {len(sources)} labels for {len(refs)} refs")
     per_kind: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+    if save_masks:
+        os.makedirs(save_masks, exist_ok=True)
     for i, ref in enumerate(refs):
         s = load_sample(ref, load_gt=False)
         image, truth = _shrink(s.image, s.coarse, max_side)
         props = None if method == "crm" else propose(proposer, image, s.key, working_size=working_size)
         truth_offset = edge_offset(image, truth)
+        if save_masks:
+            cv2.imwrite(os.path.join(save_masks, f"{s.key}_truth.png"), truth)
         for kind in kinds:
             coarse = make_coarse(truth, kind, s.key, seed)
             t = time.perf_counter()
@@ -178,6 +187,8 @@ def evaluate(model, refs: Sequence[Any], kinds: Sequence[str] = KINDS, options=N
                 row[name]["area_change"] = _area_change(mask, truth)
                 binary = np.where(mask > (0.5 if mask.dtype.kind == "f" else 128), 255, 0).astype(np.uint8)
                 row[name]["edge_offset"] = edge_offset(image, binary)
+                if save_masks:
+                    cv2.imwrite(os.path.join(save_masks, f"{s.key}_{kind}_{name}.png"), binary)
             per_kind[kind].append(row)
             if log:
                 c, r = row["coarse"], row["refined"]
@@ -259,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the perturbed kind")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--json", default=None, help="also write the full result (per image) here")
+    ap.add_argument("--save-masks", default=None, metavar="DIR",
+                    help="write each image's truth, coarse and refined masks (PNG) to this local folder")
     args = ap.parse_args(argv)
 
     import torch
@@ -296,7 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             proposer = FastMaskGenerator(build_sam(args.sam_model_type, args.sam_checkpoint))
     t0 = time.time()
     result = evaluate(model, refs, kinds, options, args.seed, device=args.device, max_side=args.max_side,
-                      method=args.method, proposer=proposer, sources=sources)
+                      method=args.method, proposer=proposer, sources=sources,
+                      save_masks=args.save_masks)
     result.update({"max_side": args.max_side, "device": args.device, "method": args.method,
                    "proposals": args.proposals if args.method != "crm" else None,
                    "model": args.model, "weights": args.weights, "scales": list(options.scales),

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
+from jobs.make_bsds_data import frame_share, read_segmentations
 from jobs.make_bsds_data import main as bsds_main
-from jobs.make_bsds_data import read_segmentations
 from pipeline.train.consensus import best_match_iou, consensus_objects
 
 H, W = 60, 80
@@ -93,6 +93,25 @@ def test_make_bsds_data_writes_the_prefix_layout(tmp_path, capsys):
     assert seg.shape == (H, W) and (seg == 255).mean() == pytest.approx(0.25, abs=0.03)
     (rec,) = json.loads((out / "objects.json").read_text())
     assert rec["photo"] == "1234" and rec["annotators"] == 3 and rec["agreeing"] == 2 and rec["area"] == 0.25
+    assert rec["frame"] == 0.0
+    # --max-frame drops regions that cover much of the border: make the object touch the left edge
+    segs = [np.where(s == 1, 1, 0).astype(np.uint16) for s in _annotators()]
+    for s in segs:
+        s[:, :20][s[:, 20:21].repeat(20, axis=1) == 1] = 1  # extend the rows of the object leftwards
+    _bsds_tree(tmp_path / "bsds2", segs)
+    two = ["--bsds", str(tmp_path / "bsds2"), "--split", "test"]
+    assert bsds_main([*two, "--out", str(tmp_path / "o2")]) == 0
+    (rec,) = json.loads((tmp_path / "o2" / "objects.json").read_text())
+    assert rec["frame"] == pytest.approx(30 / (2 * W + 2 * (H - 2)), abs=1e-4)
+    assert bsds_main([*two, "--out", str(tmp_path / "o3"), "--max-frame", "0.1"]) == 0
+    assert json.loads((tmp_path / "o3" / "objects.json").read_text()) == []
+
+
+def test_frame_share_counts_each_border_pixel_once():
+    m = np.zeros((4, 5), bool)
+    assert frame_share(m) == 0.0 and frame_share(~m) == 1.0
+    m[0, :] = True  # the top row: 5 of the 14 ring pixels
+    assert frame_share(m) == pytest.approx(5 / 14)
 
 
 def test_make_bsds_data_rejects_bad_inputs(tmp_path):

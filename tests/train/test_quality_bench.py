@@ -54,7 +54,8 @@ def test_quality_benchmark_end_to_end(tmp_path: Path, capsys) -> None:
     out = tmp_path / "q.json"
     code = cli_main(["benchmark", "quality", "--data", str(data), "--weights", str(weights),
                      "--scales", "0.5,1",
-                     "--kinds", "lowres8,identity", "--json", str(out), "--threads", "1"])
+                     "--kinds", "lowres8,identity", "--json", str(out), "--threads", "1",
+                     "--save-masks", str(tmp_path / "masks")])
     assert code == 0
     printed = capsys.readouterr().out
     assert "| lowres8 | 2 |" in printed and "| identity | 2 |" in printed
@@ -76,6 +77,16 @@ def test_quality_benchmark_end_to_end(tmp_path: Path, capsys) -> None:
     assert all(r["coarse"]["edge_offset"] == r["truth_edge_offset"] for r in rows)
     assert "edge offset px (truth)" in printed
     assert KINDS == ("lowres8", "lowres16", "perturbed", "identity")
+    # --save-masks: the truth and each kind's coarse / refined mask, as judged
+    saved = tmp_path / "masks"
+    assert len(list(saved.glob("*.png"))) == 2 * (1 + 2 * 2)
+    for i, g in enumerate(gts):
+        assert np.array_equal(cv2.imread(str(saved / f"h{i}_truth.png"), cv2.IMREAD_UNCHANGED), g)
+        assert np.array_equal(cv2.imread(str(saved / f"h{i}_lowres8_coarse.png"), cv2.IMREAD_UNCHANGED),
+                              make_coarse(g, "lowres8", f"h{i}"))
+    row = next(r for r in result["per_image"] if r["key"] == "h0" and r["kind"] == "identity")
+    refined = cv2.imread(str(saved / "h0_identity_refined.png"), cv2.IMREAD_UNCHANGED)
+    assert image_metrics(refined, gts[0])["mba"] == pytest.approx(row["refined"]["mba"])
 
 
 def test_quality_benchmark_prints_each_source_alone(tmp_path: Path, capsys) -> None:
