@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.train.regions import _clean
+from pipeline.train.regions import largest_piece
 
 __all__ = ["ConsensusObject", "best_match_iou", "consensus_objects"]
 
@@ -63,7 +63,7 @@ def consensus_objects(segmentations: Sequence[np.ndarray], *, min_area: float = 
             area = float(region.sum())
             if not min_area <= area / total <= max_area:
                 continue
-            piece = _clean(region, min_hole=int(min_hole * total))
+            piece = largest_piece(region, min_hole=int(min_hole * total))
             if float((piece & region).sum()) < 0.9 * area:
                 continue
             ious = [best_match_iou(region, other) for b, other in enumerate(segmentations) if b != a]

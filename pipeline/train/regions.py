@@ -19,8 +19,8 @@ from pipeline.sam.regions import colour_gradient
 from pipeline.train.perturb import mask_iou
 
 __all__ = ["segment_labels", "segment_graph", "grow_region", "region_masks", "boundary_contrast",
-           "fill_weak_holes", "snap_region", "signed_distance", "edge_profile", "edge_offset", "snap_to_edge",
-           "local_edge_offset", "snap_locally", "SNAPS"]
+           "largest_piece", "fill_weak_holes", "snap_region", "signed_distance", "edge_profile",
+           "edge_offset", "snap_to_edge", "local_edge_offset", "snap_locally", "SNAPS"]
 
 
 def segment_labels(image: np.ndarray, scale: float, sigma: float = 0.8, min_size: int = 64) -> np.ndarray:
@@ -78,7 +78,7 @@ def grow_region(area: np.ndarray, mean: np.ndarray, adjacency: list[set[int]], s
     return region
 
 
-def _clean(mask: np.ndarray, min_hole: int) -> np.ndarray:
+def largest_piece(mask: np.ndarray, min_hole: int) -> np.ndarray:
     """Largest 4-connected component of ``mask`` (bool) with holes smaller than ``min_hole`` filled."""
     n, comp, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
     if n <= 1:
@@ -166,7 +166,7 @@ def region_masks(image: np.ndarray, rng: np.random.Generator, count: int = 1,
         if not len(small):
             continue
         region = grow_region(area, mean, adjacency, int(rng.choice(small)), target, rng)
-        mask = _clean(np.isin(labels, region), min_hole)
+        mask = largest_piece(np.isin(labels, region), min_hole)
         if fill_weak:
             mask = fill_weak_holes(mask, grad, min_contrast)
         got = float(mask.sum())
@@ -193,7 +193,7 @@ def snap_region(image: np.ndarray, mask: np.ndarray, snap: str = "local") -> tup
         raise ValueError(f"snap_region: snap must be one of {tuple(SNAPS)}, got {snap!r}")
     moved, left = SNAPS[snap](image, mask)
     min_hole = max(16, int(mask.size * 2e-3))
-    return np.where(_clean(moved > 128, min_hole), 255, 0).astype(np.uint8), left
+    return np.where(largest_piece(moved > 128, min_hole), 255, 0).astype(np.uint8), left
 
 
 def _contrast(grad: np.ndarray, mask: np.ndarray) -> float:
