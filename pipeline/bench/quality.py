@@ -139,13 +139,14 @@ def evaluate(model, refs: Sequence[Any], kinds: Sequence[str] = KINDS, options=N
     as ``source`` so that :func:`summarise` can split the result.
 
     ``save_masks``: a local folder; each image's truth (``KEY_truth.png``, at the size judged),
-    coarse and refined masks (``KEY_KIND_coarse.png`` / ``KEY_KIND_refined.png``, 0/255) go there
-    for looking at single images.
+    coarse and refined masks (``KEY_KIND_coarse.png`` / ``KEY_KIND_refined.png``, 0/255; KEY escaped
+    by :func:`pipeline.io.keys.safe_key`) go there for looking at single images.
 
     Returns {"n", "kinds": {kind: {"coarse": summary, "refined": summary, "worse": percent,
     "seconds": float}}, "per_image": [...]} where a summary is {"iou", "mba", "biou", "area"}.
     """
     from pipeline.io import load_sample
+    from pipeline.io.keys import safe_key
     from pipeline.metrics import image_metrics
     from pipeline.refine import RefineOptions, prepare_model, refine
     from pipeline.sam import merge_v1, propose
@@ -166,7 +167,8 @@ def evaluate(model, refs: Sequence[Any], kinds: Sequence[str] = KINDS, options=N
         props = None if method == "crm" else propose(proposer, image, s.key, working_size=working_size)
         truth_offset = edge_offset(image, truth)
         if save_masks:
-            cv2.imwrite(os.path.join(save_masks, f"{s.key}_truth.png"), truth)
+            name_of = safe_key(s.key)  # keys may hold "/" or other characters a file name cannot
+            cv2.imwrite(os.path.join(save_masks, f"{name_of}_truth.png"), truth)
         for kind in kinds:
             coarse = make_coarse(truth, kind, s.key, seed)
             t = time.perf_counter()
@@ -188,7 +190,7 @@ def evaluate(model, refs: Sequence[Any], kinds: Sequence[str] = KINDS, options=N
                 binary = np.where(mask > (0.5 if mask.dtype.kind == "f" else 128), 255, 0).astype(np.uint8)
                 row[name]["edge_offset"] = edge_offset(image, binary)
                 if save_masks:
-                    cv2.imwrite(os.path.join(save_masks, f"{s.key}_{kind}_{name}.png"), binary)
+                    cv2.imwrite(os.path.join(save_masks, f"{name_of}_{kind}_{name}.png"), binary)
             per_kind[kind].append(row)
             if log:
                 c, r = row["coarse"], row["refined"]
