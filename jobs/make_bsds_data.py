@@ -1,6 +1,6 @@
 """Hand-drawn object masks of real photographs from BSDS500's human segmentations.
 
-    python -m jobs.make_bsds_data --bsds /path/to/BSDS500/data --split test --out /work/data/B/test
+    python -m jobs.make_bsds_data --bsds /path/to/BSDS500/data --split test --out B/test
 
 BSDS500 (Arbelaez, Maire, Fowlkes, Malik, TPAMI 2011; a mirror is github.com/BIDS/BSDS500) has
 500 photographs (481x321) with about five hand-drawn segmentations each, split train 200 / val
