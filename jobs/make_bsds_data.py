@@ -7,10 +7,10 @@ BSDS500 (Arbelaez, Maire, Fowlkes, Malik, TPAMI 2011; a mirror is github.com/BID
 100 / test 200. For each photo of ``--split`` this writes the regions most annotators agree on
 (:func:`pipeline.train.consensus.consensus_objects`) in the prefix layout: ``NAME_im.jpg`` (the
 original JPEG, byte for byte), ``NAME_gt.png`` (the object, 0/255) and ``NAME_seg.png`` (the
-truth downsampled 8x, as the other sets), plus ``OUT/objects.json`` (photo, annotator, agreement,
-area, share of the image border covered). ``--max-frame 0.1`` keeps objects only (no sky,
-ground or water). Use it as the judge of ``samsr benchmark quality`` (test split) or as training data
-(train/val). BSDS500 is distributed by Berkeley for research use; nothing of it is committed.
+benchmark's 8x low-resolution annotation of the truth), plus ``OUT/objects.json`` (photo,
+annotator, agreement, area, share of the image border covered). ``--max-frame 0.1`` keeps objects
+only (no sky, ground or water). Use it as the judge of ``samsr benchmark quality`` (choose on val,
+report on test). BSDS500 is distributed by Berkeley for research use; nothing of it is committed.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from pipeline.bench.quality import make_coarse
 from pipeline.train.consensus import consensus_objects
 
 __all__ = ["read_segmentations", "frame_share", "write_split", "main"]
@@ -72,12 +73,9 @@ def write_split(bsds: str, split: str, out: str, *, min_iou: float = 0.9, max_ob
                 continue
             key = f"bsds_{split}_{photo}_{i}"
             gt = np.where(obj.mask, 255, 0).astype(np.uint8)
-            h, w = gt.shape
-            small = cv2.resize(gt, (max(1, round(w / 8)), max(1, round(h / 8))), interpolation=cv2.INTER_AREA)
-            seg = np.where(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR) > 128, 255, 0)
             shutil.copyfile(image, os.path.join(out, key + "_im.jpg"))
             cv2.imwrite(os.path.join(out, key + "_gt.png"), gt)
-            cv2.imwrite(os.path.join(out, key + "_seg.png"), seg.astype(np.uint8))
+            cv2.imwrite(os.path.join(out, key + "_seg.png"), make_coarse(gt, "lowres8", key))
             records.append({"key": key, "photo": photo, "split": split, "annotator": obj.annotator,
                             "annotators": len(segs), "agreement": round(obj.agreement, 4),
                             "agreeing": obj.agreeing, "area": round(float(obj.mask.mean()), 4),

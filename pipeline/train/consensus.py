@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.train.perturb import mask_iou
 from pipeline.train.regions import largest_piece
 
 __all__ = ["ConsensusObject", "best_match_iou", "consensus_objects"]
@@ -75,11 +76,7 @@ def consensus_objects(segmentations: Sequence[np.ndarray], *, min_area: float = 
     for c in candidates:
         if len(kept) == max_objects:
             break
-        if all(_iou(c.mask, k.mask) < 0.5 for k in kept):
+        if all(mask_iou(c.mask, k.mask) < 0.5 for k in kept):
             kept.append(c)
     return kept
 
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = float((a | b).sum())
-    return float((a & b).sum()) / union if union else 1.0

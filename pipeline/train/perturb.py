@@ -26,8 +26,8 @@ __all__ = [
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two (H, W) uint8 masks binarised at > 128 (1.0 when both are empty)."""
-    a, b = a > 128, b > 128
+    """IoU of two (H, W) masks: uint8 binarised at > 128, or bool (1.0 when both are empty)."""
+    a, b = (m if m.dtype == bool else m > 128 for m in (a, b))
     union = np.logical_or(a, b).sum()
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
