@@ -8,7 +8,9 @@ BSDS500 (Arbelaez, Maire, Fowlkes, Malik, TPAMI 2011; a mirror is github.com/BID
 (:func:`pipeline.train.consensus.consensus_objects`) in the prefix layout: ``NAME_im.jpg`` (the
 original JPEG, byte for byte), ``NAME_gt.png`` (the object, 0/255) and ``NAME_seg.png`` (the
 benchmark's 8x low-resolution annotation of the truth), plus ``OUT/objects.json`` (photo,
-annotator, agreement, area, share of the image border covered). ``--max-frame 0.1`` keeps objects
+annotator, agreement, area, share of the image border covered, and ``human_mba``: the mean mBA of
+the other annotators' agreeing drawings of the object scored against it, i.e. how far people's own
+lines lie apart — the floor under which no refiner's mBA on this judge means much). ``--max-frame 0.1`` keeps objects
 only (no sky, ground or water). Use it as the judge of ``samsr benchmark quality`` (choose on val,
 report on test). BSDS500 is distributed by Berkeley for research use; nothing of it is committed.
 """
@@ -25,7 +27,8 @@ import cv2
 import numpy as np
 
 from pipeline.bench.quality import make_coarse
-from pipeline.train.consensus import consensus_objects
+from pipeline.metrics import mba
+from pipeline.train.consensus import consensus_objects, other_drawings
 
 __all__ = ["read_segmentations", "frame_share", "write_split", "main"]
 
@@ -73,13 +76,15 @@ def write_split(bsds: str, split: str, out: str, *, min_iou: float = 0.9, max_ob
                 continue
             key = f"bsds_{split}_{photo}_{i}"
             gt = np.where(obj.mask, 255, 0).astype(np.uint8)
+            others = [mba(d, obj.mask) for d in other_drawings(obj, segs, min_iou)]
             shutil.copyfile(image, os.path.join(out, key + "_im.jpg"))
             cv2.imwrite(os.path.join(out, key + "_gt.png"), gt)
             cv2.imwrite(os.path.join(out, key + "_seg.png"), make_coarse(gt, "lowres8", key))
             records.append({"key": key, "photo": photo, "split": split, "annotator": obj.annotator,
                             "annotators": len(segs), "agreement": round(obj.agreement, 4),
                             "agreeing": obj.agreeing, "area": round(float(obj.mask.mean()), 4),
-                            "frame": round(frame, 4)})
+                            "frame": round(frame, 4),
+                            "human_mba": round(100 * float(np.mean(others)), 2) if others else None})
     with open(os.path.join(out, "objects.json"), "w") as f:
         json.dump(records, f, indent=1)
     return records
@@ -100,7 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     records = write_split(args.bsds, args.split, args.out, min_iou=args.min_iou,
                           max_objects=args.max_objects, max_frame=args.max_frame, limit=args.limit)
-    print(f"{len(records)} objects from {len({r['photo'] for r in records})} photos -> {args.out}")
+    floor = [r["human_mba"] for r in records if r["human_mba"] is not None]
+    print(f"{len(records)} objects from {len({r['photo'] for r in records})} photos -> {args.out}"
+          + (f"; other annotators' mBA against them: mean {np.mean(floor):.2f}" if floor else ""))
     return 0
 
 

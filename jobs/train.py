@@ -51,6 +51,7 @@ _FLAG_KEYS = {
     "p_lowres": "optim.p_lowres",
     "p_annotation": "optim.p_annotation",
     "p_identity": "optim.p_identity",
+    "p_truth_jitter": "optim.p_truth_jitter",
     "weight_decay": "optim.weight_decay",
     "time_budget": "optim.time_budget_min",
     "seed": "optim.seed",
@@ -178,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--p-identity",
         type=float,
         help="share of coarse masks that are the truth or nearly (IoU >= 0.97) [optim.p_identity]",
+    )
+    o.add_argument(
+        "--p-truth-jitter",
+        type=float,
+        help="share of training truths whose boundary is moved by a smooth ~1 px random field, like a "
+        "hand-drawn line (pipeline.train.perturb.jitter_boundary) [optim.p_truth_jitter]",
     )
     o.add_argument("--weight-decay", type=float, help="Adam weight decay [optim.weight_decay]")
     o.add_argument(

@@ -260,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--weights", default="pipeline/weights/crm_mnv2.pt", help="weights (path/URL)")
     ap.add_argument("--scales", default="1.0", help="cascade scales, comma-separated (default 1.0)")
     ap.add_argument("--decode", default="full", help="decode mode: full, strided, bbox, contour")
+    ap.add_argument("--roi-margin", type=int, default=None,
+                    help="RefineOptions.roi_margin of the bbox/contour modes (px; default max(16, 3%% of the long side))")
     ap.add_argument("--align", type=int, default=8, help="RefineOptions.align (default 8; 1 = official)")
     ap.add_argument("--gate", type=float, default=0.0, help="RefineOptions.gate (default 0: off)")
     ap.add_argument("--tta", default="none", choices=["none", "rot180", "flip4"],
@@ -287,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad:
         ap.error(f"--kinds: unknown {bad[0]!r}; known: {', '.join(KINDS)}")
     options = RefineOptions(scales=tuple(float(v) for v in args.scales.split(",")), decode=args.decode,
-                            align=args.align, tta=args.tta, gate=args.gate)
+                            align=args.align, tta=args.tta, gate=args.gate, roi_margin=args.roi_margin)
     if args.threads:
         torch.set_num_threads(args.threads)
     # the coarse masks are made from the truth, so any _seg files are not needed (nor read)
@@ -317,12 +319,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "proposals": args.proposals if args.method != "crm" else None,
                    "model": args.model, "weights": args.weights, "scales": list(options.scales),
                    "decode": options.decode, "align": options.align, "tta": options.tta,
-                   "gate": options.gate,
+                   "gate": options.gate, "roi_margin": options.roi_margin,
                    "data": args.data,
                    "wall_s": time.time() - t0})
     print(f"\nmethod {args.method}" + (f" ({args.proposals} proposals)" if proposer else "")
           + f", model {args.model} weights {args.weights} scales {list(options.scales)} "
-          f"decode {options.decode} "
+          f"decode {options.decode}"
+          + (f" (margin {options.roi_margin} px) " if options.roi_margin is not None else " ") +
           f"align {options.align}, tta {options.tta}, gate {options.gate:g}; "
           f"{result['n']} images from {', '.join(args.data)}"
           + (f", long side <= {args.max_side}" if args.max_side else ""))

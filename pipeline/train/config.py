@@ -80,6 +80,7 @@ class OptimConfig:
     p_lowres: float = _f(0.3, _unit)
     p_annotation: float = _f(0.35, _unit)
     p_identity: float = _f(0.1, _unit)
+    p_truth_jitter: float = _f(0.0, _unit)  # truths given a hand-drawn-like +-1 px boundary (jitter_boundary)
     weight_decay: float = _f(1e-4, _non_negative)
     dropout: float | None = _f(0.0, _unit)  # fusion dropout; null: the model's own (0.5 in CRM)
     time_budget_min: float | None = _f(None, _positive)  # train about this long (steps shrink to fit)
@@ -176,6 +177,7 @@ def loop_config(cfg: TrainJobConfig):
         p_lowres=o.p_lowres,
         p_annotation=o.p_annotation,
         p_identity=o.p_identity,
+        p_truth_jitter=o.p_truth_jitter,
         weight_decay=o.weight_decay,
         input_scale_range=(o.input_scale_min, 1.0),
         p_input_scale=o.p_input_scale,

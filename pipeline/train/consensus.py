@@ -16,7 +16,7 @@ import numpy as np
 from pipeline.train.perturb import mask_iou
 from pipeline.train.regions import largest_piece
 
-__all__ = ["ConsensusObject", "best_match_iou", "consensus_objects"]
+__all__ = ["ConsensusObject", "best_match", "best_match_iou", "consensus_objects", "other_drawings"]
 
 
 @dataclass(frozen=True)
@@ -27,14 +27,36 @@ class ConsensusObject:
     agreeing: int  # how many other annotators drew a region with IoU >= the threshold
 
 
-def best_match_iou(mask: np.ndarray, labels: np.ndarray) -> float:
-    """The highest IoU between ``mask`` ((H, W) bool) and any single region of ``labels`` ((H, W) ints)."""
+def best_match(mask: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """The single region of ``labels`` ((H, W) ints) with the highest IoU with ``mask`` ((H, W)
+    bool): (that IoU, the region as an (H, W) bool mask)."""
     lab = labels.ravel().astype(np.int64)
-    lab -= lab.min()
+    lo = lab.min()
+    lab = lab - lo
     inter = np.bincount(lab[mask.ravel()], minlength=int(lab.max()) + 1).astype(np.float64)
     sizes = np.bincount(lab, minlength=inter.size).astype(np.float64)
-    union = sizes + float(mask.sum()) - inter
-    return float(np.max(inter / np.maximum(union, 1.0)))
+    ious = inter / np.maximum(sizes + float(mask.sum()) - inter, 1.0)
+    best = int(np.argmax(ious))
+    return float(ious[best]), labels == best + lo
+
+
+def best_match_iou(mask: np.ndarray, labels: np.ndarray) -> float:
+    """The highest IoU between ``mask`` ((H, W) bool) and any single region of ``labels`` ((H, W) ints)."""
+    return best_match(mask, labels)[0]
+
+
+def other_drawings(obj: ConsensusObject, segmentations: Sequence[np.ndarray],
+                   min_iou: float = 0.9) -> list[np.ndarray]:
+    """How the other annotators drew ``obj``: each one's single region with IoU >= ``min_iou`` with
+    it ((H, W) bool masks, annotator order). Scoring these against ``obj.mask`` measures how far
+    people's own lines lie apart (the judge's noise floor)."""
+    out = []
+    for b, seg in enumerate(segmentations):
+        if b != obj.annotator:
+            iou, region = best_match(obj.mask, seg)
+            if iou >= min_iou:
+                out.append(region)
+    return out
 
 
 def consensus_objects(segmentations: Sequence[np.ndarray], *, min_area: float = 0.03,

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline.train.composites import find_fonts, make_composite
-from pipeline.train.perturb import augment_crop, synth_coarse
+from pipeline.train.perturb import augment_crop, jitter_boundary, synth_coarse
 
 __all__ = ["LayoutSource", "CompositeSource", "ConcatSource", "CropDataset", "image_key", "load_photo"]
 
@@ -151,11 +151,13 @@ class CropDataset(Dataset):
     def __init__(self, source: Any, crop: int = 224, seed: int = 0, length: int | None = None,
                  iou_range: tuple[float, float] = (0.75, 1.0), p_lowres: float = 0.3,
                  p_annotation: float = 0.35, p_identity: float = 0.1,
-                 jitter: float = 0.2, p_grey: float = 0.1, sam_lookup: Any = None) -> None:
+                 jitter: float = 0.2, p_grey: float = 0.1, sam_lookup: Any = None,
+                 p_truth_jitter: float = 0.0) -> None:
         self.source, self.crop, self.seed = source, crop, seed
         self.length = length or len(source)
         self.iou_range, self.p_lowres, self.jitter, self.p_grey = iou_range, p_lowres, jitter, p_grey
         self.p_annotation, self.p_identity = p_annotation, p_identity
+        self.p_truth_jitter = p_truth_jitter
         self.sam_lookup = sam_lookup
         self.epoch = 0
 
@@ -174,6 +176,8 @@ class CropDataset(Dataset):
             extra = cv2.resize(colours, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_NEAREST)
         im, g, ex = augment_crop(image, gt, rng, self.crop, self.jitter, self.p_grey, extra)
         g = np.where(g > 128, 255, 0).astype(np.uint8)
+        if self.p_truth_jitter > 0 and rng.random() < self.p_truth_jitter:
+            g = jitter_boundary(g, rng)  # a hand-drawn-like truth (and so identity coarse mask)
         coarse = synth_coarse(g, rng, self.iou_range, p_lowres=self.p_lowres, p_annotation=self.p_annotation,
                               p_identity=self.p_identity)
         out = {

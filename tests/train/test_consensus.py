@@ -10,7 +10,8 @@ import pytest
 
 from jobs.make_bsds_data import frame_share, read_segmentations
 from jobs.make_bsds_data import main as bsds_main
-from pipeline.train.consensus import best_match_iou, consensus_objects
+from pipeline.metrics import mba
+from pipeline.train.consensus import best_match, best_match_iou, consensus_objects, other_drawings
 
 H, W = 60, 80
 
@@ -35,6 +36,8 @@ def test_best_match_iou_is_the_best_single_region():
     mask[:, 1:] = True  # 12 px: 8 in region 7 (IoU 8/12), 4 in region 0 (IoU 4/16)
     assert best_match_iou(mask, labels) == pytest.approx(8 / 12)
     assert best_match_iou(labels == 7, labels) == 1.0
+    iou, region = best_match(mask, labels - 3)  # negative labels too
+    assert iou == pytest.approx(8 / 12) and np.array_equal(region, labels == 7)
 
 
 def test_consensus_keeps_each_agreed_object_once():
@@ -47,6 +50,11 @@ def test_consensus_keeps_each_agreed_object_once():
     assert obj.annotator == 0  # both others are 1 px off it; each of them is 2 px off the other
     assert obj.agreeing == 2 and obj.agreement == pytest.approx(29 * 40 / (31 * 40))
     assert obj.mask[10:40, 20:60].all() and obj.mask.sum() == 1200
+    # the other two drawings, each a pixel off; none when the bar is higher than their IoU
+    segs = _annotators()
+    drawn = other_drawings(obj, segs)
+    assert [np.array_equal(d, s == 1) for d, s in zip(drawn, segs[1:])] == [True, True]
+    assert other_drawings(obj, segs, min_iou=0.95) == []
 
 
 def test_consensus_thresholds_and_limits():
@@ -84,7 +92,8 @@ def test_make_bsds_data_writes_the_prefix_layout(tmp_path, capsys):
         str(tmp_path / "bsds/groundTruth/test/1234.mat")), segs)] == [True] * 3
     out = tmp_path / "out"
     assert bsds_main(["--bsds", str(tmp_path / "bsds"), "--split", "test", "--out", str(out)]) == 0
-    assert "1 objects from 1 photos" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "1 objects from 1 photos" in printed and "other annotators' mBA against them: mean" in printed
     key = "bsds_test_1234_0"
     assert (out / f"{key}_im.jpg").read_bytes() == (tmp_path / "bsds/images/test/1234.jpg").read_bytes()
     gt = cv2.imread(str(out / f"{key}_gt.png"), cv2.IMREAD_UNCHANGED)
@@ -94,6 +103,9 @@ def test_make_bsds_data_writes_the_prefix_layout(tmp_path, capsys):
     (rec,) = json.loads((out / "objects.json").read_text())
     assert rec["photo"] == "1234" and rec["annotators"] == 3 and rec["agreeing"] == 2 and rec["area"] == 0.25
     assert rec["frame"] == 0.0
+    # the judge's floor: the other annotators' drawings (1 px off) scored against the object
+    want = 100 * np.mean([mba(s == 1, gt > 0) for s in segs[1:]])
+    assert rec["human_mba"] == pytest.approx(want, abs=0.005) and 0 < want < 100
     # --max-frame drops regions that cover much of the border: make the object touch the left edge
     segs = [np.where(s == 1, 1, 0).astype(np.uint16) for s in _annotators()]
     for s in segs:

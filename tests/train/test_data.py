@@ -95,6 +95,13 @@ def test_layout_source_and_crops(tmp_path: Path, photos: list[str]) -> None:
     assert set(np.unique(a["gt"].numpy())) <= {0.0, 1.0}
     ds.set_epoch(1)
     assert not np.array_equal(ds[1]["image"].numpy(), a["image"].numpy())
+    # p_truth_jitter: the truth's boundary wanders (same crop and image), 0 leaves the default items
+    jit = CropDataset(both, crop=64, seed=3, p_truth_jitter=1.0)
+    j = jit[1]
+    assert not np.array_equal(j["gt"].numpy(), a["gt"].numpy())
+    assert 0.8 < (j["gt"].numpy() == a["gt"].numpy()).mean() < 1.0
+    off = CropDataset(both, crop=64, seed=3, p_truth_jitter=0.0)[1]
+    assert all(np.array_equal(off[k].numpy(), a[k].numpy()) for k in ("image", "coarse", "gt"))
     (data / "extra_im.png").write_bytes((data / f"{key}_im.png").read_bytes())
     (data / "extra_seg.png").write_bytes((data / f"{key}_seg.png").read_bytes())
     with pytest.raises(ValueError, match="no ground truth"):

@@ -8,10 +8,12 @@ import pytest
 from pipeline.train.composites import alpha_to_gt, random_alpha
 from pipeline.train.perturb import (
     augment_crop,
+    jitter_boundary,
     lowres_degrade,
     mask_iou,
     perturb_until,
     resample_contours,
+    signed_distance,
     synth_coarse,
 )
 
@@ -72,6 +74,34 @@ def test_lowres_degrade_is_soft_and_close() -> None:
     assert out.shape == gt.shape and out.dtype == np.uint8
     assert ((out > 0) & (out < 255)).any()
     assert mask_iou(out, gt) > 0.9
+
+
+def test_signed_distance_puts_the_boundary_between_pixels() -> None:
+    m = np.zeros((5, 9), bool)
+    m[:, :4] = True
+    sd = signed_distance(m)
+    np.testing.assert_allclose(sd[2], [3.5, 2.5, 1.5, 0.5, -0.5, -1.5, -2.5, -3.5, -4.5], atol=1e-3)
+
+
+def test_jitter_boundary_wanders_about_a_pixel_and_only_near_the_boundary() -> None:
+    gt = _gt(3)
+    a = jitter_boundary(gt, np.random.default_rng(0), amplitude=(1.0, 1.0), smooth=(3.0, 3.0))
+    assert np.array_equal(a, jitter_boundary(gt, np.random.default_rng(0), amplitude=(1.0, 1.0),
+                                             smooth=(3.0, 3.0))), "seeded"
+    assert a.dtype == np.uint8 and set(np.unique(a)) <= {0, 255}
+    changed = a != gt
+    assert changed.any()
+    sd = signed_distance(gt > 128)
+    assert np.abs(sd[changed]).max() <= 3.0 + 0.5  # clipped at 3 amplitudes
+    assert np.abs(sd[changed]).mean() < 1.2  # mostly the pixels next to the line
+    both = (a > 128).sum() / (gt > 128).sum()
+    assert 0.97 < both < 1.03  # it wanders, it does not grow or shrink
+    assert 0.9 < mask_iou(a, gt) < 1.0
+    # a bigger amplitude moves more pixels; an empty or full mask stays as it is
+    b = jitter_boundary(gt, np.random.default_rng(0), amplitude=(2.0, 2.0), smooth=(3.0, 3.0))
+    assert (b != gt).sum() > changed.sum()
+    for flat in (np.zeros_like(gt), np.full_like(gt, 255)):
+        assert np.array_equal(jitter_boundary(flat, np.random.default_rng(0)), flat)
 
 
 def test_augment_crop_shapes_and_alignment() -> None:

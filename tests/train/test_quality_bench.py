@@ -171,3 +171,29 @@ def test_quality_benchmark_samsr_methods_with_regions_proposals(tmp_path: Path) 
     assert results["samsr-v2.1"]["proposals"] == "regions" and results["crm"]["proposals"] is None
     row = results["samsr-v1"]["per_image"][0]
     assert row["gate"] in (None, "sparsity", "deformation")
+
+
+def test_roi_margin_reaches_the_contour_mode(tmp_path: Path, capsys) -> None:
+    """--decode contour --roi-margin M: refined masks differ from the coarse ones only within M px of
+    the coarse contour, and the JSON / table name the margin."""
+    data = tmp_path / "data"
+    data.mkdir()
+    gts = write_composites(data, 1, 72, 96, seed=5, colour=(40, 90, 200), kind="blob", prefix="m", ext="png",
+                           seg=False)
+    torch.manual_seed(1)
+    weights = tmp_path / "w.pt"
+    save_checkpoint(build_model("crm_mnv2"), str(weights))
+    out, saved = tmp_path / "q.json", tmp_path / "masks"
+    assert cli_main(["benchmark", "quality", "--data", str(data), "--weights", str(weights), "--kinds",
+                     "perturbed", "--decode", "contour", "--roi-margin", "3", "--threads", "1",
+                     "--json", str(out), "--save-masks", str(saved)]) == 0
+    assert "decode contour (margin 3 px)" in capsys.readouterr().out
+    assert json.loads(out.read_text())["roi_margin"] == 3
+    coarse = cv2.imread(str(saved / "m0_perturbed_coarse.png"), cv2.IMREAD_UNCHANGED) > 127
+    refined = cv2.imread(str(saved / "m0_perturbed_refined.png"), cv2.IMREAD_UNCHANGED) > 127
+    assert coarse.shape == gts[0].shape
+    inside = cv2.distanceTransform(coarse.astype(np.uint8), cv2.DIST_L2, 3)
+    outside = cv2.distanceTransform((~coarse).astype(np.uint8), cv2.DIST_L2, 3)
+    far = np.maximum(inside, outside) > 3 + 1.5  # beyond the band (+ slack for the distance metric)
+    assert far.any() and np.array_equal(refined[far], coarse[far])
+    assert (refined != coarse).any()  # it did refine, inside the band
