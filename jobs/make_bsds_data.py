@@ -10,9 +10,10 @@ original JPEG, byte for byte), ``NAME_gt.png`` (the object, 0/255) and ``NAME_se
 benchmark's 8x low-resolution annotation of the truth), plus ``OUT/objects.json`` (photo,
 annotator, agreement, area, share of the image border covered, and ``human_mba``: the mean mBA of
 the other annotators' agreeing drawings of the object scored against it, i.e. how far people's own
-lines lie apart — the floor under which no refiner's mBA on this judge means much). ``--max-frame 0.1`` keeps objects
-only (no sky, ground or water). Use it as the judge of ``samsr benchmark quality`` (choose on val,
-report on test). BSDS500 is distributed by Berkeley for research use; nothing of it is committed.
+lines lie apart — the floor under which no refiner's mBA on this judge means much).
+``--max-frame 0.1`` keeps objects only (no sky, ground or water). Use it as the judge of
+``samsr benchmark quality`` (choose on val, report on test). BSDS500 is distributed by Berkeley
+for research use; nothing of it is committed.
 """
 
 from __future__ import annotations

@@ -261,7 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--scales", default="1.0", help="cascade scales, comma-separated (default 1.0)")
     ap.add_argument("--decode", default="full", help="decode mode: full, strided, bbox, contour")
     ap.add_argument("--roi-margin", type=int, default=None,
-                    help="RefineOptions.roi_margin of the bbox/contour modes (px; default max(16, 3%% of the long side))")
+                    help="RefineOptions.roi_margin of the bbox/contour modes "
+                    "(px; default max(16, 3%% of the long side))")
     ap.add_argument("--align", type=int, default=8, help="RefineOptions.align (default 8; 1 = official)")
     ap.add_argument("--gate", type=float, default=0.0, help="RefineOptions.gate (default 0: off)")
     ap.add_argument("--tta", default="none", choices=["none", "rot180", "flip4"],
