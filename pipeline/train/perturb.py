@@ -4,6 +4,7 @@
   (polygon re-sampling of the boundary), holes kept.
 - :func:`perturb_until`: random dilations / erosions on random sub-boxes until IoU with the
   ground truth falls below a target (CascadePSP's ``perturb_seg``).
+- :func:`signed_distance`: signed distance to a mask's boundary (0 between the two pixels).
 - :func:`jitter_boundary`: move a mask's boundary by a smooth random field of about +-1 px, the way a
   person's line wanders around an image edge (applied to training truths: ``p_truth_jitter``).
 - :func:`lowres_degrade`: downsample by 4-16x and upsample bilinearly (a low-resolution annotation).
@@ -20,6 +21,7 @@ __all__ = [
     "mask_iou",
     "resample_contours",
     "perturb_until",
+    "signed_distance",
     "jitter_boundary",
     "lowres_degrade",
     "synth_coarse",
