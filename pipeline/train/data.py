@@ -145,7 +145,9 @@ class CropDataset(Dataset):
     ``sam_lookup`` is given (a callable (key, image) -> (h, w, 3) uint8 colour map).
 
     ``length`` items per epoch (default: the source size); item i uses sample i % len(source)
-    and a generator seeded by (seed, epoch, i), so an epoch is reproducible.
+    and a generator seeded by (seed, epoch, i), so an epoch is reproducible. ``p_truth_jitter``:
+    the share of crops whose truth gets a hand-drawn-like boundary (:func:`jitter_boundary`)
+    before the coarse mask is made from it (0: no extra random draw, items as before).
     """
 
     def __init__(self, source: Any, crop: int = 224, seed: int = 0, length: int | None = None,
