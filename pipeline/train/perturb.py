@@ -4,7 +4,7 @@
   (polygon re-sampling of the boundary), holes kept.
 - :func:`perturb_until`: random dilations / erosions on random sub-boxes until IoU with the
   ground truth falls below a target (CascadePSP's ``perturb_seg``).
-- :func:`signed_distance`: signed distance to a mask's boundary (0 between the two pixels).
+- :func:`signed_distance`: signed distance to a mask's boundary (0 between the two pixels, negative inside).
 - :func:`jitter_boundary`: move a mask's boundary by a smooth random field of about +-1 px, the way a
   person's line wanders around an image edge (applied to training truths: ``p_truth_jitter``).
 - :func:`lowres_degrade`: downsample by 4-16x and upsample bilinearly (a low-resolution annotation).
@@ -98,23 +98,24 @@ def perturb_until(coarse: np.ndarray, gt: np.ndarray, iou_target: float, rng: np
 
 
 def signed_distance(mask: np.ndarray) -> np.ndarray:
-    """(H, W) bool -> float32 signed distance to the boundary, in px: +(d - 0.5) inside, -(d - 0.5)
-    outside, where d is the Euclidean distance to the nearest pixel of the other side (so the boundary
-    between two neighbouring pixels sits at 0)."""
-    m = mask.astype(np.uint8)
-    d_in = cv2.distanceTransform(m, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    d_out = cv2.distanceTransform(1 - m, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    return np.where(mask, d_in - 0.5, 0.5 - d_out).astype(np.float32)
+    """(H, W) float32 signed Euclidean distance of each pixel centre to the boundary of ``mask``
+    ((H, W), foreground > 128 or bool): the boundary lies half-way between the last pixels inside
+    (-0.5) and the first outside (+0.5); negative inside. ``signed_distance(m) < t`` moves the
+    boundary outward by t pixels (inward for t < 0)."""
+    m = (mask if mask.dtype == bool else mask > 128).astype(np.uint8)
+    inside = cv2.distanceTransform(m, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    outside = cv2.distanceTransform(1 - m, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return np.where(m > 0, 0.5 - inside, outside - 0.5).astype(np.float32)
 
 
 def jitter_boundary(mask: np.ndarray, rng: np.random.Generator, amplitude: tuple[float, float] = (0.3, 1.2),
                     smooth: tuple[float, float] = (2.0, 8.0)) -> np.ndarray:
     """Move the boundary of ``mask`` ((H, W) uint8, > 128 = inside) by a smooth random field: white
     noise blurred with a Gaussian of sigma U(``smooth``) px, scaled to a standard deviation of
-    U(``amplitude``) px and clipped to 3 of those, is added to the signed distance
-    (:func:`signed_distance`) and the result thresholded at 0. A hand-drawn line wanders about an
-    image edge like this, by about a pixel with a correlation length of a few pixels; a mask drawn
-    that way is what a good coarse mask looks like (the identity case). Pixels farther than 3
+    U(``amplitude``) px and clipped to 3 of those, moves the boundary outward by that many pixels
+    (``signed_distance < noise``). A hand-drawn line wanders about an image edge like this, by
+    about a pixel with a correlation length of a few pixels; a mask drawn that way is what a good
+    coarse mask looks like (the identity case). Pixels farther than 3
     amplitudes from the boundary keep their value. Returns (H, W) uint8 {0, 255}.
     """
     inside = mask > 128
@@ -124,7 +125,7 @@ def jitter_boundary(mask: np.ndarray, rng: np.random.Generator, amplitude: tuple
     noise = cv2.GaussianBlur(rng.standard_normal(mask.shape).astype(np.float32), (0, 0), sigma)
     amp = float(rng.uniform(*amplitude))
     noise = np.clip(noise * (amp / max(float(noise.std()), 1e-6)), -3 * amp, 3 * amp)
-    return np.where(signed_distance(inside) + noise > 0, 255, 0).astype(np.uint8)
+    return np.where(signed_distance(inside) < noise, 255, 0).astype(np.uint8)
 
 
 def lowres_degrade(mask: np.ndarray, rng: np.random.Generator, factor_range: tuple[float, float] = (4, 16),

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from pipeline.sam.regions import colour_gradient
-from pipeline.train.perturb import mask_iou
+from pipeline.train.perturb import mask_iou, signed_distance
 
 __all__ = ["segment_labels", "segment_graph", "grow_region", "region_masks", "boundary_contrast",
            "largest_piece", "fill_weak_holes", "snap_region", "signed_distance", "edge_profile",
@@ -209,17 +209,6 @@ def boundary_contrast(image: np.ndarray, mask: np.ndarray) -> float:
     pixels over its mean on the whole image. ~1 for a cut through texture; >> 1 on object edges.
     """
     return _contrast(colour_gradient(image), mask)
-
-
-def signed_distance(mask: np.ndarray) -> np.ndarray:
-    """(H, W) float32 signed Euclidean distance of each pixel centre to the boundary of ``mask``
-    ((H, W), foreground > 128): the boundary lies half-way between the last pixels inside
-    (-0.5) and the first outside (+0.5); negative inside. ``signed_distance(m) < t`` moves the
-    boundary outward by t pixels (inward for t < 0)."""
-    m = (mask > 128).astype(np.uint8)
-    inside = cv2.distanceTransform(m, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    outside = cv2.distanceTransform(1 - m, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    return np.where(m > 0, 0.5 - inside, outside - 0.5).astype(np.float32)
 
 
 def _rgb_gradient(image: np.ndarray) -> np.ndarray:

@@ -76,13 +76,6 @@ def test_lowres_degrade_is_soft_and_close() -> None:
     assert mask_iou(out, gt) > 0.9
 
 
-def test_signed_distance_puts_the_boundary_between_pixels() -> None:
-    m = np.zeros((5, 9), bool)
-    m[:, :4] = True
-    sd = signed_distance(m)
-    np.testing.assert_allclose(sd[2], [3.5, 2.5, 1.5, 0.5, -0.5, -1.5, -2.5, -3.5, -4.5], atol=1e-3)
-
-
 def test_jitter_boundary_wanders_about_a_pixel_and_only_near_the_boundary() -> None:
     gt = _gt(3)
     a = jitter_boundary(gt, np.random.default_rng(0), amplitude=(1.0, 1.0), smooth=(3.0, 3.0))
