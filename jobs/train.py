@@ -52,6 +52,7 @@ _FLAG_KEYS = {
     "p_annotation": "optim.p_annotation",
     "p_identity": "optim.p_identity",
     "p_truth_jitter": "optim.p_truth_jitter",
+    "truth_jitter_kinds": "optim.truth_jitter_kinds",
     "weight_decay": "optim.weight_decay",
     "time_budget": "optim.time_budget_min",
     "seed": "optim.seed",
@@ -185,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="share of training truths whose boundary is moved by a smooth ~1 px random field, like a "
         "hand-drawn line (pipeline.train.perturb.jitter_boundary) [optim.p_truth_jitter]",
+    )
+    o.add_argument(
+        "--truth-jitter-kinds",
+        type=lambda v: [k.strip() for k in v.split(",") if k.strip()],
+        help="comma list of the coarse kinds whose truths may be jittered: identity, annotation, "
+        "perturbed (default all) [optim.truth_jitter_kinds]",
     )
     o.add_argument("--weight-decay", type=float, help="Adam weight decay [optim.weight_decay]")
     o.add_argument(

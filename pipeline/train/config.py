@@ -64,6 +64,15 @@ def _loss_weights(v: str) -> str | None:
     return None
 
 
+def _jitter_kinds(v: list[str]) -> str | None:
+    from pipeline.train.perturb import COARSE_KINDS
+
+    bad = [k for k in v if k not in COARSE_KINDS]
+    if bad or not v:
+        return f"must be a non-empty list of {list(COARSE_KINDS)}"
+    return None
+
+
 @dataclass(frozen=True)
 class OptimConfig:
     steps: int = _f(1000, _positive)
@@ -81,6 +90,8 @@ class OptimConfig:
     p_annotation: float = _f(0.35, _unit)
     p_identity: float = _f(0.1, _unit)
     p_truth_jitter: float = _f(0.0, _unit)  # truths given a hand-drawn-like +-1 px boundary (jitter_boundary)
+    truth_jitter_kinds: list[str] = field(  # the coarse kinds whose truths p_truth_jitter may move
+        default_factory=lambda: ["identity", "annotation", "perturbed"], metadata={"check": _jitter_kinds})
     weight_decay: float = _f(1e-4, _non_negative)
     dropout: float | None = _f(0.0, _unit)  # fusion dropout; null: the model's own (0.5 in CRM)
     time_budget_min: float | None = _f(None, _positive)  # train about this long (steps shrink to fit)
@@ -178,6 +189,7 @@ def loop_config(cfg: TrainJobConfig):
         p_annotation=o.p_annotation,
         p_identity=o.p_identity,
         p_truth_jitter=o.p_truth_jitter,
+        truth_jitter_kinds=tuple(o.truth_jitter_kinds),
         weight_decay=o.weight_decay,
         input_scale_range=(o.input_scale_min, 1.0),
         p_input_scale=o.p_input_scale,

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline.train.composites import find_fonts, make_composite
-from pipeline.train.perturb import augment_crop, jitter_boundary, synth_coarse
+from pipeline.train.perturb import COARSE_KINDS, augment_crop, coarse_kind, jitter_boundary, synth_coarse
 
 __all__ = ["LayoutSource", "CompositeSource", "ConcatSource", "CropDataset", "image_key", "load_photo"]
 
@@ -147,19 +147,24 @@ class CropDataset(Dataset):
     ``length`` items per epoch (default: the source size); item i uses sample i % len(source)
     and a generator seeded by (seed, epoch, i), so an epoch is reproducible. ``p_truth_jitter``:
     the share of crops whose truth gets a hand-drawn-like boundary (:func:`jitter_boundary`)
-    before the coarse mask is made from it (0: no extra random draw, items as before).
+    before the coarse mask is made from it (0: no extra random draw, items as before), among the
+    crops whose coarse kind (:func:`coarse_kind`) is in ``truth_jitter_kinds``.
     """
 
     def __init__(self, source: Any, crop: int = 224, seed: int = 0, length: int | None = None,
                  iou_range: tuple[float, float] = (0.75, 1.0), p_lowres: float = 0.3,
                  p_annotation: float = 0.35, p_identity: float = 0.1,
                  jitter: float = 0.2, p_grey: float = 0.1, sam_lookup: Any = None,
-                 p_truth_jitter: float = 0.0) -> None:
+                 p_truth_jitter: float = 0.0, truth_jitter_kinds: tuple[str, ...] = COARSE_KINDS) -> None:
         self.source, self.crop, self.seed = source, crop, seed
         self.length = length or len(source)
         self.iou_range, self.p_lowres, self.jitter, self.p_grey = iou_range, p_lowres, jitter, p_grey
         self.p_annotation, self.p_identity = p_annotation, p_identity
-        self.p_truth_jitter = p_truth_jitter
+        unknown = set(truth_jitter_kinds) - set(COARSE_KINDS)
+        if unknown:
+            raise ValueError(f"truth_jitter_kinds: unknown kind(s) {sorted(unknown)}; "
+                             f"known: {list(COARSE_KINDS)}")
+        self.p_truth_jitter, self.truth_jitter_kinds = p_truth_jitter, tuple(truth_jitter_kinds)
         self.sam_lookup = sam_lookup
         self.epoch = 0
 
@@ -178,10 +183,14 @@ class CropDataset(Dataset):
             extra = cv2.resize(colours, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_NEAREST)
         im, g, ex = augment_crop(image, gt, rng, self.crop, self.jitter, self.p_grey, extra)
         g = np.where(g > 128, 255, 0).astype(np.uint8)
-        if self.p_truth_jitter > 0 and rng.random() < self.p_truth_jitter:
-            g = jitter_boundary(g, rng)  # a hand-drawn-like truth (and so identity coarse mask)
+        u = None
+        if self.p_truth_jitter > 0:  # the coarse kind is drawn first, to jitter only the chosen kinds
+            u = float(rng.random())
+            kind = coarse_kind(u, self.p_identity, self.p_annotation)
+            if kind in self.truth_jitter_kinds and rng.random() < self.p_truth_jitter:
+                g = jitter_boundary(g, rng)  # a hand-drawn-like truth (the coarse mask is made from it)
         coarse = synth_coarse(g, rng, self.iou_range, p_lowres=self.p_lowres, p_annotation=self.p_annotation,
-                              p_identity=self.p_identity)
+                              p_identity=self.p_identity, kind_draw=u)
         out = {
             "image": torch.from_numpy(im).permute(2, 0, 1).float() / 255.0,
             "coarse": torch.from_numpy(coarse).unsqueeze(0).float() / 255.0,

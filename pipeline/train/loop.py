@@ -56,6 +56,7 @@ class TrainConfig:
     p_annotation: float = 0.35  # coarse kinds (pipeline.train.perturb.synth_coarse)
     p_identity: float = 0.1
     p_truth_jitter: float = 0.0  # share of truths given a hand-drawn-like +-1 px boundary (jitter_boundary)
+    truth_jitter_kinds: tuple[str, ...] = ("identity", "annotation", "perturbed")  # coarse kinds jittered
     log_every: int = 10
     ckpt_every: int = 100
     keep_checkpoints: int = 3
@@ -245,7 +246,8 @@ def train_loop(config: dict[str, Any]) -> None:
     dataset = CropDataset(config["source"], crop=cfg.crop, seed=cfg.seed, iou_range=cfg.iou_range,
                           length=len(config["source"]) * cfg.epoch_repeats,
                           p_lowres=cfg.p_lowres, p_annotation=cfg.p_annotation, p_identity=cfg.p_identity,
-                          p_truth_jitter=cfg.p_truth_jitter, sam_lookup=config.get("sam_lookup"))
+                          p_truth_jitter=cfg.p_truth_jitter, truth_jitter_kinds=cfg.truth_jitter_kinds,
+                          sam_lookup=config.get("sam_lookup"))
     per_epoch = max(1, len(dataset) // (cfg.batch_size * world))
     t0, seen0 = time.time(), step
     total = cfg.steps

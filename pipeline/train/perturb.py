@@ -144,9 +144,16 @@ def lowres_degrade(mask: np.ndarray, rng: np.random.Generator, factor_range: tup
 COARSE_KINDS = ("identity", "annotation", "perturbed")
 
 
+def coarse_kind(u: float, p_identity: float = 0.1, p_annotation: float = 0.35) -> str:
+    """Which kind of coarse mask :func:`synth_coarse` makes for the uniform draw ``u`` in [0, 1)."""
+    if u < p_identity:
+        return "identity"
+    return "annotation" if u < p_identity + p_annotation else "perturbed"
+
+
 def synth_coarse(gt: np.ndarray, rng: np.random.Generator, iou_range: tuple[float, float] = (0.75, 1.0),
                  p_resample: float = 0.5, p_lowres: float = 0.3, p_annotation: float = 0.35,
-                 p_identity: float = 0.1) -> np.ndarray:
+                 p_identity: float = 0.1, kind_draw: float | None = None) -> np.ndarray:
     """A synthetic coarse mask for ``gt`` ((H, W) uint8 {0, 255}), of one of three kinds:
 
     - "identity" (probability ``p_identity``): the truth itself (half of the time) or the truth
@@ -160,15 +167,17 @@ def synth_coarse(gt: np.ndarray, rng: np.random.Generator, iou_range: tuple[floa
       sub-boxes until the IoU with gt is below a target drawn from U(iou_range), then with
       probability ``p_lowres`` degrade the resolution by 4-16x (soft).
 
+    The kind follows :func:`coarse_kind` of a uniform draw taken from ``rng`` first, or of
+    ``kind_draw`` when the caller drew it already (to know the kind beforehand).
     Returns (H, W) uint8 in [0, 255].
     """
     seg = np.where(gt > 128, 255, 0).astype(np.uint8)
-    u = rng.random()
-    if u < p_identity:
+    kind = coarse_kind(rng.random() if kind_draw is None else kind_draw, p_identity, p_annotation)
+    if kind == "identity":
         if rng.random() < 0.5:
             return seg
         return perturb_until(seg, gt, float(rng.uniform(0.97, 1.0)), rng)
-    if u < p_identity + p_annotation:
+    if kind == "annotation":
         soft = lowres_degrade(seg, rng)
         return np.where(soft > 128, 255, 0).astype(np.uint8) if rng.random() < 0.5 else soft
     target = float(rng.uniform(*iou_range))

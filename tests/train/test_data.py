@@ -102,6 +102,18 @@ def test_layout_source_and_crops(tmp_path: Path, photos: list[str]) -> None:
     assert 0.8 < (j["gt"].numpy() == a["gt"].numpy()).mean() < 1.0
     off = CropDataset(both, crop=64, seed=3, p_truth_jitter=0.0)[1]
     assert all(np.array_equal(off[k].numpy(), a[k].numpy()) for k in ("image", "coarse", "gt"))
+    # truth_jitter_kinds: only crops whose coarse kind is listed are jittered; others are the items
+    # of p_truth_jitter=0 exactly (the kind draw is the same first draw)
+    for i in range(4):
+        plain = CropDataset(both, crop=64, seed=3, p_identity=0.0)[i]
+        other = CropDataset(both, crop=64, seed=3, p_identity=0.0, p_truth_jitter=1.0,
+                            truth_jitter_kinds=("identity",))[i]
+        assert all(np.array_equal(other[k].numpy(), plain[k].numpy()) for k in ("image", "coarse", "gt"))
+    ident = CropDataset(both, crop=64, seed=3, p_identity=1.0, p_truth_jitter=1.0,
+                        truth_jitter_kinds=("identity",))
+    assert not np.array_equal(ident[1]["gt"].numpy(), a["gt"].numpy())  # same crop, jittered truth
+    with pytest.raises(ValueError, match="truth_jitter_kinds"):
+        CropDataset(both, truth_jitter_kinds=("ident",))
     (data / "extra_im.png").write_bytes((data / f"{key}_im.png").read_bytes())
     (data / "extra_seg.png").write_bytes((data / f"{key}_seg.png").read_bytes())
     with pytest.raises(ValueError, match="no ground truth"):

@@ -8,6 +8,7 @@ import pytest
 from pipeline.train.composites import alpha_to_gt, random_alpha
 from pipeline.train.perturb import (
     augment_crop,
+    coarse_kind,
     jitter_boundary,
     lowres_degrade,
     mask_iou,
@@ -59,6 +60,19 @@ def test_synth_coarse_covers_identity_annotations_and_perturbations() -> None:
     ious = np.array([mask_iou(synth_coarse(gts[s % 8], np.random.default_rng(200 + s)), gts[s % 8])
                      for s in range(60)])
     assert (ious >= 0.97).mean() > 0.1 and (ious < 0.9).mean() > 0.2
+
+
+def test_coarse_kind_is_the_first_draw_of_synth_coarse() -> None:
+    """A caller may draw the kind first (to treat the truth by kind) and get the same coarse mask."""
+    assert [coarse_kind(u, 0.1, 0.35) for u in (0.0, 0.0999, 0.1, 0.4499, 0.45, 0.999)] == [
+        "identity", "identity", "annotation", "annotation", "perturbed", "perturbed"]
+    g = _gt(3)
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        u = float(rng.random())
+        a = synth_coarse(g, rng, kind_draw=u)
+        b = synth_coarse(g, np.random.default_rng(seed))
+        np.testing.assert_array_equal(a, b)
 
 
 def test_resample_keeps_holes_and_changes_boundary() -> None:
