@@ -73,6 +73,7 @@ _FLAG_KEYS = {
     "sam_cache": "sam.cache",
     "sam_points_per_side": "sam.points_per_side",
     "sam_working_size": "sam.working_size",
+    "sam_seed": "sam.seed",
 }
 
 
@@ -255,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--sam-points-per-side", type=int, help="[sam.points_per_side]")
     s.add_argument("--sam-working-size", type=int, help="[sam.working_size]")
+    s.add_argument("--sam-seed", type=int, help="colour seed of the maps, as refine's sam.seed [sam.seed]")
     return ap
 
 

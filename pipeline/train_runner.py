@@ -54,24 +54,32 @@ def build_source(cfg: TrainJobConfig):
     return parts[0] if len(parts) == 1 else ConcatSource(parts)
 
 
+def sam_settings(cfg: TrainJobConfig):
+    """The colour maps' settings (the cache key) from the ``sam`` section only: the training seed
+    (``optim.seed``) does not enter, so another seed reuses the cache."""
+    from pipeline.train.sam_cache import SamSettings
+
+    s = cfg.sam
+    return SamSettings(
+        proposals=s.proposals or ("sam" if s.checkpoint else "regions"),
+        model_type=s.model_type,
+        checkpoint=s.checkpoint,
+        points_per_side=s.points_per_side,
+        working_size=s.working_size,
+        seed=s.seed,
+    )
+
+
 def _sam_lookup(cfg: TrainJobConfig, source, use_ray: bool):
     """For models that take proposals: precompute (a Ray job) and return the colour-map cache."""
     from pipeline.models import model_spec
 
     if not model_spec(cfg.model.name).takes_proposals:
         return None
-    from pipeline.train.sam_cache import SamColourCache, SamSettings, precompute_colour_maps
+    from pipeline.train.sam_cache import SamColourCache, precompute_colour_maps
 
     s = cfg.sam
-    settings = SamSettings(
-        proposals=s.proposals or ("sam" if s.checkpoint else "regions"),
-        model_type=s.model_type,
-        checkpoint=s.checkpoint,
-        points_per_side=s.points_per_side,
-        working_size=s.working_size,
-        seed=cfg.optim.seed,
-    )
-    cache = SamColourCache(s.cache or cfg.run.checkpoint_dir.rstrip("/") + "/sam_cache", settings)
+    cache = SamColourCache(s.cache or cfg.run.checkpoint_dir.rstrip("/") + "/sam_cache", sam_settings(cfg))
     precompute_colour_maps(source, cache, use_ray=use_ray)
     return cache
 

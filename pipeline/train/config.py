@@ -123,6 +123,7 @@ class TrainSamConfig:
     cache: str | None = None  # colour-map cache; null: <checkpoint_dir>/sam_cache
     points_per_side: int = _f(32, _positive)
     working_size: int = _f(1024, _positive)
+    seed: int = _f(0, _non_negative)  # colour seed of the maps (and random SAM weights), as refine's sam.seed
 
 
 _SECTIONS = {

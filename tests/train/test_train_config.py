@@ -76,3 +76,15 @@ def test_print_config(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["run"]["checkpoint_dir"] == "c" and out["data"]["uris"] == ["d"]
     assert out["optim"]["steps"] == 1000
+
+
+def test_training_seed_keeps_the_colour_map_cache():
+    """The colour-map cache key comes from the sam section only: --seed (optim.seed) reorders the
+    training data but reuses the maps; --sam-seed (sam.seed) makes new ones."""
+    from pipeline.train_runner import sam_settings
+
+    base = sam_settings(_cfg(["--checkpoint-dir", "c", "--seed", "0"]))
+    other_seed = sam_settings(_cfg(["--checkpoint-dir", "c", "--seed", "7"]))
+    colours = sam_settings(_cfg(["--checkpoint-dir", "c", "--seed", "7", "--sam-seed", "2"]))
+    assert base == other_seed and base.seed == 0 and colours.seed == 2
+    assert base.digest() == other_seed.digest() != colours.digest()
