@@ -25,6 +25,7 @@ from pipeline.train.checkpoint import load_latest, save_train_state
 from pipeline.train.data import CropDataset
 from pipeline.train.fastconv import use_space_to_batch
 from pipeline.train.loss import LossWeights
+from pipeline.train.perturb import COARSE_KINDS
 from pipeline.train.step import train_step
 
 __all__ = ["TrainConfig", "train_loop", "init_from_checkpoint", "init_for_training", "lr_milestones",
@@ -56,7 +57,7 @@ class TrainConfig:
     p_annotation: float = 0.35  # coarse kinds (pipeline.train.perturb.synth_coarse)
     p_identity: float = 0.1
     p_truth_jitter: float = 0.0  # share of truths given a hand-drawn-like +-1 px boundary (jitter_boundary)
-    truth_jitter_kinds: tuple[str, ...] = ("identity", "annotation", "perturbed")  # coarse kinds jittered
+    truth_jitter_kinds: tuple[str, ...] = COARSE_KINDS  # the coarse kinds whose truths may be jittered
     log_every: int = 10
     ckpt_every: int = 100
     keep_checkpoints: int = 3
