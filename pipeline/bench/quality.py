@@ -14,6 +14,11 @@ method sees the same inputs (DESIGN §3b):
   IoU with the truth falls in [0.75, 0.9], then upsampled bilinearly and thresholded at 128;
 - ``identity``: the truth itself (a refiner should leave it alone).
 
+Other factors and a staircase variant can be asked for by name (``--kinds``; not in the default
+set): ``lowresN`` (N = 2..64, as above) and ``blockyN``: the truth downsampled N x with area
+averaging, thresholded at 128, upsampled by nearest neighbour — the staircase of a label map or of
+a mask scaled up without interpolation.
+
 Per kind it prints coarse vs refined dataset IoU (total intersection / total union), mean mBA,
 mean Boundary IoU, the share of images made worse (refined mBA < coarse mBA), the mean signed
 area change (|mask| - |truth|) / |truth|, all in percent, and the mean edge offset in pixels
@@ -29,6 +34,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -36,9 +42,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-__all__ = ["KINDS", "make_coarse", "evaluate", "summarise", "format_table", "main"]
+__all__ = ["KINDS", "check_kind", "make_coarse", "evaluate", "summarise", "format_table", "main"]
 
 KINDS = ("lowres8", "lowres16", "perturbed", "identity")
+_FACTOR_KIND = re.compile(r"(lowres|blocky)(\d+)")
+FACTORS = (2, 64)  # the factors lowresN / blockyN accept
 PERTURB_SIDE = 512
 PERTURB_IOU = (0.75, 0.9)
 
@@ -48,12 +56,25 @@ def _rng(key: str, kind: str, seed: int) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def _lowres(gt: np.ndarray, factor: int) -> np.ndarray:
+def _lowres(gt: np.ndarray, factor: int, blocky: bool = False) -> np.ndarray:
     h, w = gt.shape
     size = (max(1, round(w / factor)), max(1, round(h / factor)))
     small = cv2.resize(gt, size, interpolation=cv2.INTER_AREA)
+    if blocky:  # a label map's staircase: threshold at low resolution, replicate pixels
+        small = np.where(small > 128, 255, 0).astype(np.uint8)
+        return cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
     up = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
     return np.where(up > 128, 255, 0).astype(np.uint8)
+
+
+def check_kind(kind: str) -> str:
+    """``kind`` if it names a coarse kind (``KINDS``, ``lowresN``, ``blockyN`` with N in
+    ``FACTORS``); else ValueError naming it and what is known."""
+    m = _FACTOR_KIND.fullmatch(kind)
+    if kind in KINDS or (m and FACTORS[0] <= int(m.group(2)) <= FACTORS[1]):
+        return kind
+    raise ValueError(f"unknown coarse kind {kind!r}; known: {', '.join(KINDS)}, "
+                     f"lowresN or blockyN with N = {FACTORS[0]}..{FACTORS[1]}")
 
 
 def _perturbed(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -77,14 +98,14 @@ def _perturbed(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def make_coarse(gt: np.ndarray, kind: str, key: str, seed: int = 0) -> np.ndarray:
     """The coarse mask of ``kind`` (see module docstring) for gt (H, W) uint8: (H, W) uint8 {0, 255}."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown coarse kind {kind!r}; known: {', '.join(KINDS)}")
+    check_kind(kind)
     g = np.where(gt > 128, 255, 0).astype(np.uint8)
     if kind == "identity":
         return g
-    if kind.startswith("lowres"):
-        return _lowres(g, int(kind[len("lowres"):]))
-    return _perturbed(g, _rng(key, kind, seed))
+    if kind == "perturbed":
+        return _perturbed(g, _rng(key, kind, seed))
+    m = _FACTOR_KIND.fullmatch(kind)
+    return _lowres(g, int(m.group(2)), blocky=m.group(1) == "blocky")
 
 
 def _area_change(mask: np.ndarray, gt: np.ndarray) -> float:
@@ -246,7 +267,8 @@ def format_table(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="samsr benchmark quality", description=__doc__.split("\n")[0],
-                                 epilog="Coarse kinds: " + ", ".join(KINDS))
+                                 epilog="Coarse kinds: " + ", ".join(KINDS) + "; also lowresN, blockyN "
+                                 f"(N = {FACTORS[0]}..{FACTORS[1]}; blocky: nearest-neighbour staircase)")
     ap.add_argument("--data", action="append", required=True, metavar="URI",
                     help="prefix-layout set with _im/_gt files (repeatable; any fsspec URI)")
     ap.add_argument("--model", default="crm_mnv2", help="registry model (default crm_mnv2)")
@@ -286,9 +308,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.refine import RefineOptions
 
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    bad = [k for k in kinds if k not in KINDS]
-    if bad:
-        ap.error(f"--kinds: unknown {bad[0]!r}; known: {', '.join(KINDS)}")
+    for k in kinds:
+        try:
+            check_kind(k)
+        except ValueError as e:
+            ap.error(f"--kinds: {e}")
     options = RefineOptions(scales=tuple(float(v) for v in args.scales.split(",")), decode=args.decode,
                             align=args.align, tta=args.tta, gate=args.gate, roi_margin=args.roi_margin)
     if args.threads:

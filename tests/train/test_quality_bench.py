@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from jobs.cli import main as cli_main
-from pipeline.bench.quality import KINDS, make_coarse
+from pipeline.bench.quality import KINDS, check_kind, make_coarse
 from pipeline.io.weights import save_checkpoint
 from pipeline.metrics import dataset_iou, image_metrics
 from pipeline.models import build_model
@@ -43,6 +43,24 @@ def test_coarse_kinds_follow_their_definitions() -> None:
         make_coarse(gt, "lowres", "k")
 
 
+def test_factor_kinds_by_name_and_the_staircase() -> None:
+    gt = _disc()  # 400 x 600: factors 4 and 8 divide both sides
+    small4 = cv2.resize(gt, (150, 100), interpolation=cv2.INTER_AREA)
+    want = np.where(cv2.resize(small4, (600, 400), interpolation=cv2.INTER_LINEAR) > 128, 255, 0)
+    assert np.array_equal(make_coarse(gt, "lowres4", "k"), want)
+    for f in (4, 8):
+        blocky = make_coarse(gt, f"blocky{f}", "k")
+        small = np.where(cv2.resize(gt, (600 // f, 400 // f), interpolation=cv2.INTER_AREA) > 128, 255, 0)
+        assert np.array_equal(blocky, np.kron(small, np.ones((f, f), np.int64))), "pixel replication"
+        assert set(np.unique(blocky)) == {0, 255} and blocky.dtype == np.uint8
+        assert not np.array_equal(blocky, make_coarse(gt, f"lowres{f}", "k")), "a staircase, not a line"
+        assert mask_iou(blocky, gt) > 0.9
+    for bad in ("lowres1", "blocky65", "blocky", "blocky8x", "Lowres8"):
+        with pytest.raises(ValueError, match=f"unknown coarse kind '{bad}'.*lowresN or blockyN with N = 2"):
+            make_coarse(gt, bad, "k")
+    assert check_kind("blocky64") == "blocky64" and check_kind("identity") == "identity"
+
+
 def test_quality_benchmark_end_to_end(tmp_path: Path, capsys) -> None:
     data = tmp_path / "data"
     data.mkdir()
@@ -54,13 +72,14 @@ def test_quality_benchmark_end_to_end(tmp_path: Path, capsys) -> None:
     out = tmp_path / "q.json"
     code = cli_main(["benchmark", "quality", "--data", str(data), "--weights", str(weights),
                      "--scales", "0.5,1",
-                     "--kinds", "lowres8,identity", "--json", str(out), "--threads", "1",
+                     "--kinds", "lowres8,identity,blocky4", "--json", str(out), "--threads", "1",
                      "--save-masks", str(tmp_path / "masks")])
     assert code == 0
     printed = capsys.readouterr().out
     assert "| lowres8 | 2 |" in printed and "| identity | 2 |" in printed
     result = json.loads(out.read_text())
-    assert set(result["kinds"]) == {"lowres8", "identity"} and result["n"] == 2
+    assert set(result["kinds"]) == {"lowres8", "identity", "blocky4"} and result["n"] == 2
+    assert "| blocky4 | 2 |" in printed
     coarse = [image_metrics(make_coarse(g, "lowres8", f"h{i}"), g) for i, g in enumerate(gts)]
     got = result["kinds"]["lowres8"]["coarse"]
     assert got["iou"] == pytest.approx(100 * dataset_iou([m["intersection"] for m in coarse],
@@ -79,11 +98,17 @@ def test_quality_benchmark_end_to_end(tmp_path: Path, capsys) -> None:
     assert KINDS == ("lowres8", "lowres16", "perturbed", "identity")
     # --save-masks: the truth and each kind's coarse / refined mask, as judged
     saved = tmp_path / "masks"
-    assert len(list(saved.glob("*.png"))) == 2 * (1 + 2 * 2)
+    assert len(list(saved.glob("*.png"))) == 2 * (1 + 3 * 2)
     for i, g in enumerate(gts):
         assert np.array_equal(cv2.imread(str(saved / f"h{i}_truth.png"), cv2.IMREAD_UNCHANGED), g)
         assert np.array_equal(cv2.imread(str(saved / f"h{i}_lowres8_coarse.png"), cv2.IMREAD_UNCHANGED),
                               make_coarse(g, "lowres8", f"h{i}"))
+        assert np.array_equal(cv2.imread(str(saved / f"h{i}_blocky4_coarse.png"), cv2.IMREAD_UNCHANGED),
+                              make_coarse(g, "blocky4", f"h{i}"))
+    with pytest.raises(SystemExit):
+        cli_main(["benchmark", "quality", "--data", str(data), "--weights", str(weights),
+                  "--kinds", "blocky1"])
+    assert "--kinds: unknown coarse kind 'blocky1'" in capsys.readouterr().err
     row = next(r for r in result["per_image"] if r["key"] == "h0" and r["kind"] == "identity")
     refined = cv2.imread(str(saved / "h0_identity_refined.png"), cv2.IMREAD_UNCHANGED)
     assert image_metrics(refined, gts[0])["mba"] == pytest.approx(row["refined"]["mba"])
