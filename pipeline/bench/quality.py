@@ -289,6 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--gate", type=float, default=0.0, help="RefineOptions.gate (default 0: off)")
     ap.add_argument("--tta", default="none", choices=["none", "rot180", "flip4"],
                     help="RefineOptions.tta (default none)")
+    ap.add_argument("--edge-check", type=float, default=None, metavar="MARGIN",
+                    help="RefineOptions.edge_check (default off): keep a refined change only where the new "
+                    "line crosses > (1 + MARGIN) x the colour contrast of the old one")
     ap.add_argument("--kinds", default=",".join(KINDS), help=f"coarse kinds (default {','.join(KINDS)})")
     ap.add_argument("--limit", type=int, default=None, help="at most this many samples per --data")
     ap.add_argument("--max-side", type=int, default=None,
@@ -314,7 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as e:
             ap.error(f"--kinds: {e}")
     options = RefineOptions(scales=tuple(float(v) for v in args.scales.split(",")), decode=args.decode,
-                            align=args.align, tta=args.tta, gate=args.gate, roi_margin=args.roi_margin)
+                            align=args.align, tta=args.tta, gate=args.gate, roi_margin=args.roi_margin,
+                            edge_check=args.edge_check)
     if args.threads:
         torch.set_num_threads(args.threads)
     # the coarse masks are made from the truth, so any _seg files are not needed (nor read)
@@ -344,14 +348,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "proposals": args.proposals if args.method != "crm" else None,
                    "model": args.model, "weights": args.weights, "scales": list(options.scales),
                    "decode": options.decode, "align": options.align, "tta": options.tta,
-                   "gate": options.gate, "roi_margin": options.roi_margin,
+                   "gate": options.gate, "edge_check": options.edge_check, "roi_margin": options.roi_margin,
                    "data": args.data,
                    "wall_s": time.time() - t0})
     print(f"\nmethod {args.method}" + (f" ({args.proposals} proposals)" if proposer else "")
           + f", model {args.model} weights {args.weights} scales {list(options.scales)} "
           f"decode {options.decode}"
           + (f" (margin {options.roi_margin} px) " if options.roi_margin is not None else " ") +
-          f"align {options.align}, tta {options.tta}, gate {options.gate:g}; "
+          f"align {options.align}, tta {options.tta}, gate {options.gate:g}, edge check "
+          f"{'off' if options.edge_check is None else f'{options.edge_check:g}'}; "
           f"{result['n']} images from {', '.join(args.data)}"
           + (f", long side <= {args.max_side}" if args.max_side else ""))
     print(format_table(result))

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pipeline.models.crm import CRMNet, make_coord, make_input
+from pipeline.refine.edgecheck import edge_check
 from pipeline.refine.encoder import encode_levels, encode_reduced
 from pipeline.refine.modes import roi_mask, strided_decode
 from pipeline.refine.options import TTA_FLIPS, RefineOptions, autocast_dtype
@@ -180,7 +181,8 @@ def refine(
     `prepare_model`.
     Returns (H, W) float32 probabilities in [0, 1]; an empty coarse mask ((mask + 1).sum() < 2
     in the [-1, 1] scale) gives all zeros. With ``options.tta`` other than "none", the mean of
-    the probabilities over the flipped inputs (each flipped back).
+    the probabilities over the flipped inputs (each flipped back); then ``options.gate`` and
+    ``options.edge_check``, when on, put coarse values back where they apply.
     """
     _check_inputs(model, image, coarse, sam_colors)
     device = torch.device(device)
@@ -203,6 +205,9 @@ def refine(
             total /= len(flips)
         if options.gate > 0:
             _gate(total, coarse, options.gate, device)
+        if options.edge_check is not None:
+            edge_check(total, _coarse_tensor(coarse, total.shape, device)[0, 0].cpu().numpy(), image,
+                       options.edge_check)
         return total
     finally:
         model.train(was_training)

@@ -100,6 +100,12 @@ class RefineOptions:
     final probability is within `gate` of 0.5 (the refiner is unsure) keep the coarse mask's
     value (resized to the image like the model's input), so a refiner changes a mask only
     where it is confident. Applied once, after the cascade and any test-time augmentation.
+
+    Edge check (`edge_check`, not exact; None = off, the official behaviour): a margin m >= 0.
+    Each connected change the refiner made (pixels added, or removed, vs the coarse mask) is kept
+    only when the refined line around it crosses a colour contrast more than (1 + m) times that of
+    the coarse line there; other changes take the coarse values back
+    (`pipeline.refine.edgecheck`). Applied after the gate.
     """
 
     scales: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
@@ -119,6 +125,7 @@ class RefineOptions:
     tta: str = "none"
     precision: str = "fp32"
     gate: float = 0.0
+    edge_check: float | None = None
 
     def __post_init__(self) -> None:
         if self.decode not in DECODE_MODES:
@@ -139,6 +146,8 @@ class RefineOptions:
             raise ValueError(f"RefineOptions.precision={self.precision!r}; expected one of {PRECISIONS}")
         if not 0.0 <= self.gate < 0.5:
             raise ValueError(f"RefineOptions.gate={self.gate}; must be in [0, 0.5)")
+        if self.edge_check is not None and not 0.0 <= self.edge_check <= 10.0:
+            raise ValueError(f"RefineOptions.edge_check={self.edge_check}; must be None (off) or in [0, 10]")
         if self.tta not in TTA_MODES:
             raise ValueError(f"RefineOptions.tta={self.tta!r}; expected one of {TTA_MODES}")
         if self.roi_margin is not None and self.roi_margin < 0:

@@ -1,0 +1,118 @@
+"""Edge check (`RefineOptions.edge_check`): keep a refined change only where the image says so.
+
+A refiner that moves a mask's line by a pixel or two helps a rough mask and harms a good one in
+the same way; what tells the two apart is whether the moved line sits on a stronger image edge
+than the old one. Here:
+
+- the *line* of a mask runs between 4-neighbour pixel pairs on opposite sides of it; a pair's
+  *contrast* is the Euclidean distance of their RGB values (0..441.7), credited to both pixels;
+- a *change* is a connected component (8-connected) of the pixels the refiner added, or of those
+  it removed (refined > 0.5 vs coarse > 0.5); its *region* is the component grown by ``grow``
+  pixels (a square);
+- a change is kept when the mean contrast of the refined line within its region is at least (1 +
+  ``margin``) times that of the coarse line within it. Where only the refined line passes through
+  the region (an island or hole the refiner made), it must reach (1 + ``margin``) times the mean
+  contrast of every pixel pair in the region (a line put there at random); where only the coarse
+  line does (an island removed, a hole filled), the change is kept unless the coarse line's
+  contrast exceeds (1 + ``margin``) times that mean (it lay on a real edge); ties keep the change;
+- a change that is not kept takes the coarse mask's values back.
+
+Pure numpy / OpenCV; works on the bounding box of the changes only.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+__all__ = ["line_contrast", "edge_check"]
+
+
+def _pair_contrast(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W-1) contrast of each horizontal pair, (H-1, W) of each vertical pair (float32)."""
+    f = image.astype(np.float32)
+    horizontal = np.sqrt(np.square(f[:, 1:] - f[:, :-1]).sum(-1))
+    vertical = np.sqrt(np.square(f[1:] - f[:-1]).sum(-1))
+    return horizontal, vertical
+
+
+def _credit(horizontal: np.ndarray, vertical: np.ndarray, cross_h: np.ndarray | None,
+            cross_v: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel: sum and count of the contrasts of the pairs (all, or those where ``cross_*`` is
+    True) that touch it."""
+    h, w = vertical.shape[0] + 1, horizontal.shape[1] + 1
+    total = np.zeros((h, w), np.float32)  # sums of <= 4 contrasts of <= 441.7: float32 is plenty
+    count = np.zeros((h, w), np.float32)
+    for c, sel, a, b in ((horizontal, cross_h, (slice(None), slice(1, None)), (slice(None), slice(None, -1))),
+                         (vertical, cross_v, (slice(1, None), slice(None)), (slice(None, -1), slice(None)))):
+        value = c if sel is None else c * sel
+        n = 1.0 if sel is None else sel
+        for side in (a, b):
+            total[side] += value
+            count[side] += n
+    return total, count
+
+
+def line_contrast(mask: np.ndarray, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel of a (H, W) bool mask: the sum and the number of contrasts of the mask's line
+    pairs touching that pixel (see the module docstring); image (H, W, 3) uint8."""
+    horizontal, vertical = _pair_contrast(image)
+    return _credit(horizontal, vertical, mask[:, 1:] != mask[:, :-1], mask[1:] != mask[:-1])
+
+
+def _region_means(region: np.ndarray, n: int, total: np.ndarray, count: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    flat = region.ravel()
+    s = np.bincount(flat, weights=total.ravel(), minlength=n)
+    c = np.bincount(flat, weights=count.ravel(), minlength=n)
+    return s / np.maximum(c, 1), c
+
+
+def edge_check(prob: np.ndarray, coarse: np.ndarray, image: np.ndarray, margin: float, grow: int = 1) -> int:
+    """In place on ``prob`` (H, W) float probabilities: every change from ``coarse`` (H, W) float
+    in [0, 1] that the image does not support (module docstring) takes the coarse values back.
+    image: (H, W, 3) uint8. Returns the number of changes undone."""
+    if margin < 0 or grow < 0:
+        raise ValueError(f"edge_check: margin {margin} and grow {grow} must be >= 0")
+    if prob.shape != coarse.shape or prob.shape != image.shape[:2]:
+        raise ValueError(f"edge_check: shapes differ: prob {prob.shape}, coarse {coarse.shape}, "
+                         f"image {image.shape}")
+    before, after = coarse > 0.5, prob > 0.5
+    changed = before != after
+    if not changed.any():
+        return 0
+    rows, cols = np.nonzero(changed.any(1))[0], np.nonzero(changed.any(0))[0]
+    pad = grow + 1
+    r0, r1 = max(0, rows[0] - pad), min(prob.shape[0], rows[-1] + pad + 1)
+    c0, c1 = max(0, cols[0] - pad), min(prob.shape[1], cols[-1] + pad + 1)
+    box = (slice(r0, r1), slice(c0, c1))
+    if min(r1 - r0, c1 - c0) < 2:
+        return 0  # no pixel pairs on one axis: nothing to judge by
+    img, b, a = image[box], before[box], after[box]
+    horizontal, vertical = _pair_contrast(img)
+    old = _credit(horizontal, vertical, b[:, 1:] != b[:, :-1], b[1:] != b[:-1])
+    new = _credit(horizontal, vertical, a[:, 1:] != a[:, :-1], a[1:] != a[:-1])
+    every = _credit(horizontal, vertical, None, None)
+    kernel = np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)
+    undone = 0
+    for part in (a & ~b, b & ~a):
+        n, labels = cv2.connectedComponents(part.astype(np.uint8), connectivity=8)
+        if n <= 1:
+            continue
+        region = cv2.dilate(labels.astype(np.float64), kernel).astype(np.int64)  # a nearby label
+        inside = labels > 0
+        region[inside] = labels[inside]
+        old_mean, old_n = _region_means(region, n, *old)
+        new_mean, new_n = _region_means(region, n, *new)
+        any_mean, _ = _region_means(region, n, *every)
+        # ties (a flat region: every contrast 0) keep the change
+        keep = np.where((old_n > 0) & (new_n > 0), new_mean >= old_mean * (1 + margin),
+                        np.where(new_n > 0, new_mean >= any_mean * (1 + margin),
+                                 old_mean <= any_mean * (1 + margin)))
+        keep[0] = True
+        undo = ~keep[labels] & part
+        if undo.any():
+            sub = prob[box]
+            sub[undo] = coarse[box][undo]
+            undone += int((~keep[1:]).sum())
+    return undone
