@@ -291,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="RefineOptions.tta (default none)")
     ap.add_argument("--edge-check", type=float, default=None, metavar="MARGIN",
                     help="RefineOptions.edge_check (default off): keep a refined change only where the new "
-                    "line crosses > (1 + MARGIN) x the colour contrast of the old one")
+                    "line crosses >= (1 + MARGIN) x the mean colour contrast of the old one")
     ap.add_argument("--kinds", default=",".join(KINDS), help=f"coarse kinds (default {','.join(KINDS)})")
     ap.add_argument("--limit", type=int, default=None, help="at most this many samples per --data")
     ap.add_argument("--max-side", type=int, default=None,

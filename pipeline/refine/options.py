@@ -103,7 +103,7 @@ class RefineOptions:
 
     Edge check (`edge_check`, not exact; None = off, the official behaviour): a margin m >= 0.
     Each connected change the refiner made (pixels added, or removed, vs the coarse mask) is kept
-    only when the refined line around it crosses a colour contrast more than (1 + m) times that of
+    only when the refined line around it crosses a mean colour contrast at least (1 + m) times that of
     the coarse line there; other changes take the coarse values back
     (`pipeline.refine.edgecheck`). Applied after the gate.
     """
