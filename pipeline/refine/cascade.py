@@ -203,24 +203,17 @@ def refine(
             total = prob if total is None else np.add(total, prob, out=total)
         if len(flips) > 1:
             total /= len(flips)
-        if options.gate > 0:
-            _gate(total, coarse, options.gate, device)
-        if options.edge_check is not None:
-            edge_check(total, _coarse_tensor(coarse, total.shape, device)[0, 0].cpu().numpy(), image,
-                       options.edge_check)
+        if options.gate > 0 or options.edge_check is not None:
+            # the coarse mask in [0, 1], resized to the image as `_to_tensors` resizes it for the model
+            coarse01 = _coarse_tensor(coarse, total.shape, device)[0, 0].cpu().numpy()
+            if options.gate > 0:  # unsure pixels keep the coarse value
+                unsure = np.abs(total - 0.5) <= options.gate
+                total[unsure] = coarse01[unsure]
+            if options.edge_check is not None:
+                edge_check(total, coarse01, image, options.edge_check)
         return total
     finally:
         model.train(was_training)
-
-
-def _gate(prob: np.ndarray, coarse: np.ndarray, margin: float, device: torch.device) -> None:
-    """In place: where |prob - 0.5| <= margin, prob takes the coarse mask's value in [0, 1]
-    (resized to prob's size as `_to_tensors` resizes it for the model)."""
-    unsure = np.abs(prob - 0.5) <= margin
-    if not unsure.any():
-        return
-    mask = _coarse_tensor(coarse, prob.shape, device)[0, 0].cpu().numpy()
-    prob[unsure] = mask[unsure]
 
 
 def _flip(a: np.ndarray, rows: bool, cols: bool) -> np.ndarray:
