@@ -26,6 +26,7 @@ BENCHMARKS = {
     "sam": ("pipeline.bench.sam", "SAM automatic mask generation: stock vs fast generator"),
     "proposals": ("pipeline.bench.proposals", "regions proposals vs the refiner's time on the same images"),
     "quality": ("pipeline.bench.quality", "coarse vs refined IoU/mBA/BIoU per coarse kind on held-out data"),
+    "trust": ("pipeline.bench.trust", "does the trust score rank refined masks; does do-no-harm hold"),
     "relabel": ("pipeline.bench.relabel", "relabel at scale: planning a 10k-image COCO file, worker memory"),
     "pipeline": ("pipeline.bench.pipeline", "the Ray pipeline vs a bare loop of its stages; 1 vs 2 workers"),
     "gpu": ("pipeline.bench.gpu", "one card: refiner fp32 vs bf16, SAM stock vs fast, the whole pipeline"),

@@ -146,11 +146,11 @@ class _RelabelActor:
 
     def __init__(self, model_name: str, checkpoint: str, options: dict, device: str, threads: int,
                  output_prefix: str, static: dict, rule: dict, scale: float | None,
-                 ignore: int | None) -> None:
+                 ignore: int | None, accept: dict | None = None) -> None:
         from pipeline.relabel.crops import CropRule
         from pipeline.workers import LoadedRefiner, ray_node_id
 
-        self.refiner = LoadedRefiner(model_name, checkpoint, options, device, threads)
+        self.refiner = LoadedRefiner(model_name, checkpoint, options, device, threads, accept)
         self.node = ray_node_id()
         self.kwargs = dict(output_prefix=output_prefix, static=static, rule=CropRule(**rule), scale=scale,
                            ignore=ignore)
@@ -174,7 +174,7 @@ def build_relabel_dataset(items: list[dict], cfg: RefineJobConfig, plan: StagePl
     import ray.data as rd
 
     from pipeline.relabel.stages import relabel_decode_batch
-    from pipeline.workers import ProposalWorker, proposal_kwargs, refine_options
+    from pipeline.workers import ProposalWorker, accept_kwargs, proposal_kwargs, refine_options
 
     rows = [{"meta": json.dumps(it)} for it in items]
     per_block = max(1, math.ceil(len(rows) / 10_000))
@@ -198,6 +198,7 @@ def build_relabel_dataset(items: list[dict], cfg: RefineJobConfig, plan: StagePl
             model_name=cfg.model.name, checkpoint=cfg.model.checkpoint, options=refine_options(cfg),
             device=cfg.refine.device, threads=plan.torch_threads, output_prefix=cfg.output.prefix,
             static=static, rule=_rule(cfg), scale=cfg.relabel.scale, ignore=cfg.relabel.ignore,
+            accept=accept_kwargs(cfg),
         ),
     )
 

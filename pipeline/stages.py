@@ -48,6 +48,7 @@ ARRAY_COLUMNS = {
     "refine_input": (0, 0),
     "refined": (0, 0),
     "soft": (0, 0),
+    "candidate": (0, 0),
 }
 
 
@@ -189,10 +190,13 @@ def refine_batch(
     """Refine each ok sample; drops the image.
 
     refine_fn(image (H, W, 3) uint8, mask (H, W) uint8, sam_colors or None) -> (H, W) float32
-    probabilities in [0, 1]. Adds ``refined`` (binary {0, 255}), ``soft`` (if asked), meta
-    ``t_refine_ms`` and ``worker_node``.
+    probabilities in [0, 1], or a :class:`pipeline.refine.trust.Outcome`. Adds ``refined``
+    (binary {0, 255}), ``soft`` (if asked), ``candidate`` (the binary refined mask the trust
+    policy turned down, else empty), meta ``t_refine_ms``, ``worker_node`` and the outcome's
+    trust fields.
     """
     from pipeline.io import to_binary_u8, to_soft_u8
+    from pipeline.refine.trust import split_outcome
 
     out = []
     for row in rows_of(batch):
@@ -211,15 +215,18 @@ def refine_batch(
             # Arrow-backed batch arrays are read-only; torch wants writable memory
             image, mask = np.require(row["image"], requirements="W"), np.require(mask, requirements="W")
             colors = None if colors is None else np.require(colors, requirements="W")
-            prob = refine_fn(image, mask, colors)
+            prob, info, candidate = split_outcome(refine_fn(image, mask, colors))
+            meta.update(info)
             new["refined"] = to_binary_u8(prob)
+            if candidate is not None:
+                new["candidate"] = to_binary_u8(candidate)
             if soft:
                 new["soft"] = to_soft_u8(prob)
         except Exception as exc:  # noqa: BLE001
             _fail(meta, exc, "refine")
         meta["t_refine_ms"] = _ms(t0)
         out.append(new)
-    return make_batch(out, ("coarse", "gt", "refined", "soft"))
+    return make_batch(out, ("coarse", "gt", "refined", "soft", "candidate"))
 
 
 _STATIC_ROW_FIELDS = (
@@ -249,6 +256,9 @@ _META_ROW_FIELDS = (
     "error_message",
     "sam_mask_count",
     "sam_gate",
+    "trust_score",
+    "accepted",
+    "line_level",
     "t_read_ms",
     "t_sam_ms",
     "t_refine_ms",
@@ -265,7 +275,7 @@ def finish_batch(
     The mask (and soft mask) are written before the row exists, so a manifest row with
     status ok always has its mask.
     """
-    from pipeline.io import write_masks
+    from pipeline.io import encode_png, mask_uri, write_bytes, write_masks
     from pipeline.metrics import change_metrics, image_metrics
 
     rows = []
@@ -302,6 +312,10 @@ def finish_batch(
                 rec["output_uri"], rec["soft_output_uri"] = write_masks(
                     output_prefix, meta["key"], refined, row["soft"] if row["soft"].size else None
                 )
+                candidate = row.get("candidate")
+                if candidate is not None and candidate.size:
+                    rec["candidate_uri"] = write_bytes(mask_uri(output_prefix, meta["key"], "candidates"),
+                                                       encode_png(candidate))
                 rec["t_write_ms"] = _ms(t0)
                 rec["status"] = "ok"
             except Exception as exc:  # noqa: BLE001

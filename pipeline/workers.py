@@ -13,10 +13,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
+
 from pipeline.stages import refine_batch, sam_batch
 
 __all__ = ["resolve_device", "ray_node_id", "LoadedRefiner", "RefinerWorker", "ProposalWorker",
-           "refine_options", "refiner_kwargs", "proposal_kwargs"]
+           "refine_options", "refiner_kwargs", "accept_kwargs", "proposal_kwargs"]
 
 
 def resolve_device(requested: str) -> str:
@@ -50,33 +52,58 @@ class LoadedRefiner:
     """A refiner model loaded once: CPU state dict -> ``prepare_model`` -> device.
 
     Calling it refines one image: ``(image (H, W, 3) uint8, mask (H, W) uint8, colours or None)
-    -> (H, W) float32 probabilities`` with the job's options.
+    -> Outcome`` (:class:`pipeline.refine.trust.Outcome`: probabilities plus the trust fields)
+    with the job's options. ``accept``: ``{"policy": "none" | "score", "trust_model": path,
+    "shipped" or None, "min_score": float or None}`` (``refine.accept`` / ``refine.trust_model`` /
+    ``refine.min_score``): with a trust model every output gets a score; with policy ``score`` an
+    output whose score is below ``min_score`` (default the model's) is the coarse mask instead.
     """
 
-    def __init__(self, model_name: str, checkpoint: str, options: dict, device: str, threads: int) -> None:
+    def __init__(self, model_name: str, checkpoint: str, options: dict, device: str, threads: int,
+                 accept: dict | None = None) -> None:
         import torch
 
         from pipeline.models import build_model
-        from pipeline.refine import prepare_model, refine
+        from pipeline.refine import prepare_model
+        from pipeline.refine.cascade import refine_detailed
         from pipeline.refine.options import options_for_device
+        from pipeline.refine.trust import load_trust_model
 
         torch.set_num_threads(threads)
         self.device = resolve_device(device)
         self.options = options_for_device(options, self.device)
+        accept = {"policy": "none", "trust_model": None, "min_score": None, **(accept or {})}
+        self.policy, self.min_score = accept["policy"], accept["min_score"]
+        self.trust_model = load_trust_model(accept["trust_model"]) if accept["trust_model"] else None
+        if self.policy != "none" and self.trust_model is None:
+            raise ValueError(f"refine.accept: {self.policy!r} needs refine.trust_model")
         model = build_model(model_name, checkpoint)  # torch.load(map_location="cpu") inside
         self.model = prepare_model(model, self.options).to(self.device)
-        self._refine = refine
+        self._refine = refine_detailed
 
     def __call__(self, image, mask, colors):
-        return self._refine(self.model, image, mask, colors, options=self.options, device=self.device)
+        from pipeline.refine.trust import Outcome, decide, trust_features
+
+        r = self._refine(self.model, image, mask, colors, options=self.options, device=self.device)
+        info: dict = {"line_level": r.threshold}
+        if self.trust_model is None:
+            return Outcome(r.prob, info)
+        d = decide(trust_features(r.prob, r.coarse01, image, r.spread), self.trust_model, self.policy,
+                   self.min_score)
+        info.update(trust_score=d.score, accepted=d.accepted)
+        if d.accepted:
+            return Outcome(r.prob, info)
+        # the coarse mask as the writers binarise a uint8 mask (> 128), exactly
+        coarse = (np.rint(r.coarse01 * 255) > 128).astype(np.float32)
+        return Outcome(coarse, info, candidate=r.prob)
 
 
 class RefinerWorker:
     """The refine stage: :func:`pipeline.stages.refine_batch` with a :class:`LoadedRefiner`."""
 
     def __init__(self, model_name: str, checkpoint: str, options: dict, device: str, threads: int,
-                 soft: bool) -> None:
-        self.refiner = LoadedRefiner(model_name, checkpoint, options, device, threads)
+                 soft: bool, accept: dict | None = None) -> None:
+        self.refiner = LoadedRefiner(model_name, checkpoint, options, device, threads, accept)
         self.soft = soft
         self.node = ray_node_id()
 
@@ -128,10 +155,16 @@ def refine_options(cfg) -> dict:
     return {**options, "decode": r.decode, "stride": r.stride, "precision": r.precision}
 
 
+def accept_kwargs(cfg) -> dict[str, Any]:
+    """The ``accept`` argument of :class:`LoadedRefiner` from a job's ``refine`` section."""
+    r = cfg.refine
+    return {"policy": r.accept, "trust_model": r.trust_model, "min_score": r.min_score}
+
+
 def refiner_kwargs(cfg, threads: int) -> dict[str, Any]:
     """:class:`RefinerWorker` constructor arguments of a refine job."""
     return dict(model_name=cfg.model.name, checkpoint=cfg.model.checkpoint, options=refine_options(cfg),
-                device=cfg.refine.device, threads=threads, soft=cfg.output.soft)
+                device=cfg.refine.device, threads=threads, soft=cfg.output.soft, accept=accept_kwargs(cfg))
 
 
 def proposal_kwargs(cfg, threads: int, v1: bool = True) -> dict[str, Any]:

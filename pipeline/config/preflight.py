@@ -72,6 +72,7 @@ def check_runtime(cfg: RefineJobConfig) -> None:
                              "(or use sam.proposals: regions, which needs no weights)")
         if not _exists(cfg.sam.checkpoint):
             raise ValueError(f"sam.checkpoint: file not found: {cfg.sam.checkpoint}")
+    _check_trust(cfg)
     if cfg.refine.device == "cuda":
         import torch
 
@@ -97,3 +98,18 @@ def check_relabel(cfg: RefineJobConfig) -> None:
             raise ValueError("relabel.gt_coco: only with relabel.coco (label maps take NAME_gt.png)")
         if not _exists(cfg.relabel.gt_coco):
             raise ValueError(f"relabel.gt_coco: file not found: {cfg.relabel.gt_coco}")
+
+
+def _check_trust(cfg: RefineJobConfig) -> None:
+    """refine.trust_model readable and valid; refine.accept: score needs it."""
+    r = cfg.refine
+    if r.accept != "none" and not r.trust_model:
+        raise ValueError(f"refine.accept: {r.accept!r} needs refine.trust_model (a trust model JSON, or "
+                         "'shipped')")
+    if r.trust_model:
+        from pipeline.refine.trust import load_trust_model
+
+        try:
+            load_trust_model(r.trust_model)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"refine.trust_model: {e}") from e

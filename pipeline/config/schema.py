@@ -143,6 +143,13 @@ class RefineConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     threads: int | None = _f(None, _positive)  # torch threads per refiner actor (None: its CPUs)
     options: dict = field(default_factory=dict)  # extra pipeline.refine.RefineOptions fields
+    # the quality estimate without ground truth (pipeline.refine.trust): a trust model JSON
+    # ("shipped": pipeline/weights/trust_v1.json; null: no score) gives every output trust_score
+    trust_model: str | None = "shipped"
+    # do-no-harm acceptance: none (every refined mask is the output) or score (an output whose
+    # trust_score < min_score is the coarse mask; the refined one goes to candidates/)
+    accept: Literal["none", "score"] = "none"
+    min_score: float | None = _f(None, _unit)  # None: the trust model's own min_score
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,12 @@ from .keys import safe_key
 
 __all__ = ["write_mask", "write_masks", "mask_uri", "encode_png", "to_binary_u8", "to_soft_u8"]
 
-_KINDS = ("masks", "soft")
+_KINDS = ("masks", "soft", "candidates")
 
 
 def mask_uri(output_prefix: str, key: str, kind: str = "masks") -> str:
-    """``<output_prefix>/<kind>/<safe_key(key)>.png`` (kind ``masks`` or ``soft``)."""
+    """``<output_prefix>/<kind>/<safe_key(key)>.png`` (kind ``masks``, ``soft`` or ``candidates``:
+    a refined mask the trust policy turned down)."""
     if kind not in _KINDS:
         raise ValueError(f"mask_uri: kind must be one of {_KINDS}, got {kind!r}")
     return join_uri(output_prefix, kind, f"{safe_key(key)}.png")

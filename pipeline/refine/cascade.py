@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -10,11 +12,12 @@ from torch import Tensor
 from pipeline.models.crm import CRMNet, make_coord, make_input
 from pipeline.refine.edgecheck import edge_check
 from pipeline.refine.encoder import encode_levels, encode_reduced
+from pipeline.refine.levels import area_level, remap_level
 from pipeline.refine.modes import roi_mask, strided_decode
 from pipeline.refine.options import TTA_FLIPS, RefineOptions, autocast_dtype
 from pipeline.refine.tiles import FullFeatures, StreamFeatures, TileDecoder, fuse_patched, tile_cells
 
-__all__ = ["refine", "reflect_pad"]
+__all__ = ["refine", "refine_detailed", "Refined", "reflect_pad"]
 
 
 def reflect_pad(x: Tensor, pad: int) -> Tensor:
@@ -162,6 +165,23 @@ class _OfficialDecoder:
             flat[index] = torch.sigmoid(self.model.query(self.feat, coord[None], cell[None], prior)[0])
 
 
+@dataclass
+class Refined:
+    """What one `refine_detailed` call produced.
+
+    prob: (H, W) float32 final probabilities (what `refine` returns);
+    coarse01: (H, W) float32 coarse mask in [0, 1], resized to the image as the model saw it;
+    spread: (H, W) float32 standard deviation of the test-time augmentation passes' probabilities
+        at each pixel (None with ``tta: none``): where the passes disagree, the refiner is unsure;
+    threshold: the probability level that was mapped to 0.5 (``options.threshold``; 0.5 = none).
+    """
+
+    prob: np.ndarray
+    coarse01: np.ndarray
+    spread: np.ndarray | None
+    threshold: float = 0.5
+
+
 @torch.inference_mode()
 def refine(
     model: CRMNet,
@@ -181,9 +201,24 @@ def refine(
     `prepare_model`.
     Returns (H, W) float32 probabilities in [0, 1]; an empty coarse mask ((mask + 1).sum() < 2
     in the [-1, 1] scale) gives all zeros. With ``options.tta`` other than "none", the mean of
-    the probabilities over the flipped inputs (each flipped back); then ``options.gate`` and
-    ``options.edge_check``, when on, put coarse values back where they apply.
+    the probabilities over the flipped inputs (each flipped back); then ``options.threshold``
+    (the level mapped to 0.5), ``options.gate`` and ``options.edge_check``, when on, apply.
     """
+    return refine_detailed(model, image, coarse, sam_colors, options=options, device=device).prob
+
+
+@torch.inference_mode()
+def refine_detailed(
+    model: CRMNet,
+    image: np.ndarray,
+    coarse: np.ndarray,
+    sam_colors: np.ndarray | None = None,
+    *,
+    options: RefineOptions = RefineOptions(),
+    device: str | torch.device = "cpu",
+) -> Refined:
+    """`refine`, also returning the resized coarse mask and the passes' spread (:class:`Refined`):
+    what :mod:`pipeline.refine.trust` needs to estimate the output's quality."""
     _check_inputs(model, image, coarse, sam_colors)
     device = torch.device(device)
     weights_device = next(model.parameters()).device
@@ -194,24 +229,34 @@ def refine(
     was_training = model.training
     model.eval()
     try:
-        total = None
+        total = squares = None
         flips = TTA_FLIPS[options.tta]
         for rows, cols in flips:
             prob = _refine(model, _flip(image, rows, cols), _flip(coarse, rows, cols),
                            None if sam_colors is None else _flip(sam_colors, rows, cols), options, device)
             prob = _flip(prob, rows, cols)
+            if len(flips) > 1:
+                sq = np.square(prob)
+                squares = sq if squares is None else np.add(squares, sq, out=squares)
             total = prob if total is None else np.add(total, prob, out=total)
+        spread = None
         if len(flips) > 1:
             total /= len(flips)
-        if options.gate > 0 or options.edge_check is not None:
-            # the coarse mask in [0, 1], resized to the image as `_to_tensors` resizes it for the model
-            coarse01 = _coarse_tensor(coarse, total.shape, device)[0, 0].cpu().numpy()
-            if options.gate > 0:  # unsure pixels keep the coarse value
-                unsure = np.abs(total - 0.5) <= options.gate
-                total[unsure] = coarse01[unsure]
-            if options.edge_check is not None:
-                edge_check(total, coarse01, image, options.edge_check)
-        return total
+            squares /= len(flips)
+            spread = np.sqrt(np.maximum(squares - np.square(total), 0, out=squares), out=squares)
+        # the coarse mask in [0, 1], resized to the image as `_to_tensors` resizes it for the model
+        coarse01 = _coarse_tensor(coarse, total.shape, device)[0, 0].cpu().numpy()
+        level = 0.5
+        if options.threshold != 0.5:
+            level = (area_level(total, coarse01, options.area_bounds) if options.threshold == "area"
+                     else float(options.threshold))
+            remap_level(total, level)
+        if options.gate > 0:  # unsure pixels keep the coarse value
+            unsure = np.abs(total - 0.5) <= options.gate
+            total[unsure] = coarse01[unsure]
+        if options.edge_check is not None:
+            edge_check(total, coarse01, image, options.edge_check)
+        return Refined(total, coarse01, spread, level)
     finally:
         model.train(was_training)
 

@@ -101,6 +101,11 @@ class RefineOptions:
     value (resized to the image like the model's input), so a refiner changes a mask only
     where it is confident. Applied once, after the cascade and any test-time augmentation.
 
+    Line level (`threshold`, not exact; 0.5 = the official behaviour): the probability level that
+    becomes the mask's line, mapped to 0.5 before the gate and the edge check; ``"area"`` picks,
+    per output, the level within `area_bounds` at which the refined mask keeps the coarse mask's
+    area (`pipeline.refine.levels`).
+
     Edge check (`edge_check`, not exact; None = off, the official behaviour): a margin m >= 0.
     Each connected change the refiner made (pixels added, or removed, vs the coarse mask) is kept
     only when the refined line around it crosses a mean colour contrast at least (1 + m) times that of
@@ -126,6 +131,8 @@ class RefineOptions:
     precision: str = "fp32"
     gate: float = 0.0
     edge_check: float | None = None
+    threshold: float | str = 0.5
+    area_bounds: tuple[float, float] = (0.25, 0.75)
 
     def __post_init__(self) -> None:
         if self.decode not in DECODE_MODES:
@@ -148,6 +155,15 @@ class RefineOptions:
             raise ValueError(f"RefineOptions.gate={self.gate}; must be in [0, 0.5)")
         if self.edge_check is not None and not 0.0 <= self.edge_check <= 10.0:
             raise ValueError(f"RefineOptions.edge_check={self.edge_check}; must be None (off) or in [0, 10]")
+        if isinstance(self.threshold, str):
+            if self.threshold != "area":
+                raise ValueError(f"RefineOptions.threshold={self.threshold!r}; expected a number in (0, 1) "
+                                 "or 'area'")
+        elif not 0.0 < float(self.threshold) < 1.0:
+            raise ValueError(f"RefineOptions.threshold={self.threshold}; must be in (0, 1) or 'area'")
+        lo, hi = self.area_bounds
+        if not 0.0 < lo <= hi < 1.0:
+            raise ValueError(f"RefineOptions.area_bounds={self.area_bounds}; need 0 < low <= high < 1")
         if self.tta not in TTA_MODES:
             raise ValueError(f"RefineOptions.tta={self.tta!r}; expected one of {TTA_MODES}")
         if self.roi_margin is not None and self.roi_margin < 0:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.refine.trust import split_outcome
 from pipeline.relabel.coco import (
     AnnotationError,
     check_annotation,
@@ -30,6 +31,7 @@ from pipeline.relabel.crops import CropRule, crop_box
 __all__ = ["RefineWindow", "relabel_instances", "colour_window", "image_record_out", "pair_metrics"]
 
 #: refine_fn(window (x0, y0, x1, y1), coarse (wh, ww) uint8 0..255) -> (wh, ww) float32 in [0, 1]
+#: (or a pipeline.refine.trust.Outcome: its trust fields go into the instance's record)
 RefineWindow = Callable[[tuple[int, int, int, int], np.ndarray], np.ndarray]
 
 
@@ -124,7 +126,8 @@ def relabel_instances(
             coarse = coarse_window(parsed, ann_hw, full_hw, window)
             if not (coarse > 128).any():
                 raise AnnotationError(aid, "empty_annotation", "the coarse mask is empty at full resolution")
-            prob = refine_fn(window, coarse)
+            prob, info, _ = split_outcome(refine_fn(window, coarse))  # trust fields, when any
+            rec.update(info)
             refined = to_binary_u8(prob)
             new = dict(ann)
             new.update(encode_window(refined > 0, window, full_hw))

@@ -63,6 +63,7 @@ from PIL import Image
 
 from ..io.decode import open_checked
 from ..io.keys import SampleError
+from ..refine.trust import split_outcome
 from .crops import CropRule, box_of, crop_box, upsample_window
 
 __all__ = [
@@ -326,12 +327,14 @@ def relabel_classes(
             continue
         window = crop_box(box, height, width, rule)
         coarse = class_coarse(values, cls, height, width, window)
-        prob = np.asarray(refine_fn(cls, window, coarse), dtype=np.float32)
+        prob, info, _ = split_outcome(refine_fn(cls, window, coarse))
+        prob = np.asarray(prob, dtype=np.float32)
         merger.add(cls, window, prob)
         records.append({
             "class": cls,
             "window": tuple(int(v) for v in window),
             "coarse_pixels": int(np.count_nonzero(coarse > 128)),
             "refined_pixels": int(np.count_nonzero(prob >= CLAIM_THRESHOLD)),
+            **info,
         })
     return merger.result(), records

@@ -205,6 +205,7 @@ def _coco_image(meta: dict, image: np.ndarray, colours, refine_fn: RefineFn, *, 
 def _labelmap_image(meta: dict, image: np.ndarray, labels: np.ndarray, gt: np.ndarray | None, colours,
                     refine_fn: RefineFn, *, rule, ignore) -> tuple[list[dict], bytes]:
     from pipeline.metrics import change_metrics
+    from pipeline.refine.trust import TRUST_FIELDS
     from pipeline.relabel.instances import pair_metrics
     from pipeline.relabel.labelmaps import LabelMap, class_coarse, relabel_classes, write_label_map
 
@@ -224,6 +225,7 @@ def _labelmap_image(meta: dict, image: np.ndarray, labels: np.ndarray, gt: np.nd
         coarse = class_coarse(labels, cls, h, w, (0, 0, w, h))
         refined = merged == cls
         rec: dict[str, Any] = {"category_id": cls, "status": "ok"}
+        rec.update({k: c[k] for k in TRUST_FIELDS if k in c})
         ch = change_metrics(coarse, refined)
         rec.update(change_iou=ch["change_iou"], changed_fraction=ch["changed_fraction"])
         if gt is not None:

@@ -279,6 +279,31 @@ def test_refine_cli_in_process_prints_summary(tmp_path, crm_checkpoint, capsys):
     assert "refined" in capsys.readouterr().out
 
 
+def test_do_no_harm_keeps_the_coarse_mask_and_the_refined_candidate(tmp_path, crm_checkpoint):
+    """refine.accept: score with a threshold no output reaches: every mask written is the coarse
+    one, the refined one lands in candidates/ (equal to the refiner called directly), and the
+    manifest says so; with accept none every output is refined and still scored."""
+    root = write_layout("prefix", str(tmp_path / "in"), make_samples(2, 32, 40))
+    strict = str(tmp_path / "strict")
+    run_refine(_cfg(root, strict, crm_checkpoint, refine={"accept": "score", "min_score": 1.0}))
+    refs = {r.key: r for r in list_samples(root, "prefix")}
+    rows = read_manifest(strict).to_pylist()
+    assert len(rows) == 2
+    for row in rows:
+        sample = load_sample(refs[row["key"]])
+        assert row["status"] == "ok" and row["accepted"] is False and 0 < row["trust_score"] < 1
+        assert np.array_equal(_read_png(row["output_uri"]), to_binary_u8(np.array(sample.coarse)))
+        assert row["candidate_uri"].endswith("/candidates/" + safe_key(row["key"]) + ".png")
+        expected = to_binary_u8(_direct_refine(crm_checkpoint, sample))
+        assert np.array_equal(_read_png(row["candidate_uri"]), expected)
+        assert row["iou_refined"] == row["iou_coarse"] and row["changed_fraction"] == 0
+    loose = str(tmp_path / "loose")
+    run_refine(_cfg(root, loose, crm_checkpoint))
+    for row in read_manifest(loose).to_pylist():
+        assert row["accepted"] is True and 0 < row["trust_score"] < 1 and row["candidate_uri"] is None
+        assert row["line_level"] == 0.5
+
+
 @pytest.mark.parametrize("proposals", ["sam", "regions"])
 @pytest.mark.parametrize("method", ["samsr-v1", "samsr-v2.1"])
 def test_samsr_methods_end_to_end(
@@ -377,6 +402,11 @@ def test_demo_config_runs_on_the_bundled_samples(tmp_path, monkeypatch, capsys):
     assert row["status"] == "ok" and row["iou_refined"] is not None and row["model_name"] == "samsr_v21_mnv2"
     assert row["method"] == "samsr-v2.1" and row["sam_model"] == "regions:felzenszwalb"
     assert row["sam_mask_count"] > 10
+    # the demo's do-no-harm policy: a score, and the decision it implies
+    from pipeline.refine.trust import load_trust_model
+
+    assert 0 < row["trust_score"] < 1
+    assert row["accepted"] == (row["trust_score"] >= load_trust_model("shipped").min_score)
 
 
 def test_starved_cluster_fails_by_the_watchdog_not_a_hang(tmp_path, crm_checkpoint):

@@ -1,0 +1,261 @@
+"""How far to trust a refined mask, without ground truth.
+
+Re-labelling users have no truth to check a refined mask against, so each output gets measures
+the refiner's own inputs and outputs give (:func:`trust_features`), combined into one score by a
+small logistic model (:class:`TrustModel`, a JSON file beside the shipped weights with its card):
+the estimated probability that the refined mask's mBA beats the coarse mask's. A do-no-harm policy
+(:func:`decide`) keeps the coarse mask when the score is below the model's ``min_score``.
+
+The features (``coarse`` = C, the coarse mask resized to the image; ``refined`` = R, the output
+at 0.5; the *band*: pixels within ``band`` px of either line; the *line* of a mask: its
+4-neighbour pixel pairs on opposite sides, with their RGB contrast as in
+:mod:`pipeline.refine.edgecheck`):
+
+- ``shift_px``: changed pixels (C xor R) per pixel of C's line: how far the line moved, on average;
+- ``area_change``: (|R| - |C|) / |C|, signed;
+- ``thin_share``: share of the changed pixels lying in changes at most 1 px thick (a whole line
+  moved by a pixel: the refiner's drawing convention, not a correction);
+- ``band_uncertainty``: mean of 1 - |2p - 1| over the band (p: the refined probability);
+- ``band_spread``: mean over the band of the test-time augmentation passes' standard deviation
+  (0 without TTA): the passes disagree where the refiner is unsure;
+- ``coarse_edge``: mean contrast of C's line over the mean contrast of every pair in the band
+  (a coarse line that already sits on the image's edges is a good one);
+- ``edge_gain``: log of the mean contrast of R's line over that of C's line (does the new line sit
+  on stronger edges than the old one?);
+- ``coarse_detail``: pixels of C that flip when C is blurred (Gaussian, sigma 2 px) and cut at 0.5
+  again, per pixel pair of C's line: ~0 for a smooth line (a low-resolution annotation scaled up
+  bilinearly), higher for a line with pixel-level detail (drawn at full resolution, where a good
+  mask is easily made worse) or a staircase (a label map scaled up by nearest neighbour).
+
+Pure numpy / OpenCV on the bounding box of the band; cost well under the refiner's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+__all__ = ["FEATURES", "trust_features", "TrustModel", "load_trust_model", "shipped_trust_model_path",
+           "decide", "Decision", "Outcome", "split_outcome", "TRUST_FIELDS"]
+
+#: manifest fields a trusted refiner adds to each output's row
+TRUST_FIELDS = ("trust_score", "accepted", "line_level")
+
+FEATURES = ("shift_px", "area_change", "thin_share", "band_uncertainty", "band_spread", "coarse_edge",
+            "edge_gain", "coarse_detail")
+_EPS = 1.0  # contrast units (0..441.7): keeps the log ratio finite on flat images
+
+
+def _line_pairs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Horizontal (H, W-1) and vertical (H-1, W) bool arrays: pairs on opposite sides of the line."""
+    return mask[:, 1:] != mask[:, :-1], mask[1:] != mask[:-1]
+
+
+def _mean_contrast(horizontal, vertical, sel_h, sel_v) -> tuple[float, int]:
+    n = int(np.count_nonzero(sel_h)) + int(np.count_nonzero(sel_v))
+    if n == 0:
+        return 0.0, 0
+    return float(horizontal[sel_h].sum() + vertical[sel_v].sum()) / n, n
+
+
+def _band_box(c: np.ndarray, r: np.ndarray, band: int) -> tuple[slice, slice] | None:
+    lines = np.zeros(c.shape, bool)
+    for m in (c, r):
+        h, v = _line_pairs(m)
+        lines[:, 1:] |= h
+        lines[:, :-1] |= h
+        lines[1:] |= v
+        lines[:-1] |= v
+    rows, cols = np.nonzero(lines.any(1))[0], np.nonzero(lines.any(0))[0]
+    if rows.size == 0:
+        return None
+    pad = band + 2
+    return (slice(max(0, rows[0] - pad), min(c.shape[0], rows[-1] + pad + 1)),
+            slice(max(0, cols[0] - pad), min(c.shape[1], cols[-1] + pad + 1)))
+
+
+def trust_features(prob: np.ndarray, coarse01: np.ndarray, image: np.ndarray,
+                   spread: np.ndarray | None = None, band: int = 3) -> dict[str, float]:
+    """The features of the module docstring for one output. prob, coarse01: (H, W) float in [0, 1];
+    image: (H, W, 3) uint8; spread: (H, W) float or None."""
+    if prob.shape != coarse01.shape or prob.shape != image.shape[:2]:
+        raise ValueError(f"trust_features: shapes differ: prob {prob.shape}, coarse {coarse01.shape}, "
+                         f"image {image.shape}")
+    c_full, r_full = coarse01 > 0.5, prob > 0.5
+    c_area = int(np.count_nonzero(c_full))
+    r_area = int(np.count_nonzero(r_full))
+    out = dict.fromkeys(FEATURES, 0.0)
+    out["coarse_edge"] = 1.0
+    out["area_change"] = (r_area - c_area) / c_area if c_area else (0.0 if not r_area else 1.0)
+    box = _band_box(c_full, r_full, band)
+    if box is None or min(box[0].stop - box[0].start, box[1].stop - box[1].start) < 2:
+        return out
+    c, r, p = c_full[box], r_full[box], prob[box]
+    kernel = np.ones((2 * band + 1, 2 * band + 1), np.uint8)
+    lines = np.zeros(c.shape, np.uint8)
+    for m in (c, r):
+        m8 = m.astype(np.uint8)
+        lines |= cv2.dilate(m8, kernel) ^ cv2.erode(m8, kernel)
+    in_band = lines.astype(bool)
+    out["band_uncertainty"] = float(np.mean(1 - np.abs(2 * p[in_band] - 1))) if in_band.any() else 0.0
+    if spread is not None:
+        out["band_spread"] = float(np.mean(spread[box][in_band])) if in_band.any() else 0.0
+
+    f = image[box].astype(np.float32)
+    horizontal = np.sqrt(np.square(f[:, 1:] - f[:, :-1]).sum(-1))
+    vertical = np.sqrt(np.square(f[1:] - f[:-1]).sum(-1))
+    ch, cv = _line_pairs(c)
+    rh, rv = _line_pairs(r)
+    band_h, band_v = in_band[:, 1:] & in_band[:, :-1], in_band[1:] & in_band[:-1]
+    old, n_old = _mean_contrast(horizontal, vertical, ch, cv)
+    new, _ = _mean_contrast(horizontal, vertical, rh, rv)
+    every, _ = _mean_contrast(horizontal, vertical, band_h, band_v)
+    out["coarse_edge"] = (old + _EPS) / (every + _EPS)
+    out["edge_gain"] = math.log((new + _EPS) / (old + _EPS))
+
+    changed = c != r
+    n_changed = int(np.count_nonzero(changed))
+    out["shift_px"] = n_changed / max(1, n_old)
+    blurred = cv2.GaussianBlur(c.astype(np.float32), (0, 0), 2.0, borderType=cv2.BORDER_REPLICATE) > 0.5
+    out["coarse_detail"] = int(np.count_nonzero(blurred != c)) / max(1, n_old)
+    if n_changed:
+        # thickness: distance to the nearest unchanged pixel (chessboard metric); <= 1 px thick
+        # changes have no pixel farther than 1 from the unchanged side, so find their components
+        dist = cv2.distanceTransform(changed.astype(np.uint8), cv2.DIST_C, 3)
+        n, labels = cv2.connectedComponents(changed.astype(np.uint8), connectivity=8)
+        thickest = np.zeros(n, np.float32)
+        np.maximum.at(thickest, labels.ravel(), dist.ravel())
+        sizes = np.bincount(labels.ravel(), minlength=n)
+        thin = (thickest <= 1.0)
+        thin[0] = False
+        out["thin_share"] = float(sizes[thin].sum()) / n_changed
+    return out
+
+
+@dataclass(frozen=True)
+class TrustModel:
+    """A logistic model over :data:`FEATURES`: score = sigmoid(intercept + sum(coef * (x - mean) /
+    scale)), the estimated probability that the refined mask beats the coarse one (mBA).
+    ``min_score``: the acceptance threshold of :func:`decide` chosen with the model."""
+
+    features: tuple[str, ...]
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    coef: tuple[float, ...]
+    intercept: float
+    min_score: float
+    meta: Mapping[str, object]
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.features if f not in FEATURES]
+        if unknown:
+            raise ValueError(f"trust model: unknown features {unknown}; known: {FEATURES}")
+        n = len(self.features)
+        if not (len(self.mean) == len(self.scale) == len(self.coef) == n):
+            raise ValueError(f"trust model: {n} features but {len(self.mean)} means, {len(self.scale)} "
+                             f"scales, {len(self.coef)} coefficients")
+        if any(s <= 0 for s in self.scale):
+            raise ValueError("trust model: every scale must be > 0")
+        if not 0.0 <= self.min_score <= 1.0:
+            raise ValueError(f"trust model: min_score {self.min_score} must be in [0, 1]")
+
+    def score(self, features: Mapping[str, float]) -> float:
+        z = self.intercept
+        for name, m, s, c in zip(self.features, self.mean, self.scale, self.coef):
+            z += c * (float(features[name]) - m) / s
+        return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
+
+    def to_dict(self) -> dict[str, object]:
+        return {"features": list(self.features), "mean": list(self.mean), "scale": list(self.scale),
+                "coef": list(self.coef), "intercept": self.intercept, "min_score": self.min_score,
+                "meta": dict(self.meta)}
+
+    def save(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=1)
+            f.write("\n")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object], source: str = "trust model") -> TrustModel:
+        try:
+            return cls(tuple(d["features"]), tuple(float(v) for v in d["mean"]),
+                       tuple(float(v) for v in d["scale"]), tuple(float(v) for v in d["coef"]),
+                       float(d["intercept"]), float(d["min_score"]), dict(d.get("meta", {})))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{source}: not a trust model ({e})") from e
+
+
+SHIPPED = "shipped"  # the config value naming the file beside the shipped weights
+
+
+def shipped_trust_model_path() -> str:
+    """The trust model shipped beside the demo weights (``pipeline/weights/trust_v1.json``)."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights",
+                        "trust_v1.json")
+
+
+def load_trust_model(path: str) -> TrustModel:
+    """Read a trust model JSON (local path or fsspec URI; ``"shipped"``: the shipped file)."""
+    if path == SHIPPED:
+        path = shipped_trust_model_path()
+    from pipeline.io.fs import read_bytes
+
+    try:
+        d = json.loads(read_bytes(path).decode())
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"trust model {path}: not found") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"trust model {path}: not JSON ({e})") from e
+    return TrustModel.from_dict(d, source=f"trust model {os.path.basename(path)}")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One output's trust: ``score`` (None without a model), ``accepted`` (the refined mask is
+    the output; False: the coarse mask is) and the ``features``."""
+
+    score: float | None
+    accepted: bool
+    features: Mapping[str, float]
+
+
+def decide(features: Mapping[str, float], model: TrustModel | None, policy: str = "score",
+           min_score: float | None = None) -> Decision:
+    """The do-no-harm decision. ``policy``: ``none`` (always the refined mask; the score is still
+    reported when there is a model) or ``score`` (the refined mask when score >= ``min_score``,
+    default the model's own; else the coarse mask)."""
+    if policy not in ("none", "score"):
+        raise ValueError(f"accept policy {policy!r}; expected 'none' or 'score'")
+    score = None if model is None else model.score(features)
+    if policy == "none":
+        return Decision(score, True, dict(features))
+    if model is None:
+        raise ValueError("accept policy 'score' needs a trust model")
+    threshold = model.min_score if min_score is None else min_score
+    return Decision(score, score >= threshold, dict(features))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a trusted refiner returns for one output: ``prob`` (H, W) float32 in [0, 1], the
+    output (the coarse mask when not accepted); ``info``: manifest fields (:data:`TRUST_FIELDS`);
+    ``candidate``: the refined probabilities when they were not accepted (else None), kept so
+    that people can look at what was turned down."""
+
+    prob: np.ndarray
+    info: Mapping[str, object]
+    candidate: np.ndarray | None = None
+
+
+def split_outcome(result) -> tuple[np.ndarray, dict, np.ndarray | None]:
+    """(prob, info, candidate) of a refine function's result: an :class:`Outcome` or plain
+    probabilities (a refiner without trust: no info, no candidate)."""
+    if isinstance(result, Outcome):
+        return result.prob, dict(result.info), result.candidate
+    return result, {}, None

@@ -1,0 +1,77 @@
+"""`samsr benchmark trust`'s statistics and fitting (`pipeline.bench.trust`), pinned to references."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from pipeline.bench.trust import choose_min_score, fit_trust_model, roc_auc, spearman, summarise
+
+
+def test_spearman_matches_scipy_with_ties():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 5, 40).astype(float)
+    b = a + rng.normal(0, 2, 40)
+    assert spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic)
+    assert spearman([1, 2], [1, 2]) is None
+    assert spearman([1, 1, 1], [1, 2, 3]) is None
+
+
+def test_roc_auc_is_the_share_of_correctly_ordered_pairs():
+    rng = np.random.default_rng(1)
+    score = rng.integers(0, 6, 30).astype(float)
+    pos = rng.random(30) < 0.4
+    pairs = [(1.0 if sp > sn else 0.5 if sp == sn else 0.0)
+             for (sp, p), (sn, n) in itertools.product(zip(score, pos), repeat=2) if p and not n]
+    assert roc_auc(score, pos) == pytest.approx(np.mean(pairs))
+    assert roc_auc([1, 2, 3], [True, True, True]) is None
+    assert roc_auc([3, 2, 1], [True, False, False]) == 1.0
+
+
+def _rows(n: int = 200, seed: int = 0) -> list[dict]:
+    """Synthetic rows: the gain grows with shift_px and falls with coarse_edge (plus noise)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        kind = ("good", "rough")[i % 2]
+        shift = rng.uniform(0.0, 0.4) if kind == "good" else rng.uniform(0.3, 3.0)
+        edge = rng.uniform(1.5, 2.5) if kind == "good" else rng.uniform(0.8, 1.6)
+        gain = 0.02 * shift - 0.01 * (edge - 1.2) + rng.normal(0, 0.003)
+        feats = {"shift_px": shift, "area_change": 0.0, "thin_share": 0.5, "band_uncertainty": 0.1,
+                 "band_spread": 0.02, "coarse_edge": edge, "edge_gain": 0.1, "coarse_detail": 0.1}
+        rows.append({"key": f"k{i}", "kind": kind, "mba_coarse": 0.7, "mba_refined": 0.7 + gain, **feats,
+                     "offset_truth": 0.0, "offset_coarse": 0.1, "offset_refined": 0.2, "refine_s": 1.0,
+                     "trust_s": 0.01})
+    return rows
+
+
+def test_fit_learns_the_direction_of_the_features_and_ranks_held_out_rows():
+    model = fit_trust_model(_rows(seed=0), features=("shift_px", "coarse_edge"))
+    coef = dict(zip(model.features, model.coef))
+    assert coef["shift_px"] > 0 and coef["coarse_edge"] < 0
+    test = _rows(seed=1)
+    s = [model.score(r) for r in test]
+    gain = [r["mba_refined"] - r["mba_coarse"] for r in test]
+    assert spearman(s, gain) > 0.7
+    assert roc_auc(-np.asarray(s), np.asarray(gain) < 0) > 0.9
+    with pytest.raises(ValueError, match="need >= 10"):
+        fit_trust_model(test[:5])
+
+
+def test_min_score_meets_the_do_no_harm_targets_on_every_kind():
+    rows = _rows(seed=2)
+    model = fit_trust_model(rows, features=("shift_px", "coarse_edge"))
+    scores = [model.score(r) for r in rows]
+    for r, s in zip(rows, scores):
+        r["score"] = s
+    t = choose_min_score(rows, scores, max_worse=0.05)
+    summary = summarise(rows, t)
+    for kind in ("good", "rough"):
+        k = summary[kind]
+        assert k["worse_accepted"] <= 5 and k["mba_accepted"] >= k["mba_coarse"] - 1e-9
+    assert summary["rough"]["gain_kept"] > 80  # rough masks keep most of their gain
+    assert summary["good"]["worse_refined"] > 20  # ... while the good ones were often made worse
+    assert choose_min_score(rows, scores, max_worse=0.05) <= choose_min_score(rows, scores, max_worse=0.0)
