@@ -4,6 +4,7 @@
     samsr query s3://bucket/runs/big --summary
     samsr query s3://bucket/runs/big --worst 50            # worst 50 images by refined mBA
     samsr query s3://bucket/runs/big --worst 20 --by iou
+    samsr query s3://bucket/runs/relabel --worst 50 --by trust  # least trusted first (no truth needed)
     samsr query s3://bucket/runs/big --failures --format csv
     python -m jobs.query ./out/demo --summary
 
@@ -23,7 +24,7 @@ import math
 import sys
 from typing import Any
 
-from pipeline.query import FAILURES_SQL, SUMMARY_SQL, WORST_BY, connect, query, worst_sql
+from pipeline.query import FAILURES_SQL, HAS_GT_SQL, SUMMARY_SQL, WORST_BY, connect, query, worst_sql
 
 __all__ = ["SUMMARY_SQL", "FAILURES_SQL", "worst_sql", "connect", "query", "main"]
 
@@ -69,7 +70,9 @@ def build_parser(prog: str = "samsr query") -> argparse.ArgumentParser:
     )
     g.add_argument("--worst", type=int, metavar="N", help="the N ok samples with the lowest refined metric")
     g.add_argument("--failures", action="store_true", help="failed samples grouped by error type")
-    p.add_argument("--by", choices=sorted(WORST_BY), default="mba", help="metric for --worst (default: mba)")
+    p.add_argument("--by", choices=["auto", *sorted(WORST_BY)], default="auto",
+                   help="metric for --worst (default auto: mba with ground truth, else trust: the quality "
+                   "estimate, least trusted first)")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
     return p
 
@@ -86,7 +89,10 @@ def main(argv: list[str] | None = None, prog: str = "samsr query") -> int:
         elif args.failures:
             sql = FAILURES_SQL
         elif args.worst is not None:
-            sql = worst_sql(args.worst, args.by)
+            by = args.by
+            if by == "auto":
+                by = "mba" if query(args.prefix, HAS_GT_SQL)[1][0][0] else "trust"
+            sql = worst_sql(args.worst, by)
         else:
             sql = args.sql
         columns, rows = query(args.prefix, sql)

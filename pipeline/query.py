@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["WORST_BY", "LATEST_SQL", "SUMMARY_SQL", "FAILURES_SQL", "worst_sql", "connect", "query",
-           "latest_of_table"]
+__all__ = ["WORST_BY", "HAS_GT_SQL", "LATEST_SQL", "SUMMARY_SQL", "FAILURES_SQL", "worst_sql", "connect",
+           "query", "latest_of_table"]
 
 # The "latest row per key" rule: its newest ok row, else its newest row (later attempts win ties).
 LATEST_ORDER = "(status = 'ok') DESC, finished_at DESC NULLS LAST, attempt DESC NULLS LAST"
@@ -42,19 +42,23 @@ FROM latest WHERE status = 'error' GROUP BY error_type ORDER BY samples DESC, er
 """
 
 WORST_BY = {"mba": "mba_refined", "iou": "iou_refined", "biou": "biou_refined",
-            "gain": "mba_refined - mba_coarse"}
+            "gain": "mba_refined - mba_coarse", "trust": "trust_score"}
+
+#: with or without ground truth: which --by ``auto`` means
+HAS_GT_SQL = "SELECT count(mba_refined) > 0 FROM latest WHERE status = 'ok'"
 
 
 def worst_sql(n: int, by: str = "mba") -> str:
-    """The ``n`` ok samples with the lowest refined metric ``by`` (mba, iou, biou, or gain in mBA)."""
+    """The ``n`` ok samples with the lowest refined metric ``by`` (mba, iou, biou, gain in mBA, or
+    trust: the quality estimate without ground truth, the least trusted first)."""
     if by not in WORST_BY:
         raise ValueError(f"--by: must be one of {', '.join(WORST_BY)} (got {by!r})")
     if n < 1:
         raise ValueError(f"--worst: must be >= 1 (got {n})")
     expr = WORST_BY[by]
     return f"""
-SELECT key, round({expr}, 4) AS {by.replace("gain", "mba_gain")},
-       iou_coarse, iou_refined, mba_coarse, mba_refined, width, height, output_uri
+SELECT key, round({expr}, 4) AS {by.replace("gain", "mba_gain").replace("trust", "trust_score")},
+       iou_coarse, iou_refined, mba_coarse, mba_refined, accepted, width, height, output_uri
 FROM latest WHERE status = 'ok' AND ({expr}) IS NOT NULL
 ORDER BY {expr} ASC, key LIMIT {int(n)}
 """

@@ -34,7 +34,8 @@ def _gain(r: dict[str, Any]) -> float | None:
 
 def rank_samples(rows: list[dict[str, Any]], worst: int, best: int) -> tuple[list[dict], list[dict], str]:
     """(worst, best, what was ranked): by mBA gain (IoU gain where mBA is null) with ground
-    truth; without it by how much refinement changed the mask (largest change first as 'worst')."""
+    truth; without it by the trust score (least trusted first) when the rows have one, else by how
+    much refinement changed the mask (largest change first as 'worst')."""
     ok = [r for r in rows if r["status"] == "ok"]
     scored = [(g, r) for r in ok if (g := _gain(r)) is not None]
     if scored:
@@ -42,6 +43,12 @@ def rank_samples(rows: list[dict[str, Any]], worst: int, best: int) -> tuple[lis
         low = [r for _, r in scored[:worst]]
         high = [r for _, r in scored[::-1] if r["key"] not in {x["key"] for x in low}][:best]
         return low, high, "mBA gain vs ground truth"
+    trusted = sorted((r for r in ok if r.get("trust_score") is not None),
+                     key=lambda r: (r["trust_score"], r["key"]))
+    if trusted:
+        low = trusted[:worst]
+        high = [r for r in trusted[::-1] if r["key"] not in {x["key"] for x in low}][:best]
+        return low, high, "trust score (quality estimate without ground truth), least trusted first"
     changed = sorted((r for r in ok if r.get("change_iou") is not None),
                      key=lambda r: (r["change_iou"], r["key"]))
     low = changed[:worst]
@@ -135,6 +142,9 @@ def build_report(output: str, out: str | None = None, worst: int = 8, best: int 
                  f"({_pct(g, True)}), IoU {_pct(r.get('iou_coarse'))} &rarr; {_pct(r.get('iou_refined'))}"
                  if with_gt else f"IoU(coarse, refined) {_pct(r.get('change_iou'))}, changed "
                  f"{_pct(r.get('changed_fraction'))} % of pixels")
+        if r.get("trust_score") is not None:
+            kept = "refined kept" if r.get("accepted") is not False else "coarse kept (see candidates/)"
+            facts += f"; trust {r['trust_score']:.2f}, {kept}"
         cards[r["key"]] = (f'<div class="card"><p class="key">{_esc(r["key"])} '
                            f'<span class="size">{r["width"]}x{r["height"]}</span></p>'
                            f'<img class="thumb" src="{thumb_name}" alt="{_esc(r["key"])}">{zoom}'

@@ -102,6 +102,16 @@ def test_sql_summary_worst_and_failures(manifest, capsys):
     assert query_job.main([manifest, "--worst", "5", "--by", "iou", "--format", "json"]) == 0
     assert [r["key"] for r in _json_lines(capsys.readouterr().out)] == ["d", "b", "a"]
 
+    # without ground truth the least trusted come first (--by auto picks trust, or asked by name)
+    no_gt = manifest + "_nogt"
+    write_manifest_part([_row(k, trust_score=s, accepted=s >= 0.5, t_total_ms=1.0)
+                         for k, s in (("x", 0.9), ("y", 0.2), ("z", 0.6))], no_gt, "r0-00000")
+    for by in ([], ["--by", "trust"]):
+        assert query_job.main([no_gt, "--worst", "2", *by, "--format", "json"]) == 0
+        worst = _json_lines(capsys.readouterr().out)
+        assert [(r["key"], r["trust_score"], r["accepted"]) for r in worst] == [("y", 0.2, False),
+                                                                                ("z", 0.6, True)]
+
     assert query_job.main([manifest, "--failures", "--format", "json"]) == 0
     (f,) = _json_lines(capsys.readouterr().out)
     assert (f["error_type"], f["samples"], f["example_key"]) == ("decode_error", 1, "c")

@@ -68,6 +68,16 @@ def test_report_files_table_and_ranking(refined, tmp_path, capsys):
     assert max(cv2.imread(str(big)).shape[:2]) <= 480
 
 
+def test_without_ground_truth_the_least_trusted_are_the_worst():
+    rows = [{"key": k, "status": "ok", "trust_score": s, "change_iou": c}
+            for k, s, c in (("a", 0.9, 0.5), ("b", 0.1, 0.99), ("c", 0.5, 0.7), ("d", None, 0.1))]
+    worst, best, how = rank_samples(rows, 1, 1)
+    assert how.startswith("trust score")
+    assert [r["key"] for r in worst] == ["b"] and [r["key"] for r in best] == ["a"]
+    _, _, how = rank_samples([{**r, "trust_score": None} for r in rows], 1, 1)
+    assert how.startswith("change")
+
+
 def test_report_to_s3(refined, s3_bucket):
     from pipeline.io import open_fs, read_bytes
     from pipeline.report import build_report
