@@ -331,3 +331,17 @@ def test_relabel_with_an_identity_refiner_is_the_bilinear_majority(name):
     assert majority.sum() > 0.5 * H * W
     if name == "non-integer":
         assert minority.sum() > 1000  # the fallback to the nearest label is exercised
+
+
+def test_trust_fields_of_the_refiner_reach_each_class_record():
+    from pipeline.refine.trust import Outcome
+
+    values = _identity_maps()["scale8"]
+
+    def refiner(cls, window, coarse_mask):
+        return Outcome(coarse_mask.astype(np.float32) / 255.0,
+                       {"trust_score": cls / 10, "accepted": cls % 2 == 0, "line_level": 0.5})
+
+    _, records = relabel_classes(values, IGN, H, W, refiner)
+    assert [(r["class"], r["trust_score"], r["accepted"]) for r in records] == [
+        (c, c / 10, c % 2 == 0) for c in classes_present(values, IGN)]

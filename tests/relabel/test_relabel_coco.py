@@ -339,3 +339,27 @@ def test_stall_timeout_grows_with_the_largest_image():
     assert stall_timeout(300.0, items) == 300.0 + 100 * STALL_S_PER_OBJECT
     assert stall_timeout(300.0, [{"kind": "labelmap"}]) == 300.0 + LABELMAP_OBJECTS * STALL_S_PER_OBJECT
     assert stall_timeout(300.0, []) == 300.0
+
+
+def test_trust_fields_of_the_refiner_reach_each_instance_record():
+    """A refine function returning an Outcome (the trusted refiner): its score and decision land in
+    the instance's record, and the output follows the Outcome's probabilities (the coarse mask when
+    turned down)."""
+    from pipeline.refine.trust import Outcome
+
+    anns = [{"id": i, "category_id": 1, "segmentation": [[2 + i, 2, 20, 2, 20, 20, 2 + i, 20]]}
+            for i in (1, 2)]
+    calls = []
+
+    def refiner(window, coarse):
+        calls.append(window)
+        accepted = len(calls) == 1  # the two instances get different decisions
+        prob = (coarse > 128).astype(np.float32)
+        info = {"trust_score": 0.9 if accepted else 0.1, "accepted": accepted, "line_level": 0.5}
+        return Outcome(prob, info)
+
+    out, recs = relabel_instances(anns, {1}, (40, 40), (40, 40), refiner)
+    assert [(r["annotation_id"], r["status"]) for r in recs] == [(1, "ok"), (2, "ok")]
+    assert {r["annotation_id"]: (r["trust_score"], r["accepted"]) for r in recs} == {1: (0.9, True),
+                                                                                     2: (0.1, False)}
+    assert all(r["changed_fraction"] == 0 for r in recs)

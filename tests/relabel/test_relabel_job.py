@@ -113,6 +113,7 @@ def test_coco_relabel_on_s3(coco_data, v21_checkpoint, local_ray, tmp_path, caps
     assert len(inst) == 6 and all(r["image_key"] in images for r in inst)
     assert all(r["iou_refined"] is not None and r["mba_coarse"] is not None for r in inst)
     assert all(r["method"] == "samsr-v2.1" and r["sam_model"] == "regions:felzenszwalb" for r in inst)
+    assert all(0 < r["trust_score"] < 1 and r["accepted"] is True for r in inst)  # scored; accept: none
 
     # the output: pycocotools loads it; ids, categories, counts and every other field as in the input
     raw = read_bytes(result.output_uri)
@@ -212,6 +213,7 @@ def test_labelmaps_relabel(v21_checkpoint, local_ray, tmp_path, capsys):
     assert sorted({r["category_id"] for r in classes}) == [0, 1, 2, 3]
     assert all(r["key"] == f"{r['image_key']}#class{r['category_id']}" for r in classes)
     assert all(r["iou_coarse"] is not None and r["mba_refined"] is not None for r in classes)
+    assert all(0 < r["trust_score"] < 1 for r in classes)
     for r in images:
         im = Image.open(r["output_uri"])
         assert im.mode == "P" and im.size == (W, H)
