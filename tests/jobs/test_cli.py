@@ -30,7 +30,7 @@ def test_console_script_help_lists_every_command():
         ("evaluate", ["OUTPUT_PREFIX", "--job-id", "--json"]),
         ("query", ["MANIFEST_PREFIX", "--summary", "--worst N", "--failures", "--format"]),
         ("report", ["OUTPUT", "--out", "--worst", "--best"]),
-        ("benchmark", ["refiner", "sam", "quality"]),
+        ("benchmark", ["refiner", "sam", "quality", "trust"]),
         ("train", ["usage: samsr train"]),
         ("weights", ["usage: samsr weights", "average"]),
     ],
@@ -45,7 +45,7 @@ def test_each_subcommand_has_accurate_help(command, expected, capsys):
         assert text in out, (command, text)
 
 
-@pytest.mark.parametrize("name", ["refiner", "sam", "quality"])
+@pytest.mark.parametrize("name", ["refiner", "sam", "quality", "trust"])
 def test_benchmark_dispatches_to_the_bench_modules(name, capsys):
     with pytest.raises(SystemExit) as e:
         main(["benchmark", name, "--help"])

@@ -75,3 +75,43 @@ def test_min_score_meets_the_do_no_harm_targets_on_every_kind():
     assert summary["rough"]["gain_kept"] > 80  # rough masks keep most of their gain
     assert summary["good"]["worse_refined"] > 20  # ... while the good ones were often made worse
     assert choose_min_score(rows, scores, max_worse=0.05) <= choose_min_score(rows, scores, max_worse=0.0)
+
+
+def test_benchmark_trust_end_to_end_with_the_shipped_files(tmp_path, capsys):
+    """`samsr benchmark trust` on the bundled samples (small): the demo config, the shipped weights
+    and trust model; rows saved, a model fitted from them, then rescored from the rows alone."""
+    import shutil
+    from pathlib import Path
+
+    from jobs.cli import main
+
+    root = Path(__file__).resolve().parents[2]
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        for suffix in ("_im.jpg", "_gt.png"):
+            shutil.copy(root / "samples" / "demo" / f"demo{i}{suffix}", data / f"demo{i}{suffix}")
+    rows_file, fitted = tmp_path / "rows.json", tmp_path / "trust.json"
+    config = str(root / "configs" / "demo.yaml")
+    assert main(["benchmark", "trust", "--data", str(data), "--max-side", "160", "--config", config,
+                 "--kinds", "identity,lowres16,blocky8,perturbed", "--rows", str(rows_file)]) == 0
+    out = capsys.readouterr().out
+    for kind in ("identity", "lowres16", "blocky8", "perturbed"):
+        assert f"| {kind} | 3 |" in out
+    import json
+
+    rows = json.loads(rows_file.read_text())
+    assert len(rows) == 12 and all(0 < r["score"] < 1 for r in rows)
+    assert all(r["offset_truth"] == rows[0]["offset_truth"] for r in rows if r["key"] == rows[0]["key"])
+    ident = [r for r in rows if r["kind"] == "identity"]
+    assert all(r["mba_coarse"] == 1.0 and r["shift_px"] >= 0 for r in ident)
+    assert main(["benchmark", "trust", "--from-rows", str(rows_file), "--fit", str(fitted),
+                 "--config", config]) == 0
+    assert "fitted on 12 rows" in capsys.readouterr().out
+    from pipeline.refine.trust import load_trust_model
+
+    model = load_trust_model(str(fitted))
+    assert model.meta["rows"] == 12 and 0 <= model.min_score <= 1
+    assert main(["benchmark", "trust", "--from-rows", str(rows_file), "--trust-model", str(fitted),
+                 "--config", config]) == 0
+    assert f"min_score {model.min_score:.3f}" in capsys.readouterr().out
