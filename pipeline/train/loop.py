@@ -28,7 +28,8 @@ from pipeline.train.loss import LossWeights
 from pipeline.train.perturb import COARSE_KINDS
 from pipeline.train.step import train_step
 
-__all__ = ["TrainConfig", "train_loop", "init_from_checkpoint", "init_for_training", "lr_milestones",
+__all__ = ["TrainConfig", "train_loop", "init_from_checkpoint", "init_for_training", "freeze_unused",
+           "lr_milestones",
            "fit_steps", "scaled_milestones", "replan"]
 
 
@@ -139,6 +140,20 @@ def init_from_checkpoint(model: nn.Module, state: dict[str, torch.Tensor],
     load_weights(model, state, source, grow_stem=stem)
 
 
+def freeze_unused(model: nn.Module) -> list[str]:
+    """Stop gradients for the parameters training never uses, so DDP's reducer does not wait for
+    them: the ResNet encoders' ``layer4`` (built so official checkpoints load strictly, never run
+    by the refiner: ``CRMNet.encode`` skips it). Without this, 2+ DDP workers fail on the second
+    step ("Expected to have finished reduction in the prior iteration"). The parameters stay in
+    the state dict; returns their names."""
+    frozen = []
+    for name, p in model.named_parameters():
+        if ".layer4." in f".{name}":
+            p.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
 def init_for_training(model: nn.Module, seed: int = 0) -> None:
     """Initialise a model whose backbone came from ImageNet (not from a refiner checkpoint).
 
@@ -225,6 +240,8 @@ def train_loop(config: dict[str, Any]) -> None:
                 m.p = cfg.dropout
     model.train()
     model.to(device)  # before the optimizer: its state then lives beside the parameters
+    freeze_unused(model)  # before DDP (prepare_model): it must not wait for gradients never computed
+    # every parameter, frozen ones included (Adam skips those without gradients): resumable as before
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, lr_milestones(cfg), gamma=cfg.lr_gamma)
     step, log = 0, []
