@@ -19,14 +19,17 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def resolve_precision(precision: str, device) -> str:
-    """``auto`` -> bf16 on a CUDA device that supports it (fp16 on older cards), fp32 elsewhere;
-    any other value is returned as is."""
+    """``auto`` -> bf16 on a CUDA card with native bf16 (compute capability >= 8.0: A100, H100,
+    RTX 30xx and newer), fp16 on older cards (V100, T4: ``torch.cuda.is_bf16_supported()`` also
+    counts emulation there), fp32 elsewhere; any other value is returned as is."""
     if precision != "auto":
         return precision
     if str(device).startswith("cuda"):
         import torch
 
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        index = torch.device(device).index
+        major, _ = torch.cuda.get_device_capability(torch.cuda.current_device() if index is None else index)
+        return "bf16" if major >= 8 else "fp16"
     return "fp32"
 
 

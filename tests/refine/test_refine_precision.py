@@ -77,3 +77,22 @@ def test_precision_resolution():
     assert options.precision == "fp32" and options.scales == (1.0,)
     with pytest.raises(ValueError, match="precision"):
         RefineOptions(precision="fp8")
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 0), "fp16"), ((7, 5), "fp16"), ((8, 0), "bf16"),
+                                                  ((9, 0), "bf16")])
+def test_auto_precision_follows_the_cards_compute_capability(monkeypatch, capability, expected):
+    """V100 (7.0) and T4 (7.5) emulate bf16 (``is_bf16_supported`` says True there): fp16; A100 /
+    H100 (8.x / 9.x) have it natively: bf16. The card asked for is the one looked at."""
+    seen = []
+
+    def capability_of(index):
+        seen.append(index)
+        return capability
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability_of)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert resolve_precision("auto", "cuda:1") == expected and seen == [1]
+    assert resolve_precision("auto", "cuda") == expected and seen == [1, 0]
+    assert resolve_precision("fp32", "cuda:1") == "fp32"
