@@ -174,9 +174,18 @@ def plan_job(
     cfg: RefineJobConfig, resources: dict[str, float], nodes: Sequence[tuple[float, float]]
 ) -> StagePlan:
     """The plan of a refine / relabel job on a cluster with ``resources`` (``ray.cluster_resources()``)
-    and alive ``nodes``: :func:`plan_stages` with the job's proposals, threads and actor memory."""
+    and alive ``nodes``: :func:`plan_stages` with the job's proposals, threads, actor memory and
+    ``refine.device``: ``cpu`` plans CPU actors even where the cluster has GPUs (none reserved);
+    ``cuda`` on a cluster without GPUs is a ValueError naming the key; ``auto`` uses GPUs if any."""
     gpus = resources.get("GPU", 0.0)
-    on_gpu = cfg.refine.device == "cuda" or (cfg.refine.device == "auto" and gpus > 0)
+    device = cfg.refine.device
+    if device == "cuda" and gpus <= 0:
+        raise ValueError("refine.device: 'cuda' but the Ray cluster has no GPUs (use auto or cpu, or add "
+                         "GPU nodes)")
+    if device == "cpu":
+        gpus = 0.0
+        nodes = [(c, 0.0) for c, _ in nodes]
+    on_gpu = gpus > 0
     set_gb = cfg.ray.refine_actor_memory_gb
     wanted = set_gb * GIB if set_gb is not None else refiner_memory(cfg.input.max_pixels, on_gpu)
     return plan_stages(

@@ -129,3 +129,19 @@ def test_explicit_actor_memory_is_asked_as_is_or_fails_naming_the_key():
     with pytest.raises(ValueError, match="ray.refine_actor_memory_gb"):
         plan_job(_job(ray={"refine_actor_memory_gb": 20, "refine_actors": 2}),
                  {"CPU": 2.0, "memory": 14.0 * GIB}, [(2.0, 0.0)])
+
+
+def test_the_plan_follows_refine_device():
+    """cpu: CPU actors sized from the CPUs, no GPU reserved, even on a GPU node; cuda without GPUs:
+    a config error naming the key; auto: GPUs when there are some."""
+    from pipeline.plan import plan_job, refiner_memory
+
+    res, nodes = {"CPU": 16.0, "GPU": 1.0, "memory": 200.0 * GIB}, [(16.0, 1.0)]
+    cpu = plan_job(_job(refine={"device": "cpu"}), res, nodes)
+    assert cpu.refine_gpus == 0 and cpu.sam_gpus == 0 and cpu.refine_actors >= 3 and cpu.torch_threads >= 2
+    assert cpu.refine_memory == pytest.approx(refiner_memory(_job().input.max_pixels, False))
+    auto = plan_job(_job(), res, nodes)
+    assert auto.refine_gpus == 1.0 and auto.refine_actors == 1
+    assert plan_job(_job(refine={"device": "cuda"}), res, nodes).refine_gpus == 1.0
+    with pytest.raises(ValueError, match="refine.device: 'cuda' but the Ray cluster has no GPUs"):
+        plan_job(_job(refine={"device": "cuda"}), {"CPU": 16.0}, [(16.0, 0.0)])
