@@ -35,8 +35,8 @@ import numpy as np
 
 from pipeline.refine.trust import FEATURES, TrustModel
 
-__all__ = ["spearman", "roc_auc", "fit_trust_model", "choose_min_score", "evaluate", "summarise",
-           "format_table", "main"]
+__all__ = ["spearman", "roc_auc", "fit_trust_model", "choose_min_score", "move_line", "evaluate",
+           "summarise", "format_table", "main"]
 
 TRUST_KINDS = ("lowres8", "lowres16", "blocky8", "perturbed", "identity")
 
@@ -144,14 +144,27 @@ def _edge_offset(image: np.ndarray, mask: np.ndarray) -> float:
     return float(edge_offset(image, binary))
 
 
+def move_line(truth: np.ndarray, px: int) -> np.ndarray:
+    """The truth with its line moved ``px`` pixels outward (> 0: dilated, < 0: eroded, by a 3x3
+    cross per pixel): another annotation convention of the same object."""
+    import cv2
+
+    if px == 0:
+        return truth
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    op = cv2.dilate if px > 0 else cv2.erode
+    return op(truth, cross, iterations=abs(px))
+
+
 def evaluate(refiner, refs: Sequence[Any], kinds: Sequence[str] = TRUST_KINDS, *, proposer=None,
              working_size: int = 1024, proposal_seed: int = 0, max_side: int | None = None, seed: int = 0,
-             sources: Sequence[str] | None = None, log: bool = True) -> list[dict[str, Any]]:
+             sources: Sequence[str] | None = None, log: bool = True, truth_offset: int = 0
+             ) -> list[dict[str, Any]]:
     """One row per (sample, kind): the trust features, the score of ``refiner.trust_model``, the
     coarse / refined metrics against the truth, edge offsets and times. ``refiner``: a
     :class:`pipeline.workers.LoadedRefiner` (its model, options, device and trust model are used;
     its accept policy is not: both outputs are judged). ``proposer``: the proposal generator of a
-    samsr-v2.1 model (None for crm)."""
+    samsr-v2.1 model (None for crm). ``truth_offset``: :func:`move_line` on each truth first."""
     from pipeline.bench.quality import _shrink, make_coarse
     from pipeline.io import load_sample
     from pipeline.metrics import image_metrics
@@ -163,6 +176,7 @@ def evaluate(refiner, refs: Sequence[Any], kinds: Sequence[str] = TRUST_KINDS, *
     for i, ref in enumerate(refs):
         s = load_sample(ref, load_gt=False)
         image, truth = _shrink(s.image, s.coarse, max_side)
+        truth = move_line(truth, truth_offset)
         colours = None
         if proposer is not None:
             props = propose(proposer, image, s.key, working_size=working_size, seed=proposal_seed)
@@ -273,6 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help=f"coarse kinds (default {','.join(TRUST_KINDS)})")
     ap.add_argument("--limit", type=int, default=None, help="at most this many samples per --data")
     ap.add_argument("--max-side", type=int, default=None, help="shrink images and truths to this long side")
+    ap.add_argument("--truth-offset", type=int, default=0, metavar="PX",
+                    help="move each truth's line PX pixels outward (< 0: inward) before making the coarse "
+                    "masks: another annotation convention (people draw ~1 px outside the image's edge)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--device", default="cpu", help="torch device (default cpu)")
     ap.add_argument("--rows", default=None, help="write every per-sample row (JSON) here")
@@ -356,7 +373,7 @@ def _run(cfg, args, kinds: Sequence[str], trust_path: str | None) -> list[dict[s
         raise SystemExit(f"samsr benchmark trust: no samples in {args.data}")
     return evaluate(refiner, [r for _, r in listed], kinds, proposer=proposer,
                     working_size=cfg.sam.working_size, proposal_seed=cfg.sam.seed, max_side=args.max_side,
-                    sources=[u for u, _ in listed])
+                    sources=[u for u, _ in listed], truth_offset=args.truth_offset)
 
 
 if __name__ == "__main__":

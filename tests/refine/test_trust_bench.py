@@ -115,3 +115,13 @@ def test_benchmark_trust_end_to_end_with_the_shipped_files(tmp_path, capsys):
     assert main(["benchmark", "trust", "--from-rows", str(rows_file), "--trust-model", str(fitted),
                  "--config", config]) == 0
     assert f"min_score {model.min_score:.3f}" in capsys.readouterr().out
+
+
+def test_move_line_moves_the_line_by_whole_pixels():
+    from pipeline.bench.trust import move_line
+
+    truth = np.zeros((20, 20), np.uint8)
+    truth[5:15, 5:15] = 255
+    assert np.count_nonzero(move_line(truth, 1)) == 10 * 10 + 4 * 10  # a cross: no corners
+    assert np.count_nonzero(move_line(truth, -1)) == 8 * 8
+    assert move_line(truth, 0) is truth
