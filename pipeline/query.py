@@ -37,7 +37,8 @@ FROM latest GROUP BY ALL ORDER BY job_id, method
 """
 
 FAILURES_SQL = """
-SELECT error_type, count(*) AS samples, min(key) AS example_key, any_value(error_message) AS example_message
+SELECT error_type, count(*) AS samples, min(key) AS example_key,
+       arg_min(error_message, key) AS example_message
 FROM latest WHERE status = 'error' GROUP BY error_type ORDER BY samples DESC, error_type
 """
 

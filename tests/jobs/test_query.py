@@ -115,6 +115,7 @@ def test_sql_summary_worst_and_failures(manifest, capsys):
     assert query_job.main([manifest, "--failures", "--format", "json"]) == 0
     (f,) = _json_lines(capsys.readouterr().out)
     assert (f["error_type"], f["samples"], f["example_key"]) == ("decode_error", 1, "c")
+    assert f["example_message"] == "bad c"  # the example key's own message
 
     assert (
         query_job.main([manifest + "/manifest", "SELECT count(*) AS n FROM latest", "--format", "csv"]) == 0
@@ -165,3 +166,12 @@ def test_evaluate_prints_the_thesis_table(manifest, capsys):
     assert evaluate_job.main([manifest, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["ok"] == 3
     assert evaluate_job.main([manifest, "--job-id", "other"]) == 1
+
+
+def test_failures_example_key_and_message_come_from_one_row(storage_root, capsys):
+    out = storage_root + "/fails"
+    write_manifest_part([_row(k, "error", error_type="decode_error") for k in ("k3", "k1", "k2")], out,
+                        "r0-00000")
+    assert query_job.main([out, "--failures", "--format", "json"]) == 0
+    (f,) = _json_lines(capsys.readouterr().out)
+    assert (f["samples"], f["example_key"], f["example_message"]) == (3, "k1", "bad k1")
