@@ -170,8 +170,9 @@ def test_evaluate_prints_the_thesis_table(manifest, capsys):
 
 def test_failures_example_key_and_message_come_from_one_row(storage_root, capsys):
     out = storage_root + "/fails"
-    write_manifest_part([_row(k, "error", error_type="decode_error") for k in ("k3", "k1", "k2")], out,
+    write_manifest_part([_row(f"z{i:02d}", "error", error_type="decode_error") for i in range(50)], out,
                         "r0-00000")
+    write_manifest_part([_row("a0", "error", minute=1, error_type="decode_error")], out, "r1-00000")
     assert query_job.main([out, "--failures", "--format", "json"]) == 0
     (f,) = _json_lines(capsys.readouterr().out)
-    assert (f["samples"], f["example_key"], f["example_message"]) == (3, "k1", "bad k1")
+    assert (f["samples"], f["example_key"], f["example_message"]) == (51, "a0", "bad a0")
