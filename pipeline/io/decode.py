@@ -267,8 +267,8 @@ def load_sample(
         raise SampleError(
             key,
             "aspect_mismatch",
-            f"mask {w}x{h} vs image {W}x{H}: aspect {w / h:.4f} vs {W / H:.4f} "
-            f"(tolerance {aspect_tolerance:.0%})",
+            f"mask {ref.mask_uri!r} {w}x{h} vs image {ref.image_uri!r} {W}x{H}: aspect {w / h:.4f} vs "
+            f"{W / H:.4f} (tolerance {aspect_tolerance:.0%})",
         )
     coarse = resize_mask(raw, H, W)
     gt = None

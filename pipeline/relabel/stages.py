@@ -115,8 +115,9 @@ def relabel_decode_batch(batch: dict[str, np.ndarray], *, max_pixels: int) -> di
                             label_transparency=_encode_transparency(lm.transparency))
                 expected = w * image.shape[0] / image.shape[1]
                 if abs(h - expected) > max(1.0, 0.02 * expected):
-                    raise SampleError(key, "aspect_mismatch", f"label map {w}x{h} vs image "
-                                      f"{image.shape[1]}x{image.shape[0]}: aspect ratios differ")
+                    ih, iw = image.shape[:2]
+                    raise SampleError(key, "aspect_mismatch", f"label map {meta.get('mask_uri')!r} {w}x{h} "
+                                      f"vs image {meta.get('image_uri')!r} {iw}x{ih}: aspect ratios differ")
                 new["coarse"] = lm.values
                 if meta.get("gt_uri"):
                     gt = read_label_map(read(meta, "gt", "missing_gt", "ground truth"), key,

@@ -77,6 +77,7 @@ def test_exif_rotated_sample_checks_mask_against_upright_size(tmp_path):
     with pytest.raises(SampleError) as err:
         load_sample(refs["bad"])
     assert (err.value.key, err.value.error_type) == ("bad", "aspect_mismatch")
+    assert refs["bad"].mask_uri in err.value.message and refs["bad"].image_uri in err.value.message
 
 
 def test_image_pixel_formats_normalise_to_rgb_uint8():
