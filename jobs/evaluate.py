@@ -46,16 +46,21 @@ def build_parser(prog: str = "samsr evaluate") -> argparse.ArgumentParser:
 
 def run(prefix: str, job_id: str | None = None) -> dict:
     """Summary dict of the manifest under ``prefix`` (pipeline.summary.summarize_manifest); for
-    a relabel job, of its object rows (instances / classes)."""
+    a relabel job, of its object rows (instances / classes); ``unit`` says which rows were counted
+    (images, instances, classes or objects)."""
     import pyarrow.compute as pc
 
     from pipeline.io import read_manifest
     from pipeline.summary import summarize_manifest
 
     table = read_manifest(prefix)
+    unit = "images"
     if table.num_rows and pc.any(pc.is_valid(table.column("row_kind"))).as_py():
         table = table.filter(pc.invert(pc.fill_null(pc.equal(table.column("row_kind"), "image"), False)))
-    return summarize_manifest(table, job_id=job_id)
+        kinds = set(table.column("row_kind").to_pylist()) - {None}
+        unit = {frozenset({"instance"}): "instances", frozenset({"class"}): "classes"}.get(
+            frozenset(kinds), "objects")
+    return {**summarize_manifest(table, job_id=job_id), "unit": unit}
 
 
 def _pct(v) -> str:
@@ -121,7 +126,7 @@ def main(argv: list[str] | None = None, prog: str = "samsr evaluate") -> int:
             )
         )
         print()
-        print(format_quality_table(summary))
+        print(format_quality_table(summary, unit=summary["unit"]))
         if extra:
             print()
             print(_format_relabel(extra))

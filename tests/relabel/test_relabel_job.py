@@ -188,6 +188,8 @@ def test_coco_relabel_on_s3(coco_data, v21_checkpoint, local_ray, tmp_path, caps
     inter_c = sum(r["intersection_coarse"] for r in inst)
     union_c = sum(r["union_coarse"] for r in inst)
     assert report["before"]["dataset_iou"] == pytest.approx(inter_c / union_c)
+    assert evaluate([out]) == 0  # the text form counts instances, not images
+    assert "(over 6 instances with gt)" in capsys.readouterr().out
 
     # resume: the two finished images are skipped, the failed one is tried again, same output
     again = run_relabel(cfg)
