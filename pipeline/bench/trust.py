@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.refine.trust import FEATURES, TrustModel
+from pipeline.refine.trust import FEATURES, TrustModel, model_input
 
 __all__ = ["spearman", "roc_auc", "fit_trust_model", "choose_min_score", "move_line", "evaluate",
            "summarise", "format_table", "main"]
@@ -80,14 +80,19 @@ def roc_auc(score: Sequence[float], positive: Sequence[bool]) -> float | None:
     return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+#: the inputs of the shipped trust model: every feature, and the logs of the two heavy-tailed ones
+MODEL_INPUTS = (*FEATURES, "log_shift_px", "log_coarse_detail")
+
+
 def _design(rows: Sequence[Mapping[str, Any]], features: Sequence[str]) -> np.ndarray:
-    return np.array([[float(r[f]) for f in features] for r in rows], np.float64)
+    return np.array([[model_input(f, r) for f in features] for r in rows], np.float64)
 
 
-def fit_trust_model(rows: Sequence[Mapping[str, Any]], features: Sequence[str] = FEATURES,
+def fit_trust_model(rows: Sequence[Mapping[str, Any]], features: Sequence[str] = MODEL_INPUTS,
                     l2: float = 1.0, min_score: float = 0.5, margin: float = 0.0,
                     meta: Mapping[str, Any] | None = None) -> TrustModel:
-    """A logistic model of P(mBA gain > ``margin``) on standardised ``features``, L2-penalised
+    """A logistic model of P(mBA gain > ``margin``) on standardised ``features`` (model inputs:
+    :func:`pipeline.refine.trust.model_input`), L2-penalised
     (``l2`` on the coefficients, not the intercept), fitted by Newton's method. Each row needs the
     features and ``mba_coarse`` / ``mba_refined``; rows without both metrics are skipped."""
     rows = [r for r in rows if r.get("mba_coarse") is not None and r.get("mba_refined") is not None]
@@ -181,7 +186,7 @@ def evaluate(refiner, refs: Sequence[Any], kinds: Sequence[str] = TRUST_KINDS, *
         if proposer is not None:
             props = propose(proposer, image, s.key, working_size=working_size, seed=proposal_seed)
             colours = props.colour_map
-        truth_offset = _edge_offset(image, truth)
+        truth_edge = _edge_offset(image, truth)
         for kind in kinds:
             coarse = make_coarse(truth, kind, s.key, seed)
             t0 = time.perf_counter()
@@ -195,7 +200,7 @@ def evaluate(refiner, refs: Sequence[Any], kinds: Sequence[str] = TRUST_KINDS, *
             row = {"key": s.key, "kind": kind, "source": None if sources is None else sources[i],
                    "size": list(truth.shape), **feats, "score": score, "line_level": r.threshold,
                    "mba_coarse": mc["mba"], "mba_refined": mr["mba"], "iou_coarse": mc["iou"],
-                   "iou_refined": mr["iou"], "offset_truth": truth_offset,
+                   "iou_refined": mr["iou"], "offset_truth": truth_edge,
                    "offset_coarse": _edge_offset(image, coarse),
                    "offset_refined": _edge_offset(image, r.prob),
                    "refine_s": t1 - t0, "trust_s": t2 - t1}

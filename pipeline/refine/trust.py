@@ -41,7 +41,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["FEATURES", "trust_features", "TrustModel", "load_trust_model", "shipped_trust_model_path",
+__all__ = ["FEATURES", "model_input", "trust_features", "TrustModel", "load_trust_model",
+           "shipped_trust_model_path",
            "decide", "Decision", "Outcome", "split_outcome", "TRUST_FIELDS"]
 
 #: manifest fields a trusted refiner adds to each output's row
@@ -138,11 +139,27 @@ def trust_features(prob: np.ndarray, coarse01: np.ndarray, image: np.ndarray,
     return out
 
 
+LOG_EPS = 0.01
+
+
+def model_input(name: str, features: Mapping[str, float]) -> float:
+    """The value of a model input: a feature of :data:`FEATURES` by name, or ``log_<feature>`` =
+    log(feature + 0.01) (for the heavy-tailed, non-negative ones: shift_px, coarse_detail)."""
+    if name.startswith("log_"):
+        return math.log(max(0.0, float(features[name[4:]])) + LOG_EPS)
+    return float(features[name])
+
+
+def _known_input(name: str) -> bool:
+    return name in FEATURES or (name.startswith("log_") and name[4:] in FEATURES)
+
+
 @dataclass(frozen=True)
 class TrustModel:
-    """A logistic model over :data:`FEATURES`: score = sigmoid(intercept + sum(coef * (x - mean) /
-    scale)), the estimated probability that the refined mask beats the coarse one (mBA).
-    ``min_score``: the acceptance threshold of :func:`decide` chosen with the model."""
+    """A logistic model over inputs named by :data:`FEATURES` (or ``log_<feature>``,
+    :func:`model_input`): score = sigmoid(intercept + sum(coef * (x - mean) / scale)), the estimated
+    probability that the refined mask beats the coarse one (mBA). ``min_score``: the acceptance
+    threshold of :func:`decide` chosen with the model."""
 
     features: tuple[str, ...]
     mean: tuple[float, ...]
@@ -153,7 +170,7 @@ class TrustModel:
     meta: Mapping[str, object]
 
     def __post_init__(self) -> None:
-        unknown = [f for f in self.features if f not in FEATURES]
+        unknown = [f for f in self.features if not _known_input(f)]
         if unknown:
             raise ValueError(f"trust model: unknown features {unknown}; known: {FEATURES}")
         n = len(self.features)
@@ -168,7 +185,7 @@ class TrustModel:
     def score(self, features: Mapping[str, float]) -> float:
         z = self.intercept
         for name, m, s, c in zip(self.features, self.mean, self.scale, self.coef):
-            z += c * (float(features[name]) - m) / s
+            z += c * (model_input(name, features) - m) / s
         return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
 
     def to_dict(self) -> dict[str, object]:

@@ -179,3 +179,16 @@ def test_refine_detailed_reports_the_spread_of_the_tta_passes(random_mnv2, small
     assert np.allclose(two.spread, np.abs(a - b) / 2, atol=1e-3) and two.spread.max() > 0.01
     f = trust_features(two.prob, two.coarse01, image, two.spread)
     assert f["band_spread"] > 0
+
+
+def test_log_inputs_of_a_model():
+    from pipeline.refine.trust import model_input
+
+    f = dict.fromkeys(FEATURES, 0.0)
+    f["shift_px"] = 0.99
+    assert model_input("shift_px", f) == 0.99
+    assert model_input("log_shift_px", f) == pytest.approx(0.0)  # log(0.99 + 0.01)
+    m = _model(features=("log_shift_px",), mean=(0.0,), scale=(1.0,), coef=(1.0,), intercept=0.0)
+    assert m.score(f) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="unknown features"):
+        _model(features=("log_colour", "shift_px"))
