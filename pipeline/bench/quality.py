@@ -1,7 +1,12 @@
 """`samsr benchmark quality`: does refinement make masks better, on held-out data, per coarse kind?
 
-    samsr benchmark quality --data DATA/holdout --data DATA/holdout_regions \\
-        --model crm_mnv2 --weights pipeline/weights/crm_mnv2.pt --scales 1.0 --align 8
+    samsr benchmark quality --data DATA/holdout --data DATA/holdout_regions
+
+Its defaults measure what ``make demo`` runs (``configs/demo.yaml``: samsr-v2.1 with the
+``regions`` proposals, the shipped ``samsr_v21_mnv2``, one scale, align 8, tta rot180, edge check
+0.25, the area-keeping line level); the do-no-harm acceptance is measured by
+``samsr benchmark trust``. ``--method crm --model crm_mnv2 --weights pipeline/weights/crm_mnv2.pt
+--tta none --edge-check off --threshold 0.5`` measures the official-style light CRM.
 
 The data is any prefix-layout set with ground truth (``NAME_im`` / ``NAME_gt``; its ``_seg`` masks
 are ignored). The coarse masks are made from the truth here, seeded per (key, kind), so every
@@ -265,21 +270,29 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _margin(text: str) -> float | None:
+    return None if text.lower() in ("off", "none") else float(text)
+
+
+def _level(text: str) -> float | str:
+    return text if text == "area" else float(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="samsr benchmark quality", description=__doc__.split("\n")[0],
                                  epilog="Coarse kinds: " + ", ".join(KINDS) + "; also lowresN, blockyN "
                                  f"(N = {FACTORS[0]}..{FACTORS[1]}; blocky: nearest-neighbour staircase)")
     ap.add_argument("--data", action="append", required=True, metavar="URI",
                     help="prefix-layout set with _im/_gt files (repeatable; any fsspec URI)")
-    ap.add_argument("--model", default="crm_mnv2", help="registry model (default crm_mnv2)")
-    ap.add_argument("--method", default="crm", choices=["crm", "samsr-v1", "samsr-v2.1"],
-                    help="crm (default), samsr-v2.1 (a samsr_v21 model + proposal colour maps) or samsr-v1 "
+    ap.add_argument("--model", default="samsr_v21_mnv2", help="registry model (default samsr_v21_mnv2)")
+    ap.add_argument("--method", default="samsr-v2.1", choices=["crm", "samsr-v1", "samsr-v2.1"],
+                    help="samsr-v2.1 (default: a samsr_v21 model + proposal colour maps), crm, or samsr-v1 "
                     "(coarse mask merged with the proposals, then the CRM model)")
     ap.add_argument("--proposals", default="regions", choices=["regions", "sam"],
                     help="proposal source of the samsr methods (default regions, config defaults)")
     ap.add_argument("--sam-model-type", default="vit_h", help="SAM type for --proposals sam")
     ap.add_argument("--sam-checkpoint", default=None, help="SAM weights for --proposals sam")
-    ap.add_argument("--weights", default="pipeline/weights/crm_mnv2.pt", help="weights (path/URL)")
+    ap.add_argument("--weights", default="pipeline/weights/samsr_v21_mnv2.pt", help="weights (path/URL)")
     ap.add_argument("--scales", default="1.0", help="cascade scales, comma-separated (default 1.0)")
     ap.add_argument("--decode", default="full", help="decode mode: full, strided, bbox, contour")
     ap.add_argument("--roi-margin", type=int, default=None,
@@ -287,11 +300,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "(px; default max(16, 3%% of the long side))")
     ap.add_argument("--align", type=int, default=8, help="RefineOptions.align (default 8; 1 = official)")
     ap.add_argument("--gate", type=float, default=0.0, help="RefineOptions.gate (default 0: off)")
-    ap.add_argument("--tta", default="none", choices=["none", "rot180", "flip4"],
-                    help="RefineOptions.tta (default none)")
-    ap.add_argument("--edge-check", type=float, default=None, metavar="MARGIN",
-                    help="RefineOptions.edge_check (default off): keep a refined change only where the new "
-                    "line crosses >= (1 + MARGIN) x the mean colour contrast of the old one")
+    ap.add_argument("--tta", default="rot180", choices=["none", "rot180", "flip4"],
+                    help="RefineOptions.tta (default rot180)")
+    ap.add_argument("--edge-check", type=_margin, default=0.25, metavar="MARGIN",
+                    help="RefineOptions.edge_check (default 0.25; off: none): keep a refined change only "
+                    "where the new line crosses >= (1 + MARGIN) x the mean colour contrast of the old one")
+    ap.add_argument("--threshold", type=_level, default="area",
+                    help="RefineOptions.threshold: the line's probability level, or area (default: the level "
+                    "keeping the coarse mask's area)")
     ap.add_argument("--kinds", default=",".join(KINDS), help=f"coarse kinds (default {','.join(KINDS)})")
     ap.add_argument("--limit", type=int, default=None, help="at most this many samples per --data")
     ap.add_argument("--max-side", type=int, default=None,
@@ -318,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ap.error(f"--kinds: {e}")
     options = RefineOptions(scales=tuple(float(v) for v in args.scales.split(",")), decode=args.decode,
                             align=args.align, tta=args.tta, gate=args.gate, roi_margin=args.roi_margin,
-                            edge_check=args.edge_check)
+                            edge_check=args.edge_check, threshold=args.threshold)
     if args.threads:
         torch.set_num_threads(args.threads)
     # the coarse masks are made from the truth, so any _seg files are not needed (nor read)
@@ -349,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "model": args.model, "weights": args.weights, "scales": list(options.scales),
                    "decode": options.decode, "align": options.align, "tta": options.tta,
                    "gate": options.gate, "edge_check": options.edge_check, "roi_margin": options.roi_margin,
+                   "threshold": options.threshold,
                    "data": args.data,
                    "wall_s": time.time() - t0})
     print(f"\nmethod {args.method}" + (f" ({args.proposals} proposals)" if proposer else "")
@@ -356,7 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"decode {options.decode}"
           + (f" (margin {options.roi_margin} px) " if options.roi_margin is not None else " ") +
           f"align {options.align}, tta {options.tta}, gate {options.gate:g}, edge check "
-          f"{'off' if options.edge_check is None else f'{options.edge_check:g}'}; "
+          f"{'off' if options.edge_check is None else f'{options.edge_check:g}'}, "
+          f"threshold {options.threshold}; "
           f"{result['n']} images from {', '.join(args.data)}"
           + (f", long side <= {args.max_side}" if args.max_side else ""))
     print(format_table(result))

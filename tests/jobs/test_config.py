@@ -38,8 +38,14 @@ def test_shipped_configs_validate():
     shipped = dataclasses.replace(demo.model, checkpoint=str(ROOT / demo.model.checkpoint))
     check_runtime(dataclasses.replace(demo, model=shipped))  # the shipped weights exist, fit the method
     assert (demo.input.uri, demo.input.layout, demo.output.prefix) == ("samples/demo", "prefix", "out/demo")
-    # the settings that measured best (model card): one scale, align 8, the 180-degree TTA, the edge check
-    assert demo.refine.options == {"scales": [1.0], "align": 8, "tta": "rot180", "edge_check": 0.25}
+    # the settings that measured best (model card): one scale, align 8, the 180-degree TTA, the edge
+    # check, the area-keeping line level; and do no harm with the shipped trust model
+    assert demo.refine.options == {"scales": [1.0], "align": 8, "tta": "rot180", "edge_check": 0.25,
+                                   "threshold": "area"}
+    assert (demo.refine.trust_model, demo.refine.accept, demo.refine.min_score) == ("shipped", "score", None)
+    relabel = load_config(str(ROOT / "configs" / "relabel.yaml"), [(["input", "uri"], "x"),
+                                                                   (["output", "prefix"], "y")])
+    assert relabel.refine == demo.refine  # relabel refines as the demo does
     assert demo.ray.address is None  # local Ray in-process
     default = load_config(str(ROOT / "configs" / "default.yaml"))
     # every key of every section is spelled out in default.yaml, with the dataclass defaults

@@ -61,6 +61,37 @@ def test_factor_kinds_by_name_and_the_staircase() -> None:
     assert check_kind("blocky64") == "blocky64" and check_kind("identity") == "identity"
 
 
+#: the light CRM run the official way (the benchmark's defaults are the demo's SAM-SR-v2.1 settings)
+CRM = ["--method", "crm", "--model", "crm_mnv2", "--tta", "none", "--edge-check", "off", "--threshold", "0.5"]
+
+
+def test_quality_benchmark_defaults_are_the_demo_configs_settings() -> None:
+    """What `samsr benchmark quality` measures by default is what `make demo` runs."""
+    import argparse
+    from unittest import mock
+
+    from pipeline.bench import quality
+    from pipeline.config import load_config
+
+    demo = load_config(str(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"))
+    seen = {}
+
+    def stop(self, args=None, namespace=None):
+        parsed = real(self, ["--data", "x"])
+        seen.update(vars(parsed))
+        raise SystemExit(0)
+
+    real = argparse.ArgumentParser.parse_args
+    with mock.patch.object(argparse.ArgumentParser, "parse_args", stop), pytest.raises(SystemExit):
+        quality.main([])
+    o = demo.refine.options
+    assert (seen["method"], seen["model"], seen["weights"], seen["proposals"]) == (
+        demo.method, demo.model.name, demo.model.checkpoint, demo.sam.proposals)
+    assert [float(v) for v in seen["scales"].split(",")] == o["scales"] and seen["align"] == o["align"]
+    assert (seen["tta"], seen["edge_check"], seen["threshold"], seen["decode"]) == (
+        o["tta"], o["edge_check"], o["threshold"], demo.refine.decode)
+
+
 def test_quality_benchmark_end_to_end(tmp_path: Path, capsys) -> None:
     data = tmp_path / "data"
     data.mkdir()
@@ -70,7 +101,7 @@ def test_quality_benchmark_end_to_end(tmp_path: Path, capsys) -> None:
     weights = tmp_path / "w.pt"
     save_checkpoint(build_model("crm_mnv2"), str(weights))
     out = tmp_path / "q.json"
-    code = cli_main(["benchmark", "quality", "--data", str(data), "--weights", str(weights),
+    code = cli_main(["benchmark", "quality", "--data", str(data), "--weights", str(weights), *CRM,
                      "--scales", "0.5,1",
                      "--kinds", "lowres8,identity,blocky4", "--json", str(out), "--threads", "1",
                      "--save-masks", str(tmp_path / "masks")])
@@ -106,7 +137,7 @@ def test_quality_benchmark_end_to_end(tmp_path: Path, capsys) -> None:
         assert np.array_equal(cv2.imread(str(saved / f"h{i}_blocky4_coarse.png"), cv2.IMREAD_UNCHANGED),
                               make_coarse(g, "blocky4", f"h{i}"))
     with pytest.raises(SystemExit):
-        cli_main(["benchmark", "quality", "--data", str(data), "--weights", str(weights),
+        cli_main(["benchmark", "quality", "--data", str(data), "--weights", str(weights), *CRM,
                   "--kinds", "blocky1"])
     assert "--kinds: unknown coarse kind 'blocky1'" in capsys.readouterr().err
     row = next(r for r in result["per_image"] if r["key"] == "h0" and r["kind"] == "identity")
@@ -125,7 +156,7 @@ def test_quality_benchmark_prints_each_source_alone(tmp_path: Path, capsys) -> N
     torch.manual_seed(0)
     weights = tmp_path / "w.pt"
     save_checkpoint(build_model("crm_mnv2"), str(weights))
-    common = ["benchmark", "quality", "--weights", str(weights), "--kinds", "lowres8,perturbed",
+    common = ["benchmark", "quality", "--weights", str(weights), *CRM, "--kinds", "lowres8,perturbed",
               "--threads", "1"]
     both = tmp_path / "both.json"
     assert cli_main([*common, "--data", str(a), "--data", str(b), "--json", str(both)]) == 0
@@ -213,7 +244,7 @@ def test_roi_margin_reaches_the_contour_mode(tmp_path: Path, capsys) -> None:
     weights = tmp_path / "w.pt"
     save_checkpoint(model, str(weights))
     out, saved = tmp_path / "q.json", tmp_path / "masks"
-    assert cli_main(["benchmark", "quality", "--data", str(data), "--weights", str(weights), "--kinds",
+    assert cli_main(["benchmark", "quality", "--data", str(data), "--weights", str(weights), *CRM, "--kinds",
                      "perturbed", "--decode", "contour", "--roi-margin", "3", "--threads", "1",
                      "--json", str(out), "--save-masks", str(saved)]) == 0
     assert "decode contour (margin 3 px)" in capsys.readouterr().out
