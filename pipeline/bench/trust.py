@@ -80,8 +80,8 @@ def roc_auc(score: Sequence[float], positive: Sequence[bool]) -> float | None:
     return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-#: the inputs of the shipped trust model: every feature, and the logs of the two heavy-tailed ones
-MODEL_INPUTS = (*FEATURES, "log_shift_px", "log_coarse_detail")
+#: the inputs of the shipped trust model: every feature, and the logs of the heavy-tailed ones
+MODEL_INPUTS = (*FEATURES, "log_shift_px", "log_coarse_detail", "log_coarse_detail1", "log_coarse_detail4")
 
 
 def _design(rows: Sequence[Mapping[str, Any]], features: Sequence[str]) -> np.ndarray:

@@ -25,7 +25,9 @@ at 0.5; the *band*: pixels within ``band`` px of either line; the *line* of a ma
 - ``coarse_detail``: pixels of C that flip when C is blurred (Gaussian, sigma 2 px) and cut at 0.5
   again, per pixel pair of C's line: ~0 for a smooth line (a low-resolution annotation scaled up
   bilinearly), higher for a line with pixel-level detail (drawn at full resolution, where a good
-  mask is easily made worse) or a staircase (a label map scaled up by nearest neighbour).
+  mask is easily made worse) or a staircase (a label map scaled up by nearest neighbour);
+  ``coarse_detail1`` / ``coarse_detail4``: the same at sigma 1 / 4 px (together: the scale below
+  which the coarse line has no detail, i.e. the resolution it was drawn at).
 
 Pure numpy / OpenCV on the bounding box of the band; cost well under the refiner's.
 """
@@ -49,7 +51,9 @@ __all__ = ["FEATURES", "model_input", "trust_features", "TrustModel", "load_trus
 TRUST_FIELDS = ("trust_score", "accepted", "line_level")
 
 FEATURES = ("shift_px", "area_change", "thin_share", "band_uncertainty", "band_spread", "coarse_edge",
-            "edge_gain", "coarse_detail")
+            "edge_gain", "coarse_detail", "coarse_detail1", "coarse_detail4")
+#: the Gaussian sigmas (px) of coarse_detail1, coarse_detail, coarse_detail4
+DETAIL_SIGMAS = {"coarse_detail1": 1.0, "coarse_detail": 2.0, "coarse_detail4": 4.0}
 _EPS = 1.0  # contrast units (0..441.7): keeps the log ratio finite on flat images
 
 
@@ -58,11 +62,25 @@ def _line_pairs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mask[:, 1:] != mask[:, :-1], mask[1:] != mask[:-1]
 
 
-def _mean_contrast(horizontal, vertical, sel_h, sel_v) -> tuple[float, int]:
-    n = int(np.count_nonzero(sel_h)) + int(np.count_nonzero(sel_v))
-    if n == 0:
-        return 0.0, 0
-    return float(horizontal[sel_h].sum() + vertical[sel_v].sum()) / n, n
+class _PairContrast:
+    """RGB contrast (Euclidean distance, float32) of the horizontal pairs where ``use_h`` and the
+    vertical pairs where ``use_v``: computed for those pairs only (a thin band, not the whole box)."""
+
+    def __init__(self, image: np.ndarray, use_h: np.ndarray, use_v: np.ndarray) -> None:
+        self.h = np.nonzero(use_h)
+        self.v = np.nonzero(use_v)
+        y, x = self.h
+        self.ch = np.sqrt(np.square(image[y, x + 1].astype(np.float32) - image[y, x]).sum(-1))
+        y, x = self.v
+        self.cv = np.sqrt(np.square(image[y + 1, x].astype(np.float32) - image[y, x]).sum(-1))
+
+    def mean(self, sel_h: np.ndarray, sel_v: np.ndarray) -> tuple[float, int]:
+        """(mean contrast, count) of the selected pairs (a subset of the computed ones)."""
+        mh, mv = sel_h[self.h], sel_v[self.v]
+        n = int(np.count_nonzero(mh)) + int(np.count_nonzero(mv))
+        if n == 0:
+            return 0.0, 0
+        return float(self.ch[mh].sum() + self.cv[mv].sum()) / n, n
 
 
 def _band_box(c: np.ndarray, r: np.ndarray, band: int) -> tuple[slice, slice] | None:
@@ -76,7 +94,7 @@ def _band_box(c: np.ndarray, r: np.ndarray, band: int) -> tuple[slice, slice] | 
     rows, cols = np.nonzero(lines.any(1))[0], np.nonzero(lines.any(0))[0]
     if rows.size == 0:
         return None
-    pad = band + 2
+    pad = max(band + 2, 13)  # room for the sigma 4 blur of coarse_detail4 (3 sigma) inside the box
     return (slice(max(0, rows[0] - pad), min(c.shape[0], rows[-1] + pad + 1)),
             slice(max(0, cols[0] - pad), min(c.shape[1], cols[-1] + pad + 1)))
 
@@ -108,23 +126,23 @@ def trust_features(prob: np.ndarray, coarse01: np.ndarray, image: np.ndarray,
     if spread is not None:
         out["band_spread"] = float(np.mean(spread[box][in_band])) if in_band.any() else 0.0
 
-    f = image[box].astype(np.float32)
-    horizontal = np.sqrt(np.square(f[:, 1:] - f[:, :-1]).sum(-1))
-    vertical = np.sqrt(np.square(f[1:] - f[:-1]).sum(-1))
     ch, cv = _line_pairs(c)
     rh, rv = _line_pairs(r)
     band_h, band_v = in_band[:, 1:] & in_band[:, :-1], in_band[1:] & in_band[:-1]
-    old, n_old = _mean_contrast(horizontal, vertical, ch, cv)
-    new, _ = _mean_contrast(horizontal, vertical, rh, rv)
-    every, _ = _mean_contrast(horizontal, vertical, band_h, band_v)
+    pairs = _PairContrast(image[box], ch | rh | band_h, cv | rv | band_v)  # only the pairs used
+    old, n_old = pairs.mean(ch, cv)
+    new, _ = pairs.mean(rh, rv)
+    every, _ = pairs.mean(band_h, band_v)
     out["coarse_edge"] = (old + _EPS) / (every + _EPS)
     out["edge_gain"] = math.log((new + _EPS) / (old + _EPS))
 
     changed = c != r
     n_changed = int(np.count_nonzero(changed))
     out["shift_px"] = n_changed / max(1, n_old)
-    blurred = cv2.GaussianBlur(c.astype(np.float32), (0, 0), 2.0, borderType=cv2.BORDER_REPLICATE) > 0.5
-    out["coarse_detail"] = int(np.count_nonzero(blurred != c)) / max(1, n_old)
+    c32 = c.astype(np.float32)
+    for name, sigma in DETAIL_SIGMAS.items():
+        blurred = cv2.GaussianBlur(c32, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE) > 0.5
+        out[name] = int(np.count_nonzero(blurred != c)) / max(1, n_old)
     if n_changed:
         # thickness: distance to the nearest unchanged pixel (chessboard metric); <= 1 px thick
         # changes have no pixel farther than 1 from the unchanged side, so find their components
