@@ -241,12 +241,12 @@ def summarise(rows: Sequence[Mapping[str, Any]], min_score: float) -> dict[str, 
             "worse_refined": 100 * (g < 0).mean(), "worse_accepted": 100 * (kept < 0).mean(),
             "accepted": 100 * take.mean(),
             "gain_kept": None if g.mean() <= 0 else 100 * kept.mean() / g.mean(),
-            "offset_truth": _mean([r["offset_truth"] for r in rr]),
-            "offset_coarse": _mean([r["offset_coarse"] for r in rr]),
-            "offset_refined": _mean([r["offset_refined"] for r in rr]),
-            "offset_accepted": _mean([r["offset_refined"] if t else r["offset_coarse"]
+            "offset_truth": _mean([r.get("offset_truth") for r in rr]),
+            "offset_coarse": _mean([r.get("offset_coarse") for r in rr]),
+            "offset_refined": _mean([r.get("offset_refined") for r in rr]),
+            "offset_accepted": _mean([r.get("offset_refined") if t else r.get("offset_coarse")
                                       for r, t in zip(rr, take)]),
-            "refine_s": _mean([r["refine_s"] for r in rr]), "trust_s": _mean([r["trust_s"] for r in rr]),
+            "refine_s": _mean([r.get("refine_s") for r in rr]), "trust_s": _mean([r.get("trust_s") for r in rr]),
         }
     return out
 
@@ -300,8 +300,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rows", default=None, help="write every per-sample row (JSON) here")
     ap.add_argument("--fit", default=None, metavar="OUT.json",
                     help="fit a trust model on the rows (training photos!) and write it here")
-    ap.add_argument("--max-worse", type=float, default=0.05,
-                    help="--fit: the min_score chosen keeps images made worse <= this share per kind")
+    ap.add_argument("--max-worse", type=float, default=0.04,
+                    help="--fit: the min_score chosen keeps images made worse <= this share per kind "
+                    "(default 0.04)")
+    ap.add_argument("--margin", type=float, default=0.01,
+                    help="--fit: the model estimates P(mBA gain > MARGIN) (default 0.01: one mBA point)")
     ap.add_argument("--l2", type=float, default=1.0, help="--fit: L2 penalty on the coefficients")
     args = ap.parse_args(argv)
     if not args.data and not args.from_rows:
@@ -330,14 +333,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(args.rows, "w") as f:
             json.dump(rows, f)
     if args.fit:
-        model = fit_trust_model(rows, l2=args.l2, meta={
-            "fitted_on": sorted({str(r.get("source")) for r in rows}), "rows": len(rows), "kinds": kinds,
-            "config": args.config, "overrides": args.set, "target": "mBA(refined) > mBA(coarse)"})
+        model = fit_trust_model(rows, l2=args.l2, margin=args.margin, meta={
+            "fitted_on": sorted({str(r.get("source")) for r in rows}), "rows": len(rows),
+            "kinds": sorted({r["kind"] for r in rows}), "config": args.config, "overrides": args.set,
+            "target": f"mBA(refined) - mBA(coarse) > {args.margin:g}", "l2": args.l2})
         scores = [model.score(r) for r in rows]
         t = choose_min_score(rows, scores, args.max_worse)
+        rule = (f"the lowest with <= {args.max_worse:.0%} of images worse and the mean mBA >= coarse on "
+                "every kind of the fitting rows")
         model = TrustModel(model.features, model.mean, model.scale, model.coef, model.intercept, t,
-                           {**model.meta, "min_score_rule": f"lowest with <= {args.max_worse:.0%} worse and "
-                            "mean mBA >= coarse on every kind of the fitting rows"})
+                           {**model.meta, "min_score_rule": rule})
         model.save(args.fit)
         for r, s in zip(rows, scores):
             r["score"] = s
