@@ -246,7 +246,8 @@ def summarise(rows: Sequence[Mapping[str, Any]], min_score: float) -> dict[str, 
             "offset_refined": _mean([r.get("offset_refined") for r in rr]),
             "offset_accepted": _mean([r.get("offset_refined") if t else r.get("offset_coarse")
                                       for r, t in zip(rr, take)]),
-            "refine_s": _mean([r.get("refine_s") for r in rr]), "trust_s": _mean([r.get("trust_s") for r in rr]),
+            "refine_s": _mean([r.get("refine_s") for r in rr]),
+            "trust_s": _mean([r.get("trust_s") for r in rr]),
         }
     return out
 
