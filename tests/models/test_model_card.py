@@ -22,3 +22,15 @@ def test_card_opening_names_each_shipped_file_by_its_sha256() -> None:
         digest = hashlib.sha256((WEIGHTS / f"{name}.pt").read_bytes()).hexdigest()
         assert digest[:16] == prefix, f"{name}.pt is {digest[:16]}, the card says {prefix}"
         build_model(name, checkpoint=str(WEIGHTS / f"{name}.pt"))  # strict load: same architecture
+
+
+def test_trust_card_names_the_shipped_trust_model_by_its_sha256_and_threshold() -> None:
+    import json
+
+    card = (WEIGHTS / "TRUST_CARD.md").read_text()
+    (prefix,) = re.findall(r"`trust_v1\.json` \(sha256 first 16: `([0-9a-f]{16})`\)", card)
+    raw = (WEIGHTS / "trust_v1.json").read_bytes()
+    assert hashlib.sha256(raw).hexdigest()[:16] == prefix
+    model = json.loads(raw)
+    assert f"`min_score` = {model['min_score']:.3f}" in card
+    assert f"{model['meta']['rows']:,} rows" in card
