@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["summarize_manifest", "format_quality_table", "format_counts"]
+__all__ = ["summarize_manifest", "format_quality_table", "format_trust", "format_counts"]
 
 
 def _metric_rows(rows: list[dict[str, Any]], tag: str) -> list[dict[str, Any]]:
@@ -34,7 +34,8 @@ def summarize_manifest(table: pa.Table, job_id: str | None = None) -> dict[str, 
 
     Returns {"samples", "ok", "error", "skipped", "error_types": {type: n}, "with_gt",
     "coarse": aggregate_metrics(...), "refined": aggregate_metrics(...) (None without gt),
-    "mean_change_iou", "mean_changed_fraction", "mean_total_ms", "methods": [...]}.
+    "mean_change_iou", "mean_changed_fraction", "mean_total_ms", "methods": [...], "scored" (rows with
+    a trust score), "accepted" / "kept_coarse" (the do-no-harm decisions), "mean_trust_score"}.
     """
     from pipeline.io import latest_rows
     from pipeline.metrics import aggregate_metrics
@@ -63,6 +64,10 @@ def summarize_manifest(table: pa.Table, job_id: str | None = None) -> dict[str, 
         "mean_changed_fraction": mean(r["changed_fraction"] for r in ok),
         "mean_total_ms": mean(r["t_total_ms"] for r in ok),
         "methods": sorted({r["method"] for r in ok if r.get("method")}),
+        "scored": sum(r.get("trust_score") is not None for r in ok),
+        "accepted": sum(r.get("accepted") is True for r in ok),
+        "kept_coarse": sum(r.get("accepted") is False for r in ok),
+        "mean_trust_score": mean(r.get("trust_score") for r in ok),
     }
 
 
@@ -70,9 +75,26 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100.0 * v:.2f}"
 
 
+def format_trust(summary: dict[str, Any], unit: str = "images") -> str:
+    """One line on the trust scores and the do-no-harm decisions ('' when nothing was scored)."""
+    if not summary.get("scored"):
+        return ""
+    line = f"trust: {summary['scored']} {unit} scored (mean score {summary['mean_trust_score']:.2f})"
+    if summary.get("kept_coarse"):
+        line += (f"; refined mask kept for {summary['accepted']}, coarse mask kept for "
+                 f"{summary['kept_coarse']} (score below min_score; refined ones in candidates/)")
+    return line
+
+
 def format_quality_table(summary: dict[str, Any], unit: str = "images") -> str:
     """The thesis-style table: dataset IoU and mean mBA (in %) of coarse vs refined masks;
     ``unit`` names what a row of the manifest is (images; instances or classes for relabel)."""
+    trust = format_trust(summary, unit)
+    table = _quality_table(summary, unit)
+    return f"{table}\n{trust}" if trust else table
+
+
+def _quality_table(summary: dict[str, Any], unit: str) -> str:
     if not summary.get("with_gt"):
         lines = [
             "no ground truth: change between coarse and refined masks",

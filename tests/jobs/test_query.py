@@ -111,6 +111,14 @@ def test_sql_summary_worst_and_failures(manifest, capsys):
         worst = _json_lines(capsys.readouterr().out)
         assert [(r["key"], r["trust_score"], r["accepted"]) for r in worst] == [("y", 0.2, False),
                                                                                 ("z", 0.6, True)]
+    from pipeline.io import read_manifest
+    from pipeline.summary import format_quality_table, summarize_manifest
+
+    summary = summarize_manifest(read_manifest(no_gt))
+    assert (summary["scored"], summary["accepted"], summary["kept_coarse"]) == (3, 2, 1)
+    assert summary["mean_trust_score"] == pytest.approx((0.9 + 0.2 + 0.6) / 3)
+    assert "trust: 3 images scored (mean score 0.57); refined mask kept for 2, coarse mask kept for 1" in \
+        format_quality_table(summary)
 
     assert query_job.main([manifest, "--failures", "--format", "json"]) == 0
     (f,) = _json_lines(capsys.readouterr().out)
