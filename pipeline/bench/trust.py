@@ -339,9 +339,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "kinds": sorted({r["kind"] for r in rows}), "config": args.config, "overrides": args.set,
             "target": f"mBA(refined) - mBA(coarse) > {args.margin:g}", "l2": args.l2})
         scores = [model.score(r) for r in rows]
-        t = choose_min_score(rows, scores, args.max_worse)
+        groups = [{**r, "_group": f"{r.get('source')}|{r['kind']}"} for r in rows]
+        t = choose_min_score(groups, scores, args.max_worse, group="_group")
         rule = (f"the lowest with <= {args.max_worse:.0%} of images worse and the mean mBA >= coarse on "
-                "every kind of the fitting rows")
+                "every kind of every source of the fitting rows")
         model = TrustModel(model.features, model.mean, model.scale, model.coef, model.intercept, t,
                            {**model.meta, "min_score_rule": rule})
         model.save(args.fit)
