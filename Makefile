@@ -25,7 +25,7 @@ test: lint
 	$(BIN)/python -m pytest -q -ra tests
 
 demo: $(STAMP)
-	$(BIN)/samsr refine --config configs/demo.yaml
+	$(BIN)/samsr refine --config configs/demo.yaml $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
