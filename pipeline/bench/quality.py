@@ -47,7 +47,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-__all__ = ["KINDS", "check_kind", "make_coarse", "evaluate", "summarise", "format_table", "main"]
+__all__ = ["KINDS", "check_kind", "parse_kinds", "make_coarse", "evaluate", "summarise", "format_table",
+           "main"]
 
 KINDS = ("lowres8", "lowres16", "perturbed", "identity")
 _FACTOR_KIND = re.compile(r"(lowres|blocky)(\d+)")
@@ -80,6 +81,11 @@ def check_kind(kind: str) -> str:
         return kind
     raise ValueError(f"unknown coarse kind {kind!r}; known: {', '.join(KINDS)}, "
                      f"lowresN or blockyN with N = {FACTORS[0]}..{FACTORS[1]}")
+
+
+def parse_kinds(text: str) -> list[str]:
+    """Comma-separated coarse kinds, each checked by :func:`check_kind` (ValueError naming it)."""
+    return [check_kind(k.strip()) for k in text.split(",") if k.strip()]
 
 
 def _perturbed(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -326,12 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.models import build_model
     from pipeline.refine import RefineOptions
 
-    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    for k in kinds:
-        try:
-            check_kind(k)
-        except ValueError as e:
-            ap.error(f"--kinds: {e}")
+    try:
+        kinds = parse_kinds(args.kinds)
+    except ValueError as e:
+        ap.error(f"--kinds: {e}")
     options = RefineOptions(scales=tuple(float(v) for v in args.scales.split(",")), decode=args.decode,
                             align=args.align, tta=args.tta, gate=args.gate, roi_margin=args.roi_margin,
                             edge_check=args.edge_check, threshold=args.threshold)

@@ -311,17 +311,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.data and not args.from_rows:
         ap.error("give --data or --from-rows")
 
-    from pipeline.bench.quality import check_kind
+    from pipeline.bench.quality import parse_kinds
     from pipeline.config import load_config
     from pipeline.config.typed import parse_override
     from pipeline.refine.trust import load_trust_model
 
-    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    for k in kinds:
-        try:
-            check_kind(k)
-        except ValueError as e:
-            ap.error(f"--kinds: {e}")
+    try:
+        kinds = parse_kinds(args.kinds)
+    except ValueError as e:
+        ap.error(f"--kinds: {e}")
     cfg = load_config(args.config, [parse_override(o) for o in args.set])
     trust_path = args.trust_model or cfg.refine.trust_model
     rows: list[dict[str, Any]] = []
