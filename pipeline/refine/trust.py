@@ -13,8 +13,8 @@ at 0.5; the *band*: pixels within ``band`` px of either line; the *line* of a ma
 
 - ``shift_px``: changed pixels (C xor R) per pixel of C's line: how far the line moved, on average;
 - ``area_change``: (|R| - |C|) / |C|, signed;
-- ``thin_share``: share of the changed pixels lying in changes at most 1 px thick (a whole line
-  moved by a pixel: the refiner's drawing convention, not a correction);
+- ``thin_share``: share of the changed pixels lying in changes (8-connected) at most 2 px wide (a
+  whole line moved by a pixel or two: the refiner's drawing convention, not a correction);
 - ``band_uncertainty``: mean of 1 - |2p - 1| over the band (p: the refined probability);
 - ``band_spread``: mean over the band of the test-time augmentation passes' standard deviation
   (0 without TTA): the passes disagree where the refiner is unsure;
@@ -144,8 +144,8 @@ def trust_features(prob: np.ndarray, coarse01: np.ndarray, image: np.ndarray,
         blurred = cv2.GaussianBlur(c32, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE) > 0.5
         out[name] = int(np.count_nonzero(blurred != c)) / max(1, n_old)
     if n_changed:
-        # thickness: distance to the nearest unchanged pixel (chessboard metric); <= 1 px thick
-        # changes have no pixel farther than 1 from the unchanged side, so find their components
+        # thickness: chessboard distance to the nearest unchanged pixel; a change at most 2 px wide
+        # has no pixel farther than 1 from an unchanged one
         dist = cv2.distanceTransform(changed.astype(np.uint8), cv2.DIST_C, 3)
         n, labels = cv2.connectedComponents(changed.astype(np.uint8), connectivity=8)
         thickest = np.zeros(n, np.float32)
