@@ -356,7 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 r["score"] = model.score(r)
         min_score = args.min_score if args.min_score is not None else (
             cfg.refine.min_score if cfg.refine.min_score is not None else (model.min_score if model else 0.0))
-    print(f"\nconfig {args.config} {' '.join(args.set)}; trust model {trust_path}; min_score {min_score:.3f}")
+    overrides = "".join(f" --set {o}" for o in args.set)
+    print(f"\nconfig {args.config}{overrides}; trust model {trust_path}; min_score {min_score:.3f}")
     for source in dict.fromkeys(str(r.get("source")) for r in rows):
         part = [r for r in rows if str(r.get("source")) == source]
         print(f"\n{source} ({len({r['key'] for r in part})} images):")
