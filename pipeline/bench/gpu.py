@@ -41,13 +41,23 @@ SMALL = dict(sizes=((192, 128),), model="crm_mnv2", sam_model="tiny", sam_points
              images=3, image_size=(128, 96))
 
 
-class GpuSampler:
-    """GPU utilisation (percent) sampled by ``nvidia-smi`` every ``interval_ms`` in the background;
-    ``mean`` is None where there is no ``nvidia-smi`` (no NVIDIA GPU)."""
+def visible_gpu_ids(environ=None) -> list[str]:
+    """The GPUs this process may use, as ``nvidia-smi --id`` takes them: the entries of
+    ``CUDA_VISIBLE_DEVICES`` (indexes or UUIDs) when set, else [] (every GPU)."""
+    value = (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
 
-    def __init__(self, index: int = 0, interval_ms: int = 200) -> None:
+
+class GpuSampler:
+    """GPU utilisation (percent) sampled by ``nvidia-smi`` every ``interval_ms`` in the background,
+    over the GPUs this process sees (``ids``, default :func:`visible_gpu_ids`; one line per GPU
+    and sample, so ``mean`` is the mean over those GPUs); ``mean`` is None where there is no
+    ``nvidia-smi`` (no NVIDIA GPU)."""
+
+    def __init__(self, ids: list[str] | None = None, interval_ms: int = 200) -> None:
+        ids = visible_gpu_ids() if ids is None else ids
         self.cmd = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                    f"--id={index}", f"-lms={interval_ms}"]
+                    *([f"--id={','.join(ids)}"] if ids else []), f"-lms={interval_ms}"]
         self.samples: list[tuple[float, float]] = []  # (time.time(), busy fraction)
         self.proc: subprocess.Popen | None = None
         self.thread: threading.Thread | None = None

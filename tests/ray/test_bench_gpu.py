@@ -40,3 +40,15 @@ def test_benchmark_gpu_rejects_unknown_parts(capsys):
     with pytest.raises(SystemExit):
         benchmark_main(["gpu", "--parts", "refiner,nope"])
     assert "unknown ['nope']" in capsys.readouterr().err
+
+
+def test_gpu_sampler_reads_the_gpus_this_process_sees(monkeypatch):
+    from pipeline.bench.gpu import visible_gpu_ids
+
+    assert visible_gpu_ids({"CUDA_VISIBLE_DEVICES": "2, 3"}) == ["2", "3"]
+    assert visible_gpu_ids({}) == [] and visible_gpu_ids({"CUDA_VISIBLE_DEVICES": ""}) == []
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,GPU-abc")
+    assert "--id=3,GPU-abc" in GpuSampler().cmd
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert not any(a.startswith("--id") for a in GpuSampler().cmd)  # every GPU, not GPU 0 only
+    assert "--id=1" in GpuSampler(["1"]).cmd
