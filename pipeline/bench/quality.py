@@ -47,8 +47,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-__all__ = ["KINDS", "check_kind", "parse_kinds", "make_coarse", "evaluate", "summarise", "format_table",
-           "main"]
+__all__ = ["KINDS", "check_kind", "parse_kinds", "make_coarse", "binary_mask", "evaluate", "summarise",
+           "format_table", "main"]
 
 KINDS = ("lowres8", "lowres16", "perturbed", "identity")
 _FACTOR_KIND = re.compile(r"(lowres|blocky)(\d+)")
@@ -117,6 +117,11 @@ def make_coarse(gt: np.ndarray, kind: str, key: str, seed: int = 0) -> np.ndarra
         return _perturbed(g, _rng(key, kind, seed))
     m = _FACTOR_KIND.fullmatch(kind)
     return _lowres(g, int(m.group(2)), blocky=m.group(1) == "blocky")
+
+
+def binary_mask(mask: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 {0, 255} of a probability map (> 0.5) or a uint8 mask (> 128), as judged here."""
+    return np.where(mask > (0.5 if mask.dtype.kind == "f" else 128), 255, 0).astype(np.uint8)
 
 
 def _area_change(mask: np.ndarray, gt: np.ndarray) -> float:
@@ -219,7 +224,7 @@ def evaluate(model, refs: Sequence[Any], kinds: Sequence[str] = KINDS, options=N
             for name, mask in (("coarse", coarse), ("refined", prob)):
                 row[name] = image_metrics(mask, truth)
                 row[name]["area_change"] = _area_change(mask, truth)
-                binary = np.where(mask > (0.5 if mask.dtype.kind == "f" else 128), 255, 0).astype(np.uint8)
+                binary = binary_mask(mask)
                 row[name]["edge_offset"] = edge_offset(image, binary)
                 if save_masks:
                     cv2.imwrite(os.path.join(save_masks, f"{name_of}_{kind}_{name}.png"), binary)

@@ -143,10 +143,10 @@ def choose_min_score(rows: Sequence[Mapping[str, Any]], scores: Sequence[float],
 
 
 def _edge_offset(image: np.ndarray, mask: np.ndarray) -> float:
+    from pipeline.bench.quality import binary_mask
     from pipeline.train.regions import edge_offset
 
-    binary = np.where(mask > (0.5 if mask.dtype.kind == "f" else 128), 255, 0).astype(np.uint8)
-    return float(edge_offset(image, binary))
+    return float(edge_offset(image, binary_mask(mask)))
 
 
 def move_line(truth: np.ndarray, px: int) -> np.ndarray:
