@@ -1,0 +1,1 @@
+"""The Ray wing (filled in by the next commit)."""
