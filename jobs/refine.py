@@ -123,10 +123,10 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(cfg):
-    """Check what the job needs, then run it; returns pipeline.ray_runner.RunResult. Raises
+    """Check what the job needs, then run it; returns pipeline.runner.refine.RunResult. Raises
     ValueError (bad config, unlistable input: nothing processed) or JobStalledError."""
     from pipeline.config.preflight import check_runtime
-    from pipeline.ray_runner import run_refine
+    from pipeline.runner.refine import run_refine
 
     check_runtime(cfg)
     return run_refine(cfg)
@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None, prog: str = "samsr refine") -> int:
     except ValueError as e:
         print(f"{prog}: config error: {e}", file=sys.stderr)
         return 2
-    from pipeline.ray_runner import JobStalledError, format_run
+    from pipeline.runner.progress import JobStalledError
+    from pipeline.runner.refine import format_run
 
     try:
         result = run(cfg)

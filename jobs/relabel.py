@@ -123,9 +123,9 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(cfg):
-    """Check, then run; returns pipeline.relabel_runner.RelabelResult."""
+    """Check, then run; returns pipeline.runner.relabel.RelabelResult."""
     from pipeline.config.preflight import check_relabel
-    from pipeline.relabel_runner import run_relabel
+    from pipeline.runner.relabel import run_relabel
 
     check_relabel(cfg)
     return run_relabel(cfg)
@@ -146,8 +146,8 @@ def main(argv: list[str] | None = None, prog: str = "samsr relabel") -> int:
     except ValueError as e:
         print(f"{prog}: config error: {e}", file=sys.stderr)
         return 2
-    from pipeline.ray_runner import JobStalledError
-    from pipeline.relabel_runner import format_relabel, run_relabel
+    from pipeline.runner.progress import JobStalledError
+    from pipeline.runner.relabel import format_relabel, run_relabel
 
     try:
         result = run_relabel(cfg)

@@ -12,7 +12,7 @@
 Every key is in ``configs/train.yaml`` (with its default); flags override the file and
 ``--set section.key=value`` overrides both. Data: ``data.uris`` (``--data``, repeatable) in any
 input layout with ground truth and/or ``data.photos`` for composites made on the fly. Training
-runs as a Ray Train ``TorchTrainer`` (``pipeline.train_runner``) on a local Ray (default) or
+runs as a Ray Train ``TorchTrainer`` (``pipeline.runner.train``) on a local Ray (default) or
 ``run.address`` / ``RAY_ADDRESS``; ``--no-ray`` runs the same loop in this process. Re-running
 the same command after a kill resumes from the newest checkpoint in ``run.checkpoint_dir``.
 Exit status: 0 done, 2 bad config.
@@ -303,13 +303,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "samsr train") -> int:
 
             print(json.dumps(train_config_to_dict(cfg), indent=2))
             return 0
-        from pipeline.train_runner import check_train
+        from pipeline.train.job import check_train
 
         check_train(cfg)
     except ValueError as e:
         print(f"{prog}: config error: {e}", file=sys.stderr)
         return 2
-    from pipeline.train_runner import run_train
+    from pipeline.runner.train import run_train
 
     result = run_train(cfg)
     print(f"[train] done: {result}", flush=True)

@@ -1,7 +1,7 @@
 """The SQL over refine manifests, in one place (DuckDB, in-process; local, S3 or any fsspec URL).
 
 Views: ``manifest`` (every row: one per sample and attempt) and ``latest`` (one row per key: its
-newest ok row, else its newest row; :data:`LATEST_SQL`, also behind
+newest ok row, else its newest row; ``pipeline.io.manifest_sql.LATEST_SQL``, also behind
 ``pipeline.io.latest_rows``). The summary's dataset IoU is total intersection over total union
 (DESIGN 3), as ``pipeline.metrics.aggregate_metrics`` computes it. Remote manifests are read
 through the fsspec filesystem registered with DuckDB (no httpfs extension is installed).
@@ -12,15 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["WORST_BY", "HAS_GT_SQL", "LATEST_SQL", "SUMMARY_SQL", "FAILURES_SQL", "worst_sql", "connect",
-           "query", "latest_of_table"]
+from pipeline.io.manifest_sql import LATEST_SQL, duckdb_connect
 
-# The "latest row per key" rule: its newest ok row, else its newest row (later attempts win ties).
-LATEST_ORDER = "(status = 'ok') DESC, finished_at DESC NULLS LAST, attempt DESC NULLS LAST"
-LATEST_SQL = f"""
-SELECT * FROM manifest
-QUALIFY row_number() OVER (PARTITION BY key ORDER BY {LATEST_ORDER}) = 1
-"""
+__all__ = ["WORST_BY", "HAS_GT_SQL", "LATEST_SQL", "SUMMARY_SQL", "FAILURES_SQL", "worst_sql", "connect",
+           "query"]
 
 SUMMARY_SQL = """
 SELECT job_id, method,
@@ -81,13 +76,9 @@ def _parts_glob(prefix: str) -> tuple[str, Any]:
 
 def connect(prefix: str):
     """A DuckDB connection with views ``manifest`` and ``latest`` over the parts under ``prefix``."""
-    import duckdb
-
     from pipeline.io import MANIFEST_SCHEMA, open_fs
 
-    con = duckdb.connect()
-    con.execute("SET autoinstall_known_extensions = false")
-    con.execute("SET autoload_known_extensions = false")
+    con = duckdb_connect()
     glob, fs = _parts_glob(prefix)
     if fs is not None:
         con.register_filesystem(fs)
@@ -107,22 +98,5 @@ def query(prefix: str, sql: str) -> tuple[list[str], list[tuple]]:
     try:
         cur = con.execute(sql)
         return [d[0] for d in cur.description], cur.fetchall()
-    finally:
-        con.close()
-
-
-def latest_of_table(table):
-    """:data:`LATEST_SQL` over an in-memory manifest table (pyarrow), rows in key order."""
-    import duckdb
-
-    con = duckdb.connect()
-    try:
-        con.execute("SET autoinstall_known_extensions = false")
-        con.execute("SET autoload_known_extensions = false")
-        con.register("manifest", table)
-        rel = con.sql(f"SELECT * FROM ({LATEST_SQL}) ORDER BY key")
-        # a relation, not a DB-API cursor (DuckDB 2.x warns that a cursor's Arrow output is a copy)
-        fetch = getattr(rel, "to_arrow_table", None) or rel.fetch_arrow_table  # DuckDB 2.x / 1.x
-        return fetch().cast(table.schema)
     finally:
         con.close()

@@ -1,6 +1,6 @@
 """The per-sample work of the refine pipeline, as batch functions over dicts of numpy arrays.
 
-``pipeline.ray_runner`` runs these as Ray Data UDFs; they know nothing of Ray themselves, so
+``pipeline.runner.refine`` runs these as Ray Data UDFs; they know nothing of Ray themselves, so
 they can be called (and tested) directly. A batch is a dict of equal-length columns:
 
   ``meta``         str: JSON of the sample's scalar fields (key, ref, status, timings, ...)

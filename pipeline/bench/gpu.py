@@ -117,7 +117,7 @@ def _pipeline(images: int, size: tuple[int, int], model: str, work: str, device:
     from pipeline.config import load_config
     from pipeline.io import read_manifest
     from pipeline.io.weights import save_checkpoint
-    from pipeline.ray_runner import run_refine
+    from pipeline.runner.refine import run_refine
 
     checkpoint = os.path.join(work, f"{model}_random.pt")
     save_checkpoint(_calibrated_model(model, 0), checkpoint)

@@ -16,7 +16,7 @@ job config throughout:
    images. Both are pinned to the same ``--cores`` CPU cores (``sched_setaffinity``; Ray's
    processes inherit it), so Ray's own processes compete for the same cores as the work, and
    its pipelining across stages cannot hide its cost. Masks must come out byte-identical.
-2. **Scaling.** A two-node local cluster (:class:`pipeline.bench.cluster.LocalCluster`, one CPU
+2. **Scaling.** A two-node local cluster (:class:`pipeline.runner.local_cluster.LocalCluster`, one CPU
    per node, each node pinned to its own core, so the nodes share no core) runs the job through
    ``python -m jobs.refine`` with one, then two workers per model stage. Efficiency = images/s
    with 2 / (2 x images/s with 1). With a proposal stage (samsr methods) one "worker" is two
@@ -96,15 +96,15 @@ def bare_loop(cfg, threads: int) -> tuple[list[dict], float]:
     """Every sample of ``cfg.input`` through the stage functions in this process, one at a time.
     Returns (manifest rows, start time)."""
     from pipeline.io import list_samples
-    from pipeline.ray_runner import _static_fields
+    from pipeline.runner.job import static_fields
+    from pipeline.runner.workers import ProposalWorker, RefinerWorker, proposal_kwargs, refiner_kwargs
     from pipeline.stages import decode_batch, finish_batch, make_batch
-    from pipeline.workers import ProposalWorker, RefinerWorker, proposal_kwargs, refiner_kwargs
 
     refs = list_samples(cfg.input.uri, cfg.input.layout)
     t_start = time.time()
     proposals = ProposalWorker(**proposal_kwargs(cfg, threads)) if cfg.uses_sam else None
     refiner = RefinerWorker(**refiner_kwargs(cfg, threads))
-    static = _static_fields(cfg, "bare-loop")
+    static = static_fields(cfg, "bare-loop")
     rows = []
     for ref in refs:
         batch = make_batch([{"meta": {"key": ref.key, "ref": ref.to_dict(), "attempt": 1}}], ())
@@ -152,12 +152,11 @@ def _masks(rows: list[dict]) -> dict[str, bytes]:
 
 
 def _overhead(cfg, work: str, cores: int, threads: int) -> dict[str, Any]:
-    import ray
-
     from pipeline.io import read_manifest
-    from pipeline.ray_runner import run_refine
+    from pipeline.runner.cluster import ray_is_initialized
+    from pipeline.runner.refine import run_refine
 
-    if ray.is_initialized():
+    if ray_is_initialized():
         raise RuntimeError("benchmark pipeline starts its own pinned local Ray: run it in a process "
                            "that has not initialised Ray")
     workers = {"refine_actors": 1, "sam_actors": 1, "num_cpus": cores, "progress": False}
@@ -219,7 +218,7 @@ def _model_actor_nodes(cluster) -> dict[str, str]:
 
 
 def _scaling(cfg, work: str, threads: int, timeout_s: float) -> dict[str, Any]:
-    from pipeline.bench.cluster import LocalCluster
+    from pipeline.runner.local_cluster import LocalCluster
 
     tmp = tempfile.mkdtemp(prefix="samsr-bc-", dir="/tmp")  # short: Ray's socket paths are length-limited
     try:

@@ -2,7 +2,7 @@
 
 ``plan``: a synthetic COCO file (default 10,000 images, 100,000 polygon annotations of 24 points,
 made at 1/4 of the images' size) is written to a temporary folder and planned exactly as a job
-plans it (``pipeline.relabel_runner.plan_relabel``: read, parse, index, one item per image).
+plans it (``pipeline.relabel.plan.plan_relabel``: read, parse, index, one item per image).
 Prints the file size and the seconds for the read + parse and for the whole plan.
 
 ``memory`` (``--memory``): one large image (default 6000x4000) with N instances (default 25 and
@@ -58,7 +58,7 @@ def synthetic_coco(images: int, annotations: int, points: int = 24, size: tuple[
 
 def bench_plan(images: int, annotations: int, points: int) -> dict[str, Any]:
     from pipeline.config import config_from_dict
-    from pipeline.relabel_runner import plan_relabel
+    from pipeline.relabel.plan import plan_relabel
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "instances.json"

@@ -167,7 +167,7 @@ def evaluate(refiner, refs: Sequence[Any], kinds: Sequence[str] = TRUST_KINDS, *
              ) -> list[dict[str, Any]]:
     """One row per (sample, kind): the trust features, the score of ``refiner.trust_model``, the
     coarse / refined metrics against the truth, edge offsets and times. ``refiner``: a
-    :class:`pipeline.workers.LoadedRefiner` (its model, options, device and trust model are used;
+    :class:`pipeline.refine.loaded.LoadedRefiner` (its model, options, device and trust model are used;
     its accept policy is not: both outputs are judged). ``proposer``: the proposal generator of a
     samsr-v2.1 model (None for crm). ``truth_offset``: :func:`move_line` on each truth first."""
     from pipeline.bench.quality import _shrink, make_coarse
@@ -367,7 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(cfg, args, kinds: Sequence[str], trust_path: str | None) -> list[dict[str, Any]]:
     from pipeline.io import list_samples
-    from pipeline.workers import LoadedRefiner, ProposalWorker, proposal_kwargs, refine_options
+    from pipeline.refine.loaded import LoadedRefiner, refine_options
+    from pipeline.runner.workers import ProposalWorker, proposal_kwargs
 
     if cfg.method == "samsr-v1":
         raise SystemExit("samsr benchmark trust: method samsr-v1 is not supported (crm or samsr-v2.1)")

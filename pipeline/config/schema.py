@@ -164,7 +164,7 @@ class RayConfig:
     decode_tasks: int | None = _f(None, _positive)  # decode tasks in flight
     cpus_per_actor: float | None = _f(None, _positive)
     gpus_per_actor: float | None = _f(None, _non_negative)
-    # Ray memory asked per refiner actor; None: from input.max_pixels (pipeline.plan.refiner_memory)
+    # Ray memory asked per refiner actor; None: from input.max_pixels (pipeline.runner.plan.refiner_memory)
     refine_actor_memory_gb: float | None = _f(None, _positive)
     actor_start_timeout_s: float = _f(600.0, _positive)  # wait this long for the model actors to start
     manifest_rows_per_part: int = _f(256, _positive)

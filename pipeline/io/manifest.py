@@ -307,10 +307,10 @@ def completed_keys(output_prefix: str) -> set[str]:
 
 def latest_rows(table: pa.Table) -> pa.Table:
     """One row per key: its newest ``ok`` row if any, else its newest row (by finished_at; a
-    later attempt wins a tie), in key order. The rule is ``pipeline.query.LATEST_SQL``, the same
-    SQL that ``samsr query`` uses for its ``latest`` view."""
+    later attempt wins a tie), in key order. The rule is ``pipeline.io.manifest_sql.LATEST_SQL``, the
+    same SQL that ``samsr query`` uses for its ``latest`` view."""
     if table.num_rows == 0:
         return table
-    from pipeline.query import latest_of_table
+    from .manifest_sql import latest_of_table
 
     return latest_of_table(table)

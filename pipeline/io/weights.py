@@ -8,8 +8,11 @@
   crashed download never leaves a half file that looks complete.
 - `save_checkpoint` / `checkpoint_hash`: the official key format, sha256 of the stored bytes.
 
-Fitting a state dict to a model (prefix stripping, stem growth, strict key/shape checks) is
-pure and lives in `pipeline.models.checkpoint.load_weights`. Every error is a
+- `read_torch_bytes`: the same loader for bytes already read (training checkpoints).
+
+Every file samsr reads with torch goes through here: refiner, SAM, the ImageNet MobileNetV2
+backbone, training checkpoints. Fitting a state dict to a model (prefix stripping, stem growth,
+strict key/shape checks) is pure and lives in `pipeline.models.checkpoint.load_weights`. Every error is a
 `CheckpointError` (a ValueError) naming the file and, for a mismatch, the first bad key.
 """
 
@@ -21,17 +24,30 @@ import io
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import torch
 from torch import Tensor, nn
 
-from pipeline.models.checkpoint import OFFICIAL_PREFIX, CheckpointError, strip_prefix
-
-__all__ = ["CheckpointError", "read_state_dict", "save_checkpoint", "checkpoint_hash", "cache_dir",
-           "local_copy"]
+__all__ = ["CheckpointError", "OFFICIAL_PREFIX", "strip_prefix", "read_state_dict", "read_torch_bytes",
+           "save_checkpoint", "checkpoint_hash", "cache_dir", "local_copy"]
 
 _WRAPPER_KEYS = ("state_dict", "model")
+
+OFFICIAL_PREFIX = "module."  # nn.DataParallel(model).state_dict()
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or does not fit the model.
+
+    The message names the file and the first bad key (and shapes where relevant).
+    """
+
+
+def strip_prefix(state_dict: dict[str, Tensor], prefix: str = OFFICIAL_PREFIX) -> dict[str, Tensor]:
+    """Remove `prefix` ("module.") from the keys that carry it."""
+    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
 
 
 def cache_dir() -> Path:
@@ -91,14 +107,9 @@ def _source(uri: str, cache: bool | str | Path, what: str) -> Path | bytes:
         raise CheckpointError(f"{what} {uri}: cannot be opened ({exc})") from exc
 
 
-def read_state_dict(uri: str, *, cache: bool | str | Path = False,
-                    what: str = "checkpoint") -> dict[str, Tensor]:
-    """Read a state dict (key -> tensor) from a path or fsspec URL (see the module docstring).
-
-    Keys are returned as stored (``pipeline.models.checkpoint.strip_prefix`` removes
-    ``module.``). ``what`` starts every error message (e.g. "SAM checkpoint").
-    """
-    src = _source(str(uri), cache, what)
+def _load(src: Path | bytes, uri: str, what: str) -> Any:
+    """The one ``torch.load`` of samsr: gzip-compressed data accepted, ``map_location="cpu"``,
+    ``weights_only=True`` (never pickled code); every failure a CheckpointError naming ``uri``."""
     if isinstance(src, Path):  # torch.load reads a file without a second copy in memory
         with open(src, "rb") as f:
             gz = f.read(2) == b"\x1f\x8b"
@@ -111,14 +122,30 @@ def read_state_dict(uri: str, *, cache: bool | str | Path = False,
         except (OSError, EOFError) as exc:
             raise CheckpointError(f"{what} {uri}: truncated or corrupt gzip data ({exc})") from exc
     try:
-        obj = torch.load(io.BytesIO(data) if isinstance(data, bytes) else data, map_location="cpu",
-                         weights_only=True)
+        return torch.load(io.BytesIO(data) if isinstance(data, bytes) else data, map_location="cpu",
+                          weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise CheckpointError(
             f"{what} {uri}: cannot be read, truncated or not a torch state dict "
             f"({type(exc).__name__}: {first})"
         ) from exc
+
+
+def read_torch_bytes(data: bytes, uri: str, what: str = "checkpoint") -> Any:
+    """A torch file's object (tensors, dicts, numbers: ``weights_only``) from bytes already read,
+    e.g. a training checkpoint (``pipeline.train.checkpoint``); CheckpointError naming ``uri``."""
+    return _load(data, uri, what)
+
+
+def read_state_dict(uri: str, *, cache: bool | str | Path = False,
+                    what: str = "checkpoint") -> dict[str, Tensor]:
+    """Read a state dict (key -> tensor) from a path or fsspec URL (see the module docstring).
+
+    Keys are returned as stored (:func:`strip_prefix` removes ``module.``). ``what`` starts
+    every error message (e.g. "SAM checkpoint").
+    """
+    obj = _load(_source(str(uri), cache, what), uri, what)
     for wrapper in _WRAPPER_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]

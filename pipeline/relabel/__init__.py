@@ -5,5 +5,5 @@ encode), ``crops`` (the crop rule), ``instances`` (one image's instances), ``lab
 write, per-class windows, the merge), ``evaluation`` (COCO mask AP, mIoU, mBA).
 With storage, still without Ray: ``stages`` (the batch functions the Ray runner maps) and
 ``quality`` (before/after scores of a finished job for ``samsr evaluate``). The Ray wiring is
-``pipeline.relabel_runner``.
+``pipeline.runner.relabel``.
 """

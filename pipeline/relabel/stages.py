@@ -1,5 +1,5 @@
 """The per-image work of ``samsr relabel`` as batch functions over dicts of numpy arrays, like
-``pipeline.stages`` for ``samsr refine`` (``pipeline.relabel_runner`` runs them on Ray; they
+``pipeline.stages`` for ``samsr refine`` (``pipeline.runner.relabel`` runs them on Ray; they
 know nothing of Ray).
 
 One item is one image with all its objects. Columns (the names of ``pipeline.stages``, so the

@@ -1,7 +1,8 @@
-"""The refine driver's progress machinery (no Ray Data): the manifest writer, the watchdog that
+"""Every job driver's progress machinery (no Ray Data): the manifest writer, the watchdog that
 flushes rows on a timer and fails a stalled job, and the signals that stop the driver cleanly.
 
-Used by :func:`pipeline.ray_runner.run_refine`; the rules are in its module docstring.
+Used by every job through :func:`pipeline.runner.job.stream_rows`; the rules are in the module
+docstring of ``pipeline.runner.refine``.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.plan import StagePlan
+from pipeline.runner.cluster import alive_nodes
+from pipeline.runner.plan import StagePlan
 
-__all__ = ["JobStalledError", "ManifestWriter", "Watchdog", "DriverSignals", "DriverInterrupt", "alive_nodes",
+__all__ = ["JobStalledError", "ManifestWriter", "Watchdog", "DriverSignals", "DriverInterrupt",
            "describe_stall", "DropRayNotices", "RAY_NOTICE_LINES",
            "shorten_worker_death"]
 
@@ -144,14 +146,6 @@ class DriverSignals:
     def __exit__(self, *exc) -> None:
         for sig, old in self.saved.items():
             signal.signal(sig, old)
-
-
-def alive_nodes() -> list[tuple[float, float]]:
-    """(CPUs, GPUs) of each alive node."""
-    import ray
-
-    return [(float(n["Resources"].get("CPU", 0.0)), float(n["Resources"].get("GPU", 0.0)))
-            for n in ray.nodes() if n.get("Alive")]
 
 
 def describe_stall(idle: float, limit: float, plan: StagePlan, nodes: list[tuple[float, float]],

@@ -9,7 +9,7 @@ descendants every ``interval`` seconds; when the pipe closes without the driver 
 PID *and* start time, so a reused PID is never touched). A driver that stops Ray itself calls
 `Reaper.close()` first, and the sentinel exits without touching anything.
 
-    python -m pipeline.reaper DRIVER_PID   # what `watch` runs; reads the pipe on stdin
+    python -m pipeline.runner.reaper DRIVER_PID   # what `watch` runs; reads the pipe on stdin
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def watch(pid: int | None = None, interval: float = 0.5) -> Reaper:
     """Start the sentinel for ``pid`` (default: this process)."""
     pid = os.getpid() if pid is None else pid
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.reaper", str(pid), str(interval)],
+        [sys.executable, "-m", "pipeline.runner.reaper", str(pid), str(interval)],
         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,  # not in the driver's process group: a Ctrl-C there is not ours
     )

@@ -32,134 +32,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
-import math
-import os
-import secrets
-import signal
-import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.config import RayConfig, RefineJobConfig, with_absolute_paths
-from pipeline.plan import StagePlan, describe_memory, plan_job, plan_stages
-from pipeline.progress import (
-    DriverSignals,
-    DropRayNotices,
-    JobStalledError,
-    ManifestWriter,
-    Watchdog,
-    alive_nodes,
-    describe_stall,
-)
+from pipeline.config import RefineJobConfig, with_absolute_paths
+from pipeline.runner.job import items_dataset, new_run_id, run_on_ray, static_fields
+from pipeline.runner.plan import StagePlan, describe_memory
+from pipeline.runner.progress import ManifestWriter
+from pipeline.runner.workers import ProposalWorker, RefinerWorker, proposal_kwargs, refiner_kwargs
 from pipeline.stages import decode_batch, finish_batch
-from pipeline.workers import ProposalWorker, RefinerWorker, proposal_kwargs, refiner_kwargs
 
-__all__ = ["StagePlan", "plan_stages", "init_ray", "shutdown_ray", "run_refine", "RunResult", "format_run",
-           "JobStalledError"]
-
-
-class _DropNotices(logging.Filter):
-    """Drops log records whose message starts with one of ``starts`` (Ray's notices about
-    choices this job made on purpose, which users took for errors)."""
-
-    def __init__(self, *starts: str) -> None:
-        super().__init__()
-        self.starts = starts
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.starts)
-
-
-# the local Ray we start keeps token auth on (Ray's default) and we show our own progress bar
-_QUIET = {
-    "ray._private.authentication.authentication_token_setup": ("Token authentication is enabled",),
-    "ray.data._internal.progress": ("Progress bars disabled", "Progress bars for operators disabled"),
-}
-
-
-def quiet_ray_notices() -> None:
-    """Silence the notices of `_QUIET` (idempotent); every other Ray message still shows."""
-    for name, starts in _QUIET.items():
-        log = logging.getLogger(name)
-        if not any(isinstance(f, _DropNotices) for f in log.filters):
-            log.addFilter(_DropNotices(*starts))
-
-
-_REAPER = None  # pipeline.reaper sentinel of the local Ray this process started
-
-
-def init_ray(cfg: RayConfig) -> bool:
-    """The one way jobs reach Ray: an already initialised Ray, ``ray.address`` / $RAY_ADDRESS,
-    or a local Ray started in-process (with a `pipeline.reaper` sentinel that stops it if this
-    process dies without `shutdown_ray`). Returns True when this call started or joined it;
-    the caller then calls ``shutdown_ray(started)``."""
-    global _REAPER
-    import ray
-
-    quiet_ray_notices()
-    if ray.is_initialized():
-        return False
-    address = cfg.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        from pipeline.reaper import watch
-
-        ray.init(
-            num_cpus=cfg.num_cpus,
-            num_gpus=cfg.num_gpus,
-            object_store_memory=cfg.object_store_memory,
-            include_dashboard=False,
-        )
-        _REAPER = watch()
-    return True
-
-
-def shutdown_ray(started: bool) -> None:
-    """Disconnect (and stop the local Ray) if ``init_ray`` returned True."""
-    global _REAPER
-    if not started:
-        return
-    import ray
-
-    if _REAPER is not None:
-        _REAPER.close()
-        _REAPER = None
-    ray.shutdown()
-
-
-def _static_fields(cfg: RefineJobConfig, run_id: str) -> dict[str, Any]:
-    from pipeline.io.weights import checkpoint_hash
-
-    sam_model, sam_hash = _proposal_source(cfg) if cfg.uses_sam else (None, None)  # hashes SAM once
-    return {
-        "job_id": cfg.job_id,
-        "run_id": run_id,
-        "method": cfg.method,
-        "model_name": cfg.model.name,
-        "model_hash": checkpoint_hash(cfg.model.checkpoint),
-        "sam_model": sam_model,
-        "sam_hash": sam_hash,
-        "decode_mode": cfg.refine.decode,
-        "decode_stride": cfg.refine.stride if cfg.refine.decode == "strided" else None,
-    }
-
-
-def _proposal_source(cfg: RefineJobConfig) -> tuple[str, str]:
-    """What the manifest records as ``sam_model`` and ``sam_hash``: the SAM model type and its
-    checkpoint's hash, or ``regions:<algorithm>`` and the hash of the regions parameters."""
-    if cfg.sam.proposals == "regions":
-        from pipeline.sam.regions import RegionSettings
-
-        settings = RegionSettings(**dataclasses.asdict(cfg.regions))
-        return settings.describe(), settings.digest()
-    from pipeline.io.weights import checkpoint_hash
-
-    return cfg.sam.model_type, checkpoint_hash(cfg.sam.checkpoint)
+__all__ = ["build_dataset", "run_refine", "RunResult", "format_run"]
 
 
 def build_dataset(items: list[dict], cfg: RefineJobConfig, plan: StagePlan, static: dict[str, Any]):
@@ -167,9 +52,7 @@ def build_dataset(items: list[dict], cfg: RefineJobConfig, plan: StagePlan, stat
     import ray.data as rd
 
     bs = cfg.ray.batch_size
-    per_block = max(1, math.ceil(len(items) / 10_000))
-    ds = rd.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / per_block)))
-    ds = ds.map_batches(
+    ds = items_dataset(items).map_batches(
         decode_batch,
         batch_size=bs,
         batch_format="numpy",
@@ -234,106 +117,17 @@ class RunResult:
         return self.processed / self.wall_s if self.wall_s > 0 else 0.0
 
 
-def _progress(total: int, enabled: bool, unit: str = "img", desc: str = "refine"):
-    from tqdm import tqdm
-
-    tty = sys.stderr.isatty()
-    return tqdm(
-        total=total,
-        unit=unit,
-        desc=desc,
-        file=sys.stderr,
-        disable=not enabled,
-        mininterval=0.5 if tty else 10.0,
-        dynamic_ncols=tty,
-    )
-
-
-def _configure_data_context(cfg: RefineJobConfig) -> None:
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.enable_operator_progress_bars = False
-    # start processing only when every pool actor is up (else the first actor may take
-    # all the work before the others exist); a pool that cannot start fails clearly
-    ctx.wait_for_min_actors_s = int(cfg.ray.actor_start_timeout_s)
-
-
-def stream_rows(
-    ds,
-    cfg: RefineJobConfig,
-    plan: StagePlan,
-    nodes: list[tuple[float, float]],
-    writer: ManifestWriter,
-    total: int,
-    *,
-    on_row: Callable[[dict], None] | None = None,
-    unit: str = "img",
-    desc: str = "refine",
-    counts_item: Callable[[dict], bool] = lambda row: True,
-    stall_timeout_s: float | None = None,
-) -> Counter:
-    """Drive ``ds`` (rows ``{"row": json}``) to the end on the driver: every manifest row goes to
-    ``writer``; rows for which ``counts_item(row)`` holds advance the progress bar and the
-    returned status counts (``total`` of them expected). A watchdog flushes on a timer and fails
-    the job with JobStalledError when nothing finishes for ``stall_timeout_s`` (default
-    ``ray.stall_timeout_s``); SIGTERM flushes and exits 143."""
-    import ray
-
-    stall_s = cfg.ray.stall_timeout_s if stall_timeout_s is None else stall_timeout_s
-    counts: Counter = Counter()
-    bar = _progress(total, cfg.ray.progress, unit, desc)
-    with DropRayNotices(), DriverSignals() as sig:
-        describe = lambda idle: describe_stall(idle, stall_s, plan, nodes,  # noqa: E731
-                                                sum(counts.values()), total)
-        dog = Watchdog(writer, stall_s, describe, interrupt=sig.active,
-                        startup_s=cfg.ray.actor_start_timeout_s)
-        dog.start()
-        try:
-            for out in ds.iter_rows():
-                row = json.loads(out["row"])
-                dog.progress(row)
-                if not writer.add(row):
-                    continue
-                if counts_item(row):
-                    counts[row["status"]] += 1
-                    bar.update(1)
-                    bar.set_postfix(ok=counts["ok"], failed=counts["error"], refresh=False)
-                if on_row is not None:
-                    on_row(row)
-        except ray.exceptions.GetTimeoutError as exc:  # Ray Data: the pool's actors did not start
-            if dog.rows:
-                raise
-            why = f"model actors did not start within ray.actor_start_timeout_s = " \
-                  f"{cfg.ray.actor_start_timeout_s:g} s ({exc}); "
-            raise JobStalledError(why + describe(time.monotonic() - dog.last_progress)) from None
-        except KeyboardInterrupt:
-            if dog.stalled is not None:
-                raise JobStalledError(dog.stalled) from None
-            if sig.received == signal.SIGTERM:  # flush (finally), exit like an unhandled SIGTERM
-                raise SystemExit(128 + signal.SIGTERM) from None
-            raise  # a real Ctrl-C
-        finally:
-            dog.stop.set()
-            bar.close()
-            writer.flush()
-    return counts
-
-
 def run_refine(cfg: RefineJobConfig, *, on_row: Callable[[dict], None] | None = None) -> RunResult:
     """Run a refine job to completion and return its result (the manifest is on storage).
 
     on_row(row) is called on the driver for each manifest row as it arrives (progress hooks).
     """
-    import ray
-
     from pipeline.io import list_samples, read_manifest, resume_state
     from pipeline.summary import summarize_manifest
 
     t_start = time.perf_counter()
     cfg = with_absolute_paths(cfg)
-    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+    run_id = new_run_id()
     suffixes = {k: getattr(cfg.input, k) for k in ("image_suffix", "mask_suffix", "gt_suffix")}
     suffixes = {k: v for k, v in suffixes.items() if v is not None}
     try:
@@ -350,20 +144,9 @@ def run_refine(cfg: RefineJobConfig, *, on_row: Callable[[dict], None] | None = 
     writer = ManifestWriter(
         cfg.output.prefix, run_id, cfg.ray.manifest_rows_per_part, cfg.ray.manifest_flush_s
     )
-    counts = Counter()
-    plan = None
-    if items:
-        static = _static_fields(cfg, run_id)
-        started = init_ray(cfg.ray)
-        try:
-            res = ray.cluster_resources()
-            nodes = alive_nodes()
-            plan = plan_job(cfg, res, nodes)
-            _configure_data_context(cfg)
-            ds = build_dataset(items, cfg, plan, static)
-            counts = stream_rows(ds, cfg, plan, nodes, writer, len(items), on_row=on_row)
-        finally:
-            shutdown_ray(started)
+    static = static_fields(cfg, run_id) if items else {}
+    counts, plan = run_on_ray(cfg, items, lambda it, c, p: build_dataset(it, c, p, static), writer,
+                              on_row=on_row)
     wall = time.perf_counter() - t_start
     summary = summarize_manifest(read_manifest(cfg.output.prefix), job_id=cfg.job_id)
     return RunResult(

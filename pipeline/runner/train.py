@@ -1,77 +1,39 @@
-"""``samsr train`` on Ray Train: the data source, the SAM-SR-v2.1 colour-map precompute and the
+"""``samsr train`` on Ray Train: the SAM-SR-v2.1 colour-map precompute as Ray tasks and the
 TorchTrainer wiring, from a validated :class:`pipeline.train.config.TrainJobConfig`.
 
-Ray is reached through ``pipeline.ray_runner.init_ray`` / ``shutdown_ray`` (the one entry all
+Ray is reached through ``pipeline.runner.cluster.init_ray`` / ``shutdown_ray`` (the one entry all
 jobs use). ``run.ray: false`` runs the same loop in this process. Rerunning resumes from the
-newest checkpoint in ``run.checkpoint_dir``.
+newest checkpoint in ``run.checkpoint_dir``. What is checked and built before any work is in
+``pipeline.train.job``; the loop itself in ``pipeline.train.loop``.
 """
 
 from __future__ import annotations
 
-import glob
 import os
+from typing import Any
 
+from pipeline.runner.cluster import cluster_resources, init_ray, shutdown_ray
 from pipeline.train.config import TrainJobConfig, loop_config
+from pipeline.train.job import build_source, check_train, sam_settings
 
-__all__ = ["build_source", "check_train", "run_train"]
-
-
-def check_train(cfg: TrainJobConfig) -> None:
-    """What training needs before any work (ValueError naming the key)."""
-    from pipeline.models import SPECS
-
-    if cfg.model.name not in SPECS:
-        raise ValueError(f"model.name: must be one of {', '.join(sorted(SPECS))} (got {cfg.model.name!r})")
-    if not cfg.data.uris and not cfg.data.photos:
-        raise ValueError(
-            "data.uris: no training data: give data.uris (--data URI) and/or data.photos (--photos)"
-        )
+__all__ = ["run_train", "ray_train_worker"]
 
 
-def build_source(cfg: TrainJobConfig):
-    """The training source from data.uris / data.photos (several are concatenated)."""
-    from pipeline.train.data import CompositeSource, ConcatSource, LayoutSource
-
-    d = cfg.data
-    parts = []
-    suffixes = {k: v for k, v in (("image_suffix", d.image_suffix), ("gt_suffix", d.gt_suffix)) if v}
-    for uri in d.uris:
-        parts.append(LayoutSource(uri, layout=d.layout, max_pixels=d.max_pixels, **suffixes))
-    if d.photos:
-        pattern = d.photos
-        if os.path.isdir(pattern):
-            pattern = os.path.join(pattern, "**", "*")
-        photos = sorted(
-            p
-            for p in glob.glob(pattern, recursive=True)
-            if p.lower().endswith((".jpg", ".jpeg", ".png", ".webp"))
-        )
-        parts.append(CompositeSource(photos, d.composites, seed=cfg.optim.seed))
-    if not parts:
-        raise ValueError(
-            "data.uris: no training data: give data.uris (--data URI) and/or data.photos (--photos)"
-        )
-    return parts[0] if len(parts) == 1 else ConcatSource(parts)
+def _call(fill, part: list[int]) -> tuple[int, int]:
+    return fill(part)
 
 
-def sam_settings(cfg: TrainJobConfig):
-    """The colour maps' settings (the cache key) from the ``sam`` section only: the training seed
-    (``optim.seed``) does not enter, so another seed reuses the cache."""
-    from pipeline.train.sam_cache import SamSettings
+def _ray_map_parts(fill, parts: list[list[int]], cpus_per_task: float = 1.0) -> list[tuple[int, int]]:
+    """Each part of the colour-map precompute as one Ray task (``num_cpus=cpus_per_task``)."""
+    import ray
 
-    s = cfg.sam
-    return SamSettings(
-        proposals=s.proposals or ("sam" if s.checkpoint else "regions"),
-        model_type=s.model_type,
-        checkpoint=s.checkpoint,
-        points_per_side=s.points_per_side,
-        working_size=s.working_size,
-        seed=s.seed,
-    )
+    task = ray.remote(num_cpus=cpus_per_task)(_call)
+    return ray.get([task.remote(fill, p) for p in parts])
 
 
 def _sam_lookup(cfg: TrainJobConfig, source, use_ray: bool):
-    """For models that take proposals: precompute (a Ray job) and return the colour-map cache."""
+    """For models that take proposals: precompute (Ray tasks, one per CPU of the cluster, or in
+    this process) and return the colour-map cache."""
     from pipeline.models import model_spec
 
     if not model_spec(cfg.model.name).takes_proposals:
@@ -80,7 +42,11 @@ def _sam_lookup(cfg: TrainJobConfig, source, use_ray: bool):
 
     s = cfg.sam
     cache = SamColourCache(s.cache or cfg.run.checkpoint_dir.rstrip("/") + "/sam_cache", sam_settings(cfg))
-    precompute_colour_maps(source, cache, use_ray=use_ray)
+    if use_ray:
+        parts = max(1, int(cluster_resources().get("CPU", 1)))
+        precompute_colour_maps(source, cache, _ray_map_parts, parts=parts)
+    else:
+        precompute_colour_maps(source, cache)
     return cache
 
 
@@ -89,6 +55,20 @@ def _ray_storage(checkpoint_dir: str) -> str:
     if "://" in checkpoint_dir and not checkpoint_dir.startswith("file://"):
         return "/tmp/samsr-ray-train"
     return os.path.abspath(checkpoint_dir.removeprefix("file://").rstrip("/") + "_ray")
+
+
+def ray_train_worker(config: dict[str, Any]) -> None:
+    """The per-worker function of the TorchTrainer: :func:`pipeline.train.loop.train_loop` with
+    Ray Train's rank, world size, DDP wrap (``prepare_model``) and metrics report."""
+    import ray.train
+    import ray.train.torch
+
+    from pipeline.train.loop import Workers, train_loop
+
+    ctx = ray.train.get_context()
+    workers = Workers(rank=ctx.get_world_rank(), world=ctx.get_world_size(),
+                      wrap=ray.train.torch.prepare_model, report=ray.train.report)
+    train_loop({**config, "workers": workers})
 
 
 def run_train(cfg: TrainJobConfig) -> dict:
@@ -106,14 +86,13 @@ def run_train(cfg: TrainJobConfig) -> dict:
         from ray.train.torch import TorchConfig, TorchTrainer
 
         from pipeline.config import RayConfig
-        from pipeline.ray_runner import init_ray, shutdown_ray
 
         ncpu = max(2, int(r.num_workers * r.cpus_per_worker + 0.999) + 1)
         started = init_ray(RayConfig(address=r.address, num_cpus=ncpu))  # local Ray: ncpu CPUs
         try:
             sam = _sam_lookup(cfg, source, use_ray=True)
             trainer = TorchTrainer(
-                train_loop,
+                ray_train_worker,
                 train_loop_config={"cfg": loop, "source": source, "sam_lookup": sam},
                 torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
                 scaling_config=ScalingConfig(

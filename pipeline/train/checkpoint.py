@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from pipeline.io.fs import open_fs
+from pipeline.io.weights import read_torch_bytes
 
 __all__ = ["save_train_state", "load_latest", "list_checkpoints"]
 
@@ -69,7 +70,7 @@ def load_latest(dir_uri: str) -> dict[str, Any] | None:
     """The newest complete checkpoint's state, or None when the directory has none.
 
     Follows ``latest``; if the marker is missing (e.g. killed between files) falls back to the
-    newest ``ckpt-*.pt`` that loads. Loaded with map_location="cpu", weights_only=True.
+    newest ``ckpt-*.pt`` that loads (``pipeline.io.weights.read_torch_bytes``: CPU, weights only).
     """
     fs, root = open_fs(dir_uri)
     candidates: list[str] = []
@@ -82,7 +83,7 @@ def load_latest(dir_uri: str) -> dict[str, Any] | None:
         if not fs.exists(path):
             continue
         try:
-            return torch.load(io.BytesIO(fs.cat_file(path)), map_location="cpu", weights_only=True)
+            return read_torch_bytes(fs.cat_file(path), path, "training checkpoint")
         except Exception as exc:  # a truncated file from a kill: try the next older one
             print(f"[train] skipping unreadable checkpoint {path}: {type(exc).__name__}: {exc}", flush=True)
     return None

@@ -1,10 +1,11 @@
 """The training loop, run per worker by Ray Train's ``TorchTrainer`` or in a plain process.
 
-``train_loop({"cfg": TrainConfig, "source": <source>, "sam_lookup": <callable or None>})`` builds
-the model, resumes from the newest checkpoint under ``cfg.checkpoint_dir`` if any, and trains to
-``cfg.steps`` optimizer steps with :func:`pipeline.train.step.train_step`. Under Ray Train with
-several workers the model is wrapped in DDP (``ray.train.torch.prepare_model``: gloo on CPU,
-nccl on GPU) and each worker reads its own shard of every epoch.
+``train_loop({"cfg": TrainConfig, "source": <source>, "sam_lookup": <callable or None>,
+"workers": Workers or None})`` builds the model, resumes from the newest checkpoint under
+``cfg.checkpoint_dir`` if any, and trains to ``cfg.steps`` optimizer steps with
+:func:`pipeline.train.step.train_step`. With several workers (``pipeline.runner.train`` passes
+Ray Train's :class:`Workers`) the model is wrapped in DDP (``prepare_model``: gloo on CPU, nccl on
+GPU) and each worker reads its own shard of every epoch. No Ray here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import dataclasses
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,9 +30,8 @@ from pipeline.train.loss import LossWeights
 from pipeline.train.perturb import COARSE_KINDS
 from pipeline.train.step import train_step
 
-__all__ = ["TrainConfig", "train_loop", "init_from_checkpoint", "init_for_training", "freeze_unused",
-           "lr_milestones",
-           "fit_steps", "scaled_milestones", "replan"]
+__all__ = ["TrainConfig", "Workers", "train_loop", "init_from_checkpoint", "init_for_training",
+           "freeze_unused", "lr_milestones", "fit_steps", "scaled_milestones", "replan"]
 
 
 @dataclass(frozen=True)
@@ -195,14 +196,16 @@ class _EpochSampler(torch.utils.data.Sampler):
         return len(self.idx)
 
 
-def _ray_context() -> tuple[bool, int, int]:
-    try:
-        import ray.train
+@dataclass(frozen=True)
+class Workers:
+    """How this process takes part in training: its rank and the world size, the DDP wrap of the
+    model and where step metrics are reported. The default is one process on its own;
+    ``pipeline.runner.train`` gives Ray Train's (``prepare_model``, ``report``)."""
 
-        ctx = ray.train.get_context()
-        return True, ctx.get_world_rank(), ctx.get_world_size()
-    except Exception:
-        return False, 0, 1
+    rank: int = 0
+    world: int = 1
+    wrap: Callable[[nn.Module], nn.Module] | None = None
+    report: Callable[[dict], None] | None = None
 
 
 def _log(msg: dict[str, Any]) -> None:
@@ -215,7 +218,8 @@ def train_loop(config: dict[str, Any]) -> None:
     from pipeline.models import build_model
 
     cfg: TrainConfig = config["cfg"]
-    in_ray, rank, world = _ray_context()
+    workers: Workers = config.get("workers") or Workers()
+    rank, world = workers.rank, workers.world
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed + rank)
@@ -255,10 +259,8 @@ def train_loop(config: dict[str, Any]) -> None:
         if rank == 0:
             _log({"event": "resumed", "step": step, "checkpoint_dir": cfg.checkpoint_dir})
     core = model
-    if in_ray:
-        import ray.train.torch
-
-        model = ray.train.torch.prepare_model(model)
+    if workers.wrap is not None:  # DDP (Ray Train's prepare_model(model))
+        model = workers.wrap(model)
         core = getattr(model, "module", model)
 
     dataset = CropDataset(config["source"], crop=cfg.crop, seed=cfg.seed, iou_range=cfg.iou_range,
@@ -311,10 +313,8 @@ def train_loop(config: dict[str, Any]) -> None:
                 log.append(rec)
                 if rank == 0:
                     _log(rec)
-                if in_ray:
-                    import ray.train
-
-                    ray.train.report({k: v for k, v in rec.items() if isinstance(v, (int, float))})
+                if workers.report is not None:
+                    workers.report({k: v for k, v in rec.items() if isinstance(v, (int, float))})
             if rank == 0 and (step % cfg.ckpt_every == 0 or step == total):
                 save_train_state(cfg.checkpoint_dir, {
                     "step": step, "model": core.state_dict(), "optimizer": optimizer.state_dict(),

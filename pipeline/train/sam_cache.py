@@ -1,5 +1,5 @@
-"""Proposal colour maps (SAM or ``regions``) for SAM-SR-v2.1 training: computed once (a Ray
-job), cached, read per crop.
+"""Proposal colour maps (SAM or ``regions``) for SAM-SR-v2.1 training: computed once (Ray tasks
+under ``samsr train``, see ``pipeline.runner.train``), cached, read per crop.
 
 Cache layout: ``<cache_uri>/<settings digest>/<image key>.png`` where the image key is the
 content hash of the decoded image (:func:`pipeline.train.data.image_key`) and the digest covers
@@ -11,8 +11,10 @@ whole (idempotent overwrite), so a killed job resumes by skipping what exists.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -107,7 +109,7 @@ class SamColourCache:
         return np.ascontiguousarray(img[..., ::-1])
 
 
-def _fill(source: Any, indices: list[int], cache: SamColourCache) -> tuple[int, int]:
+def _fill(source: Any, indices: list[int], *, cache: SamColourCache) -> tuple[int, int]:
     """Compute the missing maps for ``indices``; returns (computed, already cached)."""
     generator, done, cached = None, 0, 0
     for i in indices:
@@ -122,24 +124,21 @@ def _fill(source: Any, indices: list[int], cache: SamColourCache) -> tuple[int, 
     return done, cached
 
 
-def precompute_colour_maps(source: Any, cache: SamColourCache, use_ray: bool = True,
-                           chunks: int | None = None,
-                           cpus_per_task: float = 1.0) -> dict[str, int]:
+#: runs ``fill(part)`` for every part of the samples' indices, returns the (computed, cached) pairs
+MapParts = Callable[[Callable[[list[int]], tuple[int, int]], list[list[int]]], list[tuple[int, int]]]
+
+
+def precompute_colour_maps(source: Any, cache: SamColourCache, map_parts: MapParts | None = None,
+                           parts: int = 1) -> dict[str, int]:
     """Fill the cache for every sample of ``source`` (skips existing files).
 
-    With ``use_ray`` the samples are split into ``chunks`` Ray tasks (default: one per CPU of
-    the cluster), each building the SAM model once; Ray must be initialised. Returns
+    The samples are split into ``parts`` interleaved parts, each filled by one call that builds
+    the generator once; ``map_parts(fill, parts)`` runs them (``pipeline.runner.train`` runs them
+    as Ray tasks; default: one after the other in this process). Returns
     {"computed": n, "cached": m}.
     """
     n = len(source)
-    if not use_ray:
-        done, cached = _fill(source, list(range(n)), cache)
-        return {"computed": done, "cached": cached}
-    import ray
-
-    if chunks is None:
-        chunks = max(1, int(ray.cluster_resources().get("CPU", 1) // max(cpus_per_task, 1e-3)))
-    parts = [list(range(n))[k::chunks] for k in range(min(chunks, n))]
-    task = ray.remote(num_cpus=cpus_per_task)(_fill)
-    results = ray.get([task.remote(source, p, cache) for p in parts])
+    chunks = [list(range(n))[k::parts] for k in range(max(1, min(parts, n)))]
+    fill = functools.partial(_fill, source, cache=cache)
+    results = map_parts(fill, chunks) if map_parts is not None else [fill(c) for c in chunks]
     return {"computed": sum(r[0] for r in results), "cached": sum(r[1] for r in results)}

@@ -1,7 +1,7 @@
 """A two-node local Ray cluster (``ray start --head`` + ``ray start --address``, token auth):
 ``ray job submit`` runs the refine job on both nodes; a killed driver loses nothing on rerun.
 
-The cluster is :class:`pipeline.bench.cluster.LocalCluster`: each node a ``ray start --block``
+The cluster is :class:`pipeline.runner.local_cluster.LocalCluster`: each node a ``ray start --block``
 process with its own limits and ports, stopped by PID, never with ``ray stop``.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.bench.cluster import LocalCluster
 from pipeline.io import read_manifest
+from pipeline.runner.local_cluster import LocalCluster
 from tests.helpers import make_samples, write_layout
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -30,7 +30,7 @@ from pipeline.io import (
     to_soft_u8,
 )
 from pipeline.metrics import image_metrics
-from pipeline.ray_runner import format_run, run_refine
+from pipeline.runner.refine import format_run, run_refine
 from tests.helpers import (
     bomb_png,
     encode_image,
@@ -416,7 +416,7 @@ def test_starved_cluster_fails_by_the_watchdog_not_a_hang(tmp_path, crm_checkpoi
 
     import ray
 
-    from pipeline.ray_runner import JobStalledError
+    from pipeline.runner.progress import JobStalledError
 
     @ray.remote(num_cpus=1.5)
     class Hog:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.config import RayConfig
-from pipeline.plan import plan_stages
+from pipeline.runner.plan import plan_stages
 
 
 def _requested_cpus(p) -> float:
@@ -90,7 +90,7 @@ def _job(**sections):
 
 def test_refiner_actors_ask_memory_for_the_largest_image():
     """CPU: 1 GiB + 0.35 GiB per megapixel of input.max_pixels; GPU: host buffers only."""
-    from pipeline.plan import plan_job, refiner_memory
+    from pipeline.runner.plan import plan_job, refiner_memory
 
     assert refiner_memory(24_000_000, on_gpu=False) == pytest.approx((1 + 0.35 * 24) * GIB)
     assert refiner_memory(24_000_000, on_gpu=True) == pytest.approx((1 + 0.05 * 24) * GIB)
@@ -106,7 +106,7 @@ def test_refiner_actors_ask_memory_for_the_largest_image():
 def test_memory_ask_is_capped_to_fit_and_says_so():
     """The default max_pixels (60 MP) on a 24 GiB, 2-CPU machine: the ask shrinks so every refiner
     actor fits in 80% of Ray's memory (else Ray could never start them), and the plan says so."""
-    from pipeline.plan import describe_memory, plan_job
+    from pipeline.runner.plan import describe_memory, plan_job
 
     job = _job(method="samsr-v2.1", model={"name": "samsr_v21_mnv2"}, sam={"proposals": "regions"})
     p = plan_job(job, {"CPU": 2.0, "memory": 14.0 * GIB}, [(2.0, 0.0)])
@@ -122,7 +122,7 @@ def test_memory_ask_is_capped_to_fit_and_says_so():
 
 
 def test_explicit_actor_memory_is_asked_as_is_or_fails_naming_the_key():
-    from pipeline.plan import plan_job
+    from pipeline.runner.plan import plan_job
 
     p = plan_job(_job(ray={"refine_actor_memory_gb": 3}), {"CPU": 2.0, "memory": 14.0 * GIB}, [(2.0, 0.0)])
     assert p.refine_memory == 3 * GIB and not p.memory_capped
@@ -134,7 +134,7 @@ def test_explicit_actor_memory_is_asked_as_is_or_fails_naming_the_key():
 def test_the_plan_follows_refine_device():
     """cpu: CPU actors sized from the CPUs, no GPU reserved, even on a GPU node; cuda without GPUs:
     a config error naming the key; auto: GPUs when there are some."""
-    from pipeline.plan import plan_job, refiner_memory
+    from pipeline.runner.plan import plan_job, refiner_memory
 
     res, nodes = {"CPU": 16.0, "GPU": 1.0, "memory": 200.0 * GIB}, [(16.0, 1.0)]
     cpu = plan_job(_job(refine={"device": "cpu"}), res, nodes)

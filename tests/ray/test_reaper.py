@@ -1,4 +1,4 @@
-"""A driver killed with SIGKILL leaves no Ray process behind (pipeline.reaper); a clean stop
+"""A driver killed with SIGKILL leaves no Ray process behind (pipeline.runner.reaper); a clean stop
 kills nothing."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DRIVER = """
 import sys, time
 from pipeline.config import RayConfig
-from pipeline.ray_runner import init_ray, shutdown_ray
+from pipeline.runner.cluster import init_ray, shutdown_ray
 started = init_ray(RayConfig(num_cpus=1))
 import ray
 ray.get(ray.remote(lambda: 1).remote())  # a worker process exists too
@@ -68,7 +68,7 @@ def test_clean_shutdown_tells_the_sentinel_to_stand_down():
     try:
         assert proc.stdout.readline().strip() == "stopped"
         sentinels = [p for p in psutil.process_iter(["cmdline"])
-                     if p.info["cmdline"] and "pipeline.reaper" in " ".join(p.info["cmdline"])
+                     if p.info["cmdline"] and "pipeline.runner.reaper" in " ".join(p.info["cmdline"])
                      and p.info["cmdline"][-2] == str(proc.pid)]
         assert not sentinels  # it exited on goodbye, killing nothing
         assert proc.poll() is None  # the driver itself is untouched

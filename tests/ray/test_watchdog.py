@@ -8,7 +8,7 @@ import time
 import pytest
 
 from pipeline.io import read_manifest
-from pipeline.progress import DriverInterrupt, DriverSignals, ManifestWriter, Watchdog
+from pipeline.runner.progress import DriverInterrupt, DriverSignals, ManifestWriter, Watchdog
 
 
 def _row(key: str, ms: float = 10.0) -> dict:
@@ -65,7 +65,7 @@ def test_stderr_filter_drops_rays_notice_lines_and_passes_everything_else(capfd)
     import os
     import sys
 
-    from pipeline.progress import DropRayNotices
+    from pipeline.runner.progress import DropRayNotices
 
     notice = (b"[2026-12-01 10:41:47,612 E 4300 4300] core_worker.cc:2465: Actor with class name: "
               b"'MapWorker(MapBatches(_RelabelActor))' and ID: 'abc' has constructor arguments in the "
@@ -91,7 +91,7 @@ def test_stderr_filter_shortens_rays_worker_death_notice(capfd):
     killer among possible causes) becomes one line naming the PID and saying what happens next."""
     import os
 
-    from pipeline.progress import DropRayNotices, shorten_worker_death
+    from pipeline.runner.progress import DropRayNotices, shorten_worker_death
 
     retry = (b"\x1b[33m(raylet)\x1b[0m Task MapWorker(MapBatches(RefinerWorker)).submit failed. There are "
              b"infinite retries remaining, so the task will be retried. Error: The actor is temporarily "

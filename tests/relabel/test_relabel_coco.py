@@ -26,7 +26,7 @@ from pipeline.relabel.coco import (
 )
 from pipeline.relabel.crops import CropRule, crop_box
 from pipeline.relabel.instances import colour_window, relabel_instances
-from pipeline.relabel_runner import merge_coco
+from pipeline.relabel.output import merge_coco
 from tests.relabel.scenes import rle_str, uncompressed_rle, write_coco_dataset
 
 H, W = 256, 320
@@ -333,7 +333,7 @@ def test_encode_full_matches_pycocotools():
 
 
 def test_stall_timeout_grows_with_the_largest_image():
-    from pipeline.relabel_runner import LABELMAP_OBJECTS, STALL_S_PER_OBJECT, stall_timeout
+    from pipeline.relabel.plan import LABELMAP_OBJECTS, STALL_S_PER_OBJECT, stall_timeout
 
     items = [{"kind": "coco", "anns": [{}] * 3}, {"kind": "coco", "anns": [{}] * 100}, {"kind": "coco"}]
     assert stall_timeout(300.0, items) == 300.0 + 100 * STALL_S_PER_OBJECT

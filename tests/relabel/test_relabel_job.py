@@ -15,7 +15,7 @@ from pycocotools.coco import COCO
 
 from pipeline.config import config_from_dict
 from pipeline.io import read_bytes, read_manifest
-from pipeline.relabel_runner import run_relabel
+from pipeline.runner.relabel import run_relabel
 from tests.helpers import put
 from tests.relabel.scenes import write_coco_dataset, write_labelmap_dataset
 

@@ -14,9 +14,9 @@ import pytest
 from jobs.cli import main as cli_main
 from pipeline.config import config_from_dict
 from pipeline.io import read_manifest
-from pipeline.ray_runner import run_refine
 from pipeline.report import rank_samples
 from pipeline.report.overlay import COLOURS, make_overlay
+from pipeline.runner.refine import run_refine
 from tests.helpers import make_sample, make_samples, write_layout
 
 USES_S3 = True  # the module's Ray starts after the S3 endpoint's variables are set

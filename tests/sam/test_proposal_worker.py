@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import load_config
-from pipeline.workers import ProposalWorker, proposal_kwargs
+from pipeline.runner.workers import ProposalWorker, proposal_kwargs
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -76,4 +76,4 @@ def test_the_training_loop_freezes_before_ddp():
     from pipeline.train import loop
 
     src = inspect.getsource(loop.train_loop)
-    assert src.index("freeze_unused(model)") < src.index("prepare_model(model)")
+    assert src.index("freeze_unused(model)") < src.index("model = workers.wrap(model)")

@@ -49,8 +49,8 @@ def test_colour_cache_precompute_and_read(tiny_data: Path, tmp_path: Path) -> No
     source = LayoutSource(str(tiny_data))
     settings = SamSettings(model_type="tiny", points_per_side=4, working_size=128)
     cache = SamColourCache(str(tmp_path / "cache"), settings)
-    assert precompute_colour_maps(source, cache, use_ray=False) == {"computed": 2, "cached": 0}
-    assert precompute_colour_maps(source, cache, use_ray=False) == {"computed": 0, "cached": 2}
+    assert precompute_colour_maps(source, cache) == {"computed": 2, "cached": 0}
+    assert precompute_colour_maps(source, cache) == {"computed": 0, "cached": 2}
     files = sorted((tmp_path / "cache" / settings.digest()).glob("*.png"))
     assert len(files) == 2
     other = SamSettings(model_type="tiny", points_per_side=8, working_size=128)

@@ -81,7 +81,7 @@ def test_print_config(capsys):
 def test_training_seed_keeps_the_colour_map_cache():
     """The colour-map cache key comes from the sam section only: --seed (optim.seed) reorders the
     training data but reuses the maps; --sam-seed (sam.seed) makes new ones."""
-    from pipeline.train_runner import sam_settings
+    from pipeline.train.job import sam_settings
 
     base = sam_settings(_cfg(["--checkpoint-dir", "c", "--seed", "0"]))
     other_seed = sam_settings(_cfg(["--checkpoint-dir", "c", "--seed", "7"]))

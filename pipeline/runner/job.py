@@ -1,0 +1,190 @@
+"""The skeleton every Ray job of samsr follows, in one place:
+
+    plan (driver, no Ray) -> init (start or join Ray) -> record (rows the driver writes itself)
+      -> stream rows (the job's Ray Data pipeline, driven to the end; each row to the manifest
+         writer) -> flush -> summary (read back from the manifest)
+
+:func:`run_on_ray` is the init / plan-the-stages / stream / shutdown part, shared by
+``samsr refine`` (``pipeline.runner.refine``) and ``samsr relabel`` (``pipeline.runner.relabel``);
+:func:`static_fields` are the manifest fields every row of a run shares. The rules of progress,
+stalls and signals are in ``pipeline.runner.progress``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import secrets
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from pipeline.config import RefineJobConfig
+from pipeline.runner.cluster import (
+    alive_nodes,
+    cluster_resources,
+    configure_data_context,
+    init_ray,
+    shutdown_ray,
+)
+from pipeline.runner.plan import StagePlan, plan_job
+from pipeline.runner.progress import (
+    DriverSignals,
+    DropRayNotices,
+    JobStalledError,
+    ManifestWriter,
+    Watchdog,
+    describe_stall,
+)
+
+__all__ = ["new_run_id", "static_fields", "items_dataset", "stream_rows", "run_on_ray"]
+
+
+def new_run_id() -> str:
+    """``<UTC time>-<6 hex>``: names this run's manifest parts."""
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def static_fields(cfg: RefineJobConfig, run_id: str) -> dict[str, Any]:
+    """The manifest fields every row of this run shares (job, run, method, model and proposal
+    source with their hashes, decoding mode)."""
+    from pipeline.io.weights import checkpoint_hash
+
+    sam_model, sam_hash = proposal_source(cfg) if cfg.uses_sam else (None, None)  # hashes SAM once
+    return {
+        "job_id": cfg.job_id,
+        "run_id": run_id,
+        "method": cfg.method,
+        "model_name": cfg.model.name,
+        "model_hash": checkpoint_hash(cfg.model.checkpoint),
+        "sam_model": sam_model,
+        "sam_hash": sam_hash,
+        "decode_mode": cfg.refine.decode,
+        "decode_stride": cfg.refine.stride if cfg.refine.decode == "strided" else None,
+    }
+
+
+def proposal_source(cfg: RefineJobConfig) -> tuple[str, str]:
+    """What the manifest records as ``sam_model`` and ``sam_hash``: the SAM model type and its
+    checkpoint's hash, or ``regions:<algorithm>`` and the hash of the regions parameters."""
+    if cfg.sam.proposals == "regions":
+        from pipeline.sam.regions import RegionSettings
+
+        settings = RegionSettings(**dataclasses.asdict(cfg.regions))
+        return settings.describe(), settings.digest()
+    from pipeline.io.weights import checkpoint_hash
+
+    return cfg.sam.model_type, checkpoint_hash(cfg.sam.checkpoint)
+
+
+def items_dataset(items: list[dict]):
+    """The Ray dataset of the job's item refs (``{"meta": json}``), at most 10,000 blocks."""
+    import ray.data as rd
+
+    per_block = max(1, math.ceil(len(items) / 10_000))
+    return rd.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / per_block)))
+
+
+def _progress_bar(total: int, enabled: bool, unit: str = "img", desc: str = "refine"):
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    return tqdm(
+        total=total,
+        unit=unit,
+        desc=desc,
+        file=sys.stderr,
+        disable=not enabled,
+        mininterval=0.5 if tty else 10.0,
+        dynamic_ncols=tty,
+    )
+
+
+def stream_rows(
+    ds,
+    cfg: RefineJobConfig,
+    plan: StagePlan,
+    nodes: list[tuple[float, float]],
+    writer: ManifestWriter,
+    total: int,
+    *,
+    on_row: Callable[[dict], None] | None = None,
+    unit: str = "img",
+    desc: str = "refine",
+    counts_item: Callable[[dict], bool] = lambda row: True,
+    stall_timeout_s: float | None = None,
+) -> Counter:
+    """Drive ``ds`` (rows ``{"row": json}``) to the end on the driver: every manifest row goes to
+    ``writer``; rows for which ``counts_item(row)`` holds advance the progress bar and the
+    returned status counts (``total`` of them expected). A watchdog flushes on a timer and fails
+    the job with JobStalledError when nothing finishes for ``stall_timeout_s`` (default
+    ``ray.stall_timeout_s``); SIGTERM flushes and exits 143."""
+    import ray
+
+    stall_s = cfg.ray.stall_timeout_s if stall_timeout_s is None else stall_timeout_s
+    counts: Counter = Counter()
+    bar = _progress_bar(total, cfg.ray.progress, unit, desc)
+    with DropRayNotices(), DriverSignals() as sig:
+        describe = lambda idle: describe_stall(idle, stall_s, plan, nodes,  # noqa: E731
+                                                sum(counts.values()), total)
+        dog = Watchdog(writer, stall_s, describe, interrupt=sig.active,
+                        startup_s=cfg.ray.actor_start_timeout_s)
+        dog.start()
+        try:
+            for out in ds.iter_rows():
+                row = json.loads(out["row"])
+                dog.progress(row)
+                if not writer.add(row):
+                    continue
+                if counts_item(row):
+                    counts[row["status"]] += 1
+                    bar.update(1)
+                    bar.set_postfix(ok=counts["ok"], failed=counts["error"], refresh=False)
+                if on_row is not None:
+                    on_row(row)
+        except ray.exceptions.GetTimeoutError as exc:  # Ray Data: the pool's actors did not start
+            if dog.rows:
+                raise
+            why = f"model actors did not start within ray.actor_start_timeout_s = " \
+                  f"{cfg.ray.actor_start_timeout_s:g} s ({exc}); "
+            raise JobStalledError(why + describe(time.monotonic() - dog.last_progress)) from None
+        except KeyboardInterrupt:
+            if dog.stalled is not None:
+                raise JobStalledError(dog.stalled) from None
+            if sig.received == signal.SIGTERM:  # flush (finally), exit like an unhandled SIGTERM
+                raise SystemExit(128 + signal.SIGTERM) from None
+            raise  # a real Ctrl-C
+        finally:
+            dog.stop.set()
+            bar.close()
+            writer.flush()
+    return counts
+
+
+def run_on_ray(
+    cfg: RefineJobConfig,
+    items: list[dict],
+    build: Callable[[list[dict], RefineJobConfig, StagePlan], Any],
+    writer: ManifestWriter,
+    **stream_kwargs: Any,
+) -> tuple[Counter, StagePlan | None]:
+    """Start or join Ray, plan the stages for the cluster as it is, build the job's dataset
+    (``build(items, cfg, plan)``), stream its rows to ``writer`` (:func:`stream_rows` with
+    ``stream_kwargs``) and shut down what this call started. No items: Ray is not touched.
+    Returns the status counts and the stage plan."""
+    if not items:
+        return Counter(), None
+    started = init_ray(cfg.ray)
+    try:
+        nodes = alive_nodes()
+        plan = plan_job(cfg, cluster_resources(), nodes)
+        configure_data_context(cfg.ray.actor_start_timeout_s)
+        ds = build(items, cfg, plan)
+        counts = stream_rows(ds, cfg, plan, nodes, writer, len(items), **stream_kwargs)
+    finally:
+        shutdown_ray(started)
+    return counts, plan
