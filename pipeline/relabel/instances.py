@@ -16,16 +16,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.refine.trust import split_outcome
-from pipeline.relabel.coco import (
-    AnnotationError,
-    check_annotation,
-    coarse_window,
-    decode_full,
-    encode_window,
-    instance_box,
-    parse_annotation,
-    rescale_crowd,
-)
+from pipeline.relabel.coco import AnnotationError, check_annotation, parse_annotation
+from pipeline.relabel.coco_masks import coarse_window, decode_full, encode_window, instance_box, rescale_crowd
 from pipeline.relabel.crops import CropRule, crop_box
 
 __all__ = ["RefineWindow", "relabel_instances", "colour_window", "image_record_out", "pair_metrics"]

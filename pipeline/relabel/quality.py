@@ -46,7 +46,8 @@ def coco_quality(prefix: str, gt_uri: str) -> dict[str, Any]:
     mean_mba, mean_biou}, "left_out": {"before": n, "after": n}} for the COCO relabel job under
     ``prefix`` against the ground-truth COCO file ``gt_uri``."""
     from pipeline.metrics import image_metrics
-    from pipeline.relabel.coco import AnnotationError, annotations_at, decode_full
+    from pipeline.relabel.coco import AnnotationError
+    from pipeline.relabel.coco_masks import annotations_at, decode_full
     from pipeline.relabel.evaluation import coco_mask_ap
 
     record = read_job_record(prefix)

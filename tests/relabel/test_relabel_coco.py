@@ -13,17 +13,8 @@ import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
-from pipeline.relabel.coco import (
-    AnnotationError,
-    annotation_size,
-    coarse_window,
-    decode_full,
-    encode_full,
-    index_coco,
-    instance_box,
-    polygon_self_intersects,
-    rescale_crowd,
-)
+from pipeline.relabel.coco import AnnotationError, annotation_size, index_coco, polygon_self_intersects
+from pipeline.relabel.coco_masks import coarse_window, decode_full, encode_full, instance_box, rescale_crowd
 from pipeline.relabel.crops import CropRule, crop_box
 from pipeline.relabel.instances import colour_window, relabel_instances
 from pipeline.relabel.output import merge_coco

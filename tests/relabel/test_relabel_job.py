@@ -143,7 +143,7 @@ def test_coco_relabel_on_s3(coco_data, v21_checkpoint, local_ray, tmp_path, caps
     # every refined instance equals the refiner called by hand on its window
     from pipeline.io import decode_image
     from pipeline.io.writer import to_binary_u8
-    from pipeline.relabel.coco import coarse_window, instance_box
+    from pipeline.relabel.coco_masks import coarse_window, instance_box
     from pipeline.relabel.crops import crop_box
     from pipeline.relabel.instances import colour_window
 
