@@ -2,7 +2,7 @@
 refinement windows and encoding refined masks back: ``pipeline.relabel.coco_masks``). Pure: dicts
 and arrays in and out (no storage, no Ray).
 
-Rules (README "Re-label a COCO dataset" repeats them):
+Rules (docs/relabel.md repeats them):
 
 - **Annotation resolution.** An image record's ``width``/``height`` give the size the annotations
   were drawn at; the real image may be larger (annotations made on a resized copy). Polygons are

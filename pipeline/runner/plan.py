@@ -36,7 +36,7 @@ __all__ = ["TASK_CPUS", "StagePlan", "plan_stages", "plan_job", "describe_memory
 TASK_CPUS = 0.25  # logical CPUs per decode / finish task (fractional: no 2-CPU deadlock)
 GIB = 1024**3
 #: Peak resident memory of a CPU refiner per megapixel of input, measured: crm_r50 with the exact
-#: optimisations 1.86 / 5.22 / 7.59 GB at 3.1 / 12.6 / 24 MP (README, less ~0.95 GB for Python,
+#: optimisations 1.86 / 5.22 / 7.59 GB at 3.1 / 12.6 / 24 MP (docs/benchmarks.md, less ~0.95 GB for Python,
 #: torch and the model: 0.29 / 0.34 / 0.28 GB per MP); crm_mnv2 refiner actors 6.4-6.9 GiB on
 #: 6000x4000 images (0.27-0.29 GiB per MP with the actor's buffers).
 CPU_GIB_PER_MEGAPIXEL = 0.35
