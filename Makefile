@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline jobs tests
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/python -m pytest -q -ra tests
