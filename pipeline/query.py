@@ -15,8 +15,10 @@ from typing import Any
 __all__ = ["WORST_BY", "HAS_GT_SQL", "LATEST_SQL", "SUMMARY_SQL", "FAILURES_SQL", "worst_sql", "connect",
            "query", "latest_of_table"]
 
-# The "latest row per key" rule: its newest ok row, else its newest row (later attempts win ties).
-LATEST_ORDER = "(status = 'ok') DESC, finished_at DESC NULLS LAST, attempt DESC NULLS LAST"
+# The "latest row per key" rule: its newest ok row, else its newest row (later attempts win ties);
+# a reviewer's row (source = 'human', samsr review import) beats every row of the pipeline.
+LATEST_ORDER = ("(status = 'ok') DESC, coalesce(source = 'human', false) DESC, finished_at DESC NULLS LAST, "
+                "attempt DESC NULLS LAST")
 LATEST_SQL = f"""
 SELECT * FROM manifest
 QUALIFY row_number() OVER (PARTITION BY key ORDER BY {LATEST_ORDER}) = 1
@@ -43,22 +45,26 @@ FROM latest WHERE status = 'error' GROUP BY error_type ORDER BY samples DESC, er
 """
 
 WORST_BY = {"mba": "mba_refined", "iou": "iou_refined", "biou": "biou_refined",
-            "gain": "mba_refined - mba_coarse", "trust": "trust_score"}
+            "gain": "mba_refined - mba_coarse", "trust": "trust_score", "change": "change_iou"}
 
 #: with or without ground truth: which --by ``auto`` means
 HAS_GT_SQL = "SELECT count(mba_refined) > 0 FROM latest WHERE status = 'ok'"
 
 
+_ALIAS = {"gain": "mba_gain", "trust": "trust_score", "change": "change_iou"}
+
+
 def worst_sql(n: int, by: str = "mba") -> str:
     """The ``n`` ok samples with the lowest refined metric ``by`` (mba, iou, biou, gain in mBA, or
-    trust: the quality estimate without ground truth, the least trusted first)."""
+    trust: the quality estimate without ground truth, the least trusted first; change: IoU of
+    coarse and refined, the most changed first)."""
     if by not in WORST_BY:
         raise ValueError(f"--by: must be one of {', '.join(WORST_BY)} (got {by!r})")
     if n < 1:
         raise ValueError(f"--worst: must be >= 1 (got {n})")
     expr = WORST_BY[by]
     return f"""
-SELECT key, round({expr}, 4) AS {by.replace("gain", "mba_gain").replace("trust", "trust_score")},
+SELECT key, round({expr}, 4) AS {_ALIAS.get(by, by)},
        iou_coarse, iou_refined, mba_coarse, mba_refined, accepted, width, height, output_uri
 FROM latest WHERE status = 'ok' AND ({expr}) IS NOT NULL
 ORDER BY {expr} ASC, key LIMIT {int(n)}
@@ -79,6 +85,15 @@ def _parts_glob(prefix: str) -> tuple[str, Any]:
     return glob, (None if is_local(uri) else fs)
 
 
+def _duck_type(t) -> str:
+    import pyarrow as pa
+
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMPTZ"
+    return {pa.string(): "VARCHAR", pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.float64(): "DOUBLE",
+            pa.bool_(): "BOOLEAN"}[t]
+
+
 def connect(prefix: str):
     """A DuckDB connection with views ``manifest`` and ``latest`` over the parts under ``prefix``."""
     import duckdb
@@ -93,7 +108,12 @@ def connect(prefix: str):
         con.register_filesystem(fs)
     fs_all, path = open_fs(glob)
     if fs_all.glob(path):
-        con.execute(f"CREATE VIEW manifest AS SELECT * FROM read_parquet('{glob}', union_by_name = true)")
+        con.execute(f"CREATE VIEW manifest_parts AS SELECT * FROM read_parquet('{glob}', union_by_name = true)")
+        have = {r[0] for r in con.execute("DESCRIBE manifest_parts").fetchall()}
+        # columns newer than every part (an old manifest): null, so the views and rules still work
+        extra = "".join(f", CAST(NULL AS {_duck_type(f.type)}) AS {f.name}"
+                        for f in MANIFEST_SCHEMA if f.name not in have)
+        con.execute(f"CREATE VIEW manifest AS SELECT *{extra} FROM manifest_parts")
     else:  # no parts yet: an empty table with the schema, so every query still works
         con.register("manifest_empty", MANIFEST_SCHEMA.empty_table())
         con.execute("CREATE VIEW manifest AS SELECT * FROM manifest_empty")

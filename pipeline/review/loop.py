@@ -1,0 +1,183 @@
+"""The review loop over a finished job's output: export tasks, import the reviewers' masks.
+
+    export_review(OUT, DEST, worst=50)      # DEST/tasks.json + DEST/config.xml (Label Studio)
+    import_review(OUT, "export.json")       # or http(s)://host/api/projects/ID/export?exportType=JSON
+
+Import order: outputs first (:class:`pipeline.review.outputs.JobOutputs`), then one manifest part
+``manifest/part-review-<run id>.parquet`` with a ``source = "human"`` row per correction (the
+commit marker, as for the pipeline's own rows).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import secrets
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["export_review", "import_review", "ExportResult", "ImportResult", "fetch_export", "latest_ok_rows"]
+
+#: fields a human row copies from the row it corrects (what the object is and where it came from)
+_IDENTITY = ("job_id", "key", "row_kind", "image_key", "image_id", "annotation_id", "category_id", "shard",
+             "image_uri", "mask_uri", "gt_uri", "width", "height", "coarse_width", "coarse_height", "method",
+             "model_name", "model_hash", "sam_model", "sam_hash")
+
+
+def _absolute(prefix: str) -> str:
+    from pipeline.io import is_local
+
+    if is_local(prefix) and not prefix.startswith("file://"):
+        return os.path.abspath(prefix)
+    return prefix.rstrip("/")
+
+
+def latest_ok_rows(prefix: str) -> tuple[dict[str, dict], set[str], Any]:
+    """(latest ok row per object key, the manifest's job ids, rows so far per key)."""
+    from collections import Counter
+
+    from pipeline.io import latest_rows, read_manifest
+
+    table = read_manifest(prefix)
+    if table.num_rows == 0:
+        raise ValueError(f"{prefix}: no manifest (manifest/part-*.parquet): not the output of a samsr job")
+    rows = latest_rows(table).to_pylist()
+    counts = Counter(table.column("key").to_pylist())
+    ok = {r["key"]: r for r in rows if r["status"] == "ok" and r.get("row_kind") != "image"}
+    return ok, set(table.column("job_id").to_pylist()), counts
+
+
+@dataclass
+class ExportResult:
+    tasks_uri: str
+    config_uri: str
+    chosen: str
+    tasks: int
+    skipped: list[str] = field(default_factory=list)
+
+
+def _presigner(seconds: int):
+    from pipeline.io import open_fs
+
+    def sign(uri: str) -> str:
+        fs, path = open_fs(uri)
+        return fs.sign(path, expiration=seconds)
+
+    return sign
+
+
+def export_review(prefix: str, dest: str, *, worst: int | None = None, by: str = "auto", sample: int | None = None,
+                  seed: int = 0, where: str | None = None, local_root: str = "/",
+                  presign_seconds: int | None = None) -> ExportResult:
+    """Write ``dest/tasks.json`` (Label Studio tasks: image URL, coarse and refined masks as
+    predictions, manifest keys) and ``dest/config.xml`` (the labeling config) for the chosen
+    objects of the job under ``prefix``. An object whose task cannot be built (an image Label
+    Studio cannot open, an unreadable mask) is left out and named in ``skipped``."""
+    from pipeline.io import join_uri, write_bytes
+
+    from .outputs import JobOutputs
+    from .select import select_keys
+    from .tasks import build_task, image_url, labeling_config
+
+    prefix = _absolute(prefix)
+    rows, _, _ = latest_ok_rows(prefix)
+    keys, chosen = select_keys(prefix, worst=worst, by=by, sample=sample, seed=seed, where=where)
+    outputs = JobOutputs(prefix)
+    presign = _presigner(presign_seconds) if presign_seconds else None
+    tasks, skipped = [], []
+    for key in keys:
+        row = rows.get(key)
+        try:
+            if row is None:
+                raise ValueError("no ok row")
+            url = image_url(row["image_uri"], local_root=local_root, presign=presign)
+            coarse, refined = outputs.masks(row)
+            tasks.append(build_task(row, url, coarse, refined))
+        except Exception as e:  # noqa: BLE001 - one object's problem: named, the others go on
+            skipped.append(f"{key}: {type(e).__name__}: {e}")
+    tasks_uri = write_bytes(join_uri(dest, "tasks.json"), json.dumps(tasks).encode())
+    config_uri = write_bytes(join_uri(dest, "config.xml"), labeling_config().encode())
+    return ExportResult(tasks_uri, config_uri, chosen, len(tasks), skipped)
+
+
+@dataclass
+class ImportResult:
+    run_id: str
+    corrected: list[str]
+    errors: list[str]
+    unreviewed: int
+    written: list[str]
+    manifest_part: str | None
+
+
+def _access_header(base: str, api_key: str) -> str:
+    """Authorization header for Label Studio: a personal access token (a JWT refresh token) is
+    exchanged at ``/api/token/refresh/`` for an access token; a legacy token is sent as is."""
+    if api_key.count(".") == 2:
+        req = urllib.request.Request(urllib.parse.urljoin(base, "/api/token/refresh/"),
+                                     data=json.dumps({"refresh": api_key}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return "Bearer " + json.loads(resp.read())["access"]
+    return "Token " + api_key
+
+
+def fetch_export(source: str, api_key: str | None = None) -> Any:
+    """The JSON export at ``source``: a file / storage URI, or an http(s) URL of Label Studio's
+    export API (``/api/projects/ID/export?exportType=JSON``) read with ``api_key``."""
+    from pipeline.io import read_bytes
+
+    if source.startswith(("http://", "https://")):
+        if not api_key:
+            raise ValueError(f"{source}: reading from Label Studio needs an API key (LABEL_STUDIO_API_KEY)")
+        req = urllib.request.Request(source, headers={"Authorization": _access_header(source, api_key)})
+        with urllib.request.urlopen(req, timeout=300) as resp:
+            data = resp.read()
+    else:
+        try:
+            data = read_bytes(source)
+        except FileNotFoundError:
+            raise ValueError(f"{source}: file not found") from None
+    try:
+        return json.loads(data)
+    except ValueError as e:
+        raise ValueError(f"{source}: not valid JSON ({e})") from None
+
+
+def import_review(prefix: str, source: str, *, api_key: str | None = None,
+                  reviewer: str | None = None) -> ImportResult:
+    """Apply the reviewers' masks of the Label Studio export ``source`` to the job under
+    ``prefix``: outputs replaced, then one manifest part of ``source = "human"`` rows. Task
+    errors (:mod:`pipeline.review.importer`) are returned; the other tasks are applied."""
+    from pipeline.io import write_manifest_part
+
+    from .importer import read_export
+    from .outputs import JobOutputs
+
+    prefix = _absolute(prefix)
+    rows, job_ids, counts = latest_ok_rows(prefix)
+    corrections, task_errors, unreviewed = read_export(fetch_export(source, api_key), rows, job_ids)
+    errors = [str(e) for e in task_errors]
+    outputs = JobOutputs(prefix)
+    now = dt.datetime.now(dt.timezone.utc)
+    run_id = f"review-{now:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+    staged: list[tuple[Any, dict]] = []
+    for c in corrections:
+        row = rows[c.key]
+        try:
+            uri = outputs.replace(row, c.mask)
+        except (ValueError, KeyError) as e:
+            errors.append(f"task {c.task_id} (key {c.key!r}): bad_output: {e}")
+            continue
+        human = {k: row.get(k) for k in _IDENTITY}
+        human.update(run_id=run_id, attempt=counts[c.key] + 1, status="ok", output_uri=uri, source="human",
+                     reviewer=reviewer or c.reviewer, reviewed_at=c.reviewed_at or now, finished_at=now)
+        if row.get("soft_output_uri") and outputs.kind == "refine":
+            human["soft_output_uri"] = row["soft_output_uri"]
+        staged.append((c, human))
+    written = outputs.commit()
+    part = write_manifest_part([h for _, h in staged], prefix, run_id) if staged else None
+    return ImportResult(run_id, [c.key for c, _ in staged], errors, unreviewed, written, part)
