@@ -133,9 +133,10 @@ def fetch_export(source: str, api_key: str | None = None) -> Any:
     if source.startswith(("http://", "https://")):
         if not api_key:
             raise ValueError(f"{source}: reading from Label Studio needs an API key (LABEL_STUDIO_API_KEY)")
-        req = urllib.request.Request(source, headers={"Authorization": _access_header(source, api_key)})
-        with urllib.request.urlopen(req, timeout=300) as resp:
-            data = resp.read()
+        auth = {"Authorization": _access_header(source, api_key)}
+        with urllib.request.urlopen(urllib.request.Request(source, headers=auth), timeout=300) as resp:
+            tasks = json.loads(resp.read())
+        return _with_user_emails(tasks, source, auth)
     else:
         try:
             data = read_bytes(source)
@@ -145,6 +146,23 @@ def fetch_export(source: str, api_key: str | None = None) -> Any:
         return json.loads(data)
     except ValueError as e:
         raise ValueError(f"{source}: not valid JSON ({e})") from None
+
+
+def _with_user_emails(tasks: Any, source: str, auth: dict) -> Any:
+    """The export names reviewers by user id: put their emails in (``/api/users/``)."""
+    if not isinstance(tasks, list):
+        return tasks
+    with urllib.request.urlopen(urllib.request.Request(urllib.parse.urljoin(source, "/api/users/"), headers=auth),
+                                timeout=60) as resp:
+        users = json.loads(resp.read())
+    users = users.get("results", []) if isinstance(users, dict) else users
+    emails = {u.get("id"): u.get("email") for u in users if isinstance(u, dict)}
+    for task in tasks:
+        for ann in (task.get("annotations") or []) if isinstance(task, dict) else []:
+            who = ann.get("completed_by") if isinstance(ann, dict) else None
+            if isinstance(who, int) and emails.get(who):
+                ann["completed_by"] = {"id": who, "email": emails[who]}
+    return tasks
 
 
 def import_review(prefix: str, source: str, *, api_key: str | None = None,
