@@ -49,7 +49,8 @@ def build_parser(prog: str = "samsr review") -> argparse.ArgumentParser:
                    "for a project with S3 storage)")
     i = sub.add_parser("import", help="replace refined masks by the reviewers' from a Label Studio export")
     i.add_argument("prefix", metavar="OUT", help="the job's output prefix")
-    i.add_argument("--from", dest="source_tool", choices=["label-studio"], required=True, help="the annotation tool")
+    i.add_argument("--from", dest="source_tool", choices=["label-studio"], required=True,
+                   help="the annotation tool")
     i.add_argument("export", metavar="EXPORT_JSON_OR_URL",
                    help="a JSON export file, or the project's export URL "
                    "(http://HOST/api/projects/ID/export?exportType=JSON; key in LABEL_STUDIO_API_KEY)")

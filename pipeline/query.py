@@ -108,7 +108,8 @@ def connect(prefix: str):
         con.register_filesystem(fs)
     fs_all, path = open_fs(glob)
     if fs_all.glob(path):
-        con.execute(f"CREATE VIEW manifest_parts AS SELECT * FROM read_parquet('{glob}', union_by_name = true)")
+        parts = f"read_parquet('{glob}', union_by_name = true)"
+        con.execute(f"CREATE VIEW manifest_parts AS SELECT * FROM {parts}")
         have = {r[0] for r in con.execute("DESCRIBE manifest_parts").fetchall()}
         # columns newer than every part (an old manifest): null, so the views and rules still work
         extra = "".join(f", CAST(NULL AS {_duck_type(f.type)}) AS {f.name}"

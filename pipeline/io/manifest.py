@@ -54,7 +54,7 @@ change_iou            float64      IoU(coarse, refined), for runs without gt
 changed_fraction      float64      fraction of pixels whose binary label changed
 sam_mask_count        int32        SAM proposals used
 sam_gate              string       SAM-SR-v1 gate that fired, or null
-source                string       null (the pipeline) | ``human``: a reviewer's mask (``samsr review import``)
+source                string       null (the pipeline) | ``human``: a reviewer's mask (samsr review import)
 reviewer              string       human rows: who corrected the mask (the annotation tool's user)
 reviewed_at           timestamp    human rows: when the reviewer saved it (UTC)
 t_read_ms             float64      stage timings in milliseconds

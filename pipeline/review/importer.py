@@ -61,7 +61,8 @@ def reviewer_of(annotation: dict) -> str | None:
     email, or a user id)."""
     who = annotation.get("completed_by")
     if isinstance(who, dict):
-        return who.get("email") or who.get("username") or (f"label-studio user {who['id']}" if "id" in who else None)
+        named = who.get("email") or who.get("username")
+        return named or (f"label-studio user {who['id']}" if "id" in who else None)
     if who is None:
         return None
     return f"label-studio user {who}"
@@ -76,7 +77,8 @@ def _newest(annotations: list) -> dict | None:
 
 
 def _task_mask(task_id: Any, key: str, annotation: dict, h: int, w: int) -> np.ndarray:
-    results = [r for r in annotation.get("result") or [] if isinstance(r, dict) and r.get("from_name") == FROM_NAME]
+    results = [r for r in annotation.get("result") or []
+               if isinstance(r, dict) and r.get("from_name") == FROM_NAME]
     if not results:
         raise TaskError(task_id, key, "empty_mask", f"annotation {annotation.get('id')} has no brush result")
     mask = np.zeros((h, w), bool)
@@ -89,7 +91,8 @@ def _task_mask(task_id: Any, key: str, annotation: dict, h: int, w: int) -> np.n
         size = (r.get("original_height"), r.get("original_width"))
         if size != (None, None) and size != (h, w):
             raise TaskError(task_id, key, "wrong_size",
-                            f"result {r.get('id')} is for a {size[1]}x{size[0]} image, the manifest says {w}x{h}")
+                            f"result {r.get('id')} is for a {size[1]}x{size[0]} image, "
+                            f"the manifest says {w}x{h}")
         try:
             mask |= decode_mask(value.get("rle") or [], h, w)
         except BrushRleError as e:
@@ -100,8 +103,8 @@ def _task_mask(task_id: Any, key: str, annotation: dict, h: int, w: int) -> np.n
     return mask
 
 
-def read_export(tasks: Any, rows: dict[str, dict], job_ids: set[str]) -> tuple[list[Correction], list[TaskError],
-                                                                              int]:
+def read_export(tasks: Any, rows: dict[str, dict],
+                job_ids: set[str]) -> tuple[list[Correction], list[TaskError], int]:
     """Label Studio's JSON export (a list of tasks) -> (corrections, task errors, tasks not
     reviewed). ``rows``: the manifest's latest ``ok`` row per key; ``job_ids``: the job ids of
     the manifest (a task of another job is ``other_project``)."""
@@ -131,8 +134,9 @@ def read_export(tasks: Any, rows: dict[str, dict], job_ids: set[str]) -> tuple[l
                 continue
             h, w = int(row["height"]), int(row["width"])
             if (data.get(k.HEIGHT), data.get(k.WIDTH)) not in ((None, None), (h, w)):
-                raise TaskError(task_id, key, "wrong_size", f"task is for a {data.get(k.WIDTH)}x{data.get(k.HEIGHT)} "
-                                f"image, the manifest says {w}x{h}")
+                raise TaskError(task_id, key, "wrong_size",
+                                f"task is for a {data.get(k.WIDTH)}x{data.get(k.HEIGHT)} image, "
+                                f"the manifest says {w}x{h}")
             mask = _task_mask(task_id, key, annotation, h, w)
             out.append(Correction(task_id, key, mask, reviewer_of(annotation),
                                   _time(annotation.get("updated_at")) or _time(annotation.get("created_at"))))

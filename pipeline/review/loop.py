@@ -69,8 +69,8 @@ def _presigner(seconds: int):
     return sign
 
 
-def export_review(prefix: str, dest: str, *, worst: int | None = None, by: str = "auto", sample: int | None = None,
-                  seed: int = 0, where: str | None = None, local_root: str = "/",
+def export_review(prefix: str, dest: str, *, worst: int | None = None, by: str = "auto",
+                  sample: int | None = None, seed: int = 0, where: str | None = None, local_root: str = "/",
                   presign_seconds: int | None = None) -> ExportResult:
     """Write ``dest/tasks.json`` (Label Studio tasks: image URL, coarse and refined masks as
     predictions, manifest keys) and ``dest/config.xml`` (the labeling config) for the chosen
@@ -152,8 +152,8 @@ def _with_user_emails(tasks: Any, source: str, auth: dict) -> Any:
     """The export names reviewers by user id: put their emails in (``/api/users/``)."""
     if not isinstance(tasks, list):
         return tasks
-    with urllib.request.urlopen(urllib.request.Request(urllib.parse.urljoin(source, "/api/users/"), headers=auth),
-                                timeout=60) as resp:
+    req = urllib.request.Request(urllib.parse.urljoin(source, "/api/users/"), headers=auth)
+    with urllib.request.urlopen(req, timeout=60) as resp:
         users = json.loads(resp.read())
     users = users.get("results", []) if isinstance(users, dict) else users
     emails = {u.get("id"): u.get("email") for u in users if isinstance(u, dict)}

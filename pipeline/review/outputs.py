@@ -68,8 +68,8 @@ class JobOutputs:
 
         if self._input is None:
             doc = json.loads(read_bytes(self.record["coco"]))
-            self._input = {"doc": doc, "anns": {a.get("id"): a for a in doc["annotations"] if isinstance(a, dict)},
-                           "images": {r.get("id"): r for r in doc["images"]}}
+            anns = {a.get("id"): a for a in doc["annotations"] if isinstance(a, dict)}
+            self._input = {"doc": doc, "anns": anns, "images": {r.get("id"): r for r in doc["images"]}}
         return self._input
 
     def _part(self, image_key: str) -> dict:
@@ -84,7 +84,8 @@ class JobOutputs:
         for ann in self._part(row["image_key"])["annotations"]:
             if ann.get("id") == row["annotation_id"]:
                 return ann
-        raise KeyError(f"annotation {row['annotation_id']} is not in the output of image {row['image_key']!r}")
+        raise KeyError(f"annotation {row['annotation_id']} is not in the output of image "
+                       f"{row['image_key']!r}")
 
     def _label_map(self, image_key: str):
         from pipeline.io import read_bytes
@@ -92,7 +93,8 @@ class JobOutputs:
         from pipeline.relabel.stages import label_map_uri
 
         if image_key not in self._labels:
-            self._labels[image_key] = read_label_map(read_bytes(label_map_uri(self.prefix, image_key)), image_key)
+            data = read_bytes(label_map_uri(self.prefix, image_key))
+            self._labels[image_key] = read_label_map(data, image_key)
         return self._labels[image_key]
 
     def _input_label_values(self, row: dict) -> np.ndarray:
@@ -167,7 +169,8 @@ class JobOutputs:
     def _keep_machine_copy(self, uri: str) -> None:
         from pipeline.io import join_uri, read_bytes, write_bytes
 
-        rel = uri[len(self.prefix.rstrip("/")) + 1:] if uri.startswith(self.prefix.rstrip("/") + "/") else None
+        base = self.prefix.rstrip("/") + "/"
+        rel = uri[len(base):] if uri.startswith(base) else None
         if rel is None or not _exists(uri):
             return
         copy = join_uri(self.prefix, MACHINE_COPIES, rel)

@@ -22,7 +22,8 @@ def auto_by(prefix: str) -> str:
     """``trust`` if any object has a trust score, else ``gain`` with ground truth, else ``change``."""
     from pipeline.query import query
 
-    trust, gt = query(prefix, f"SELECT count(trust_score) > 0, count(mba_refined) > 0 FROM latest WHERE {OBJECTS}")[1][0]
+    sql = f"SELECT count(trust_score) > 0, count(mba_refined) > 0 FROM latest WHERE {OBJECTS}"
+    trust, gt = query(prefix, sql)[1][0]
     return "trust" if trust else "gain" if gt else "change"
 
 

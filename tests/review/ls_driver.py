@@ -33,7 +33,8 @@ from PIL import Image
 
 def personal_token(url: str, legacy: str) -> str:
     req = urllib.request.Request(f"{url}/api/token/", data=b"{}", method="POST",
-                                 headers={"Authorization": f"Token {legacy}", "Content-Type": "application/json"})
+                                 headers={"Authorization": f"Token {legacy}",
+                                          "Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=60) as resp:
         return json.loads(resp.read())["token"]
 
@@ -72,7 +73,8 @@ def main() -> int:
                "original_width": w, "original_height": h, "image_rotation": 0,
                "value": {"format": "rle", "rle": mask2rle(mask), "brushlabels": ["object"]}}]
     ls.annotations.create(id=task.id, result=result, was_cancelled=False, ground_truth=False, lead_time=12.5)
-    data = b"".join(ls.projects.exports.download_sync(project.id, export_type="JSON", download_all_tasks=True))
+    chunks = ls.projects.exports.download_sync(project.id, export_type="JSON", download_all_tasks=True)
+    data = b"".join(chunks)
     with open(a.export, "wb") as f:
         f.write(data)
     print(json.dumps({"project": project.id, "api_key": token, "user": me.email, "tasks": len(tasks),

@@ -29,7 +29,8 @@ def make_coco_job(root: str, *, n_images: int = 1, height: int = 96, width: int 
     data = write_coco_dataset(f"{root}/in", n_images, height=height, width=width, factor=4)
     out = f"{root}/out"
     doc = data["doc"]
-    static = {"job_id": JOB, "run_id": "run-1", "method": "samsr-v1", "model_name": "blur", "model_hash": None}
+    static = {"job_id": JOB, "run_id": "run-1", "method": "samsr-v1", "model_name": "blur",
+              "model_hash": None}
     rows, parts = [], {}
     categories = sorted(c["id"] for c in doc["categories"])
     for rec in doc["images"]:

@@ -31,7 +31,8 @@ def test_one_pixel_matches_the_documented_bit_layout():
 
 def test_literal_chunks_and_other_widths_decode():
     # a literal chunk of 3 values then a repeat chunk of 1, as Label Studio's front end may write
-    bits = HEADER_4 + "0" + "00" + "010" + "00000001" + "00000010" + "00000011" + "1" + "01" + "0000" + "11111111"
+    bits = (HEADER_4 + "0" + "00" + "010" + "00000001" + "00000010" + "00000011"
+            + "1" + "01" + "0000" + "11111111")
     assert decode_values(_pack(bits)).tolist() == [1, 2, 3, 255]
     # 5-bit words and custom run widths (2, 2, 2, 2)
     bits = f"{3:032b}" + f"{4:05b}" + "0001" * 4 + "1" + "11" + "10" + "10101"

@@ -91,8 +91,8 @@ def label_studio(tmp_path_factory):
 
 
 def _driver(*args: str) -> dict:
-    res = subprocess.run([str(LS_VENV / "bin" / "python"), str(DRIVER), *args], capture_output=True, text=True,
-                         timeout=300)
+    res = subprocess.run([str(LS_VENV / "bin" / "python"), str(DRIVER), *args], capture_output=True,
+                         text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-4000:]
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -146,7 +146,8 @@ def test_review_loop_through_label_studio(label_studio, tmp_path, capsys):
         else:
             assert a == b
     assert after["images"] == before["images"] and after["categories"] == before["categories"]
-    _, rows = query(out, f"SELECT source, reviewer, annotation_id FROM latest WHERE key = '{first['samsr_key']}'")
+    key = first["samsr_key"]
+    _, rows = query(out, f"SELECT source, reviewer, annotation_id FROM latest WHERE key = '{key}'")
     assert rows == [("human", EMAIL, aid)]
     # the export file the SDK wrote (every task) holds the same annotation: importing it again
     # changes nothing in the COCO file

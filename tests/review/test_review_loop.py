@@ -47,11 +47,13 @@ def _export(out, dest, *args):
 def _annotate(task, mask, *, task_id=1, who=7, **over):
     h, w = mask.shape
     result = {"id": "r1", "from_name": "mask", "to_name": "image", "type": "brushlabels", "original_width": w,
-              "original_height": h, "value": {"format": "rle", "rle": encode_mask(mask), "brushlabels": ["object"]}}
+              "original_height": h,
+              "value": {"format": "rle", "rle": encode_mask(mask), "brushlabels": ["object"]}}
     result.update(over)
     return {"id": task_id, "data": task["data"], "project": 3,
-            "annotations": [{"id": 10 + task_id, "completed_by": who, "was_cancelled": False, "result": [result],
-                             "created_at": "2026-12-07T00:30:00.000000Z", "updated_at": "2026-12-07T00:31:00Z"}]}
+            "annotations": [{"id": 10 + task_id, "completed_by": who, "was_cancelled": False,
+                             "result": [result], "created_at": "2026-12-07T00:30:00.000000Z",
+                             "updated_at": "2026-12-07T00:31:00Z"}]}
 
 
 def test_export_tasks_carry_both_masks_keys_and_a_servable_url(job, tmp_path):
@@ -156,8 +158,8 @@ def test_human_row_stays_latest_and_old_manifests_read(tmp_path):
     write_manifest_part([{"job_id": "j", "key": "a", "status": "ok", "source": "human", "reviewer": "ann",
                           "finished_at": t + dt.timedelta(minutes=1)}], out, "review-1")
     # the pipeline writes "a" again later (a forced rerun): the reviewer's row still wins
-    write_manifest_part([{"job_id": "j", "key": "a", "status": "ok", "finished_at": t + dt.timedelta(minutes=5)}],
-                        out, "later")
+    later = {"job_id": "j", "key": "a", "status": "ok", "finished_at": t + dt.timedelta(minutes=5)}
+    write_manifest_part([later], out, "later")
     assert query(out, "SELECT key, source, reviewer FROM latest ORDER BY key")[1] == [("a", "human", "ann"),
                                                                                      ("b", None, None)]
     rows = latest_rows(read_manifest(out)).to_pylist()
