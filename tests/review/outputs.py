@@ -59,3 +59,31 @@ def make_coco_job(root: str, *, n_images: int = 1, height: int = 96, width: int 
     write_bytes(join_uri(out, "relabel.json"), json.dumps(record).encode())
     write_manifest_part(rows, out, "run-1-00000")
     return {**data, "out": out, "output": output}
+
+
+def make_labelmap_job(root: str, *, n_images: int = 1, height: int = 96, width: int = 128) -> dict:
+    """Label maps (palette PNGs at 1/4 size, ground truth, a 255 ignore band) under ``root/in``
+    relabeled into ``root/out`` with :func:`blur_refiner`, as ``make_coco_job`` does."""
+    from pipeline.io import list_samples
+    from tests.relabel.scenes import write_labelmap_dataset
+
+    data = write_labelmap_dataset(f"{root}/in", n_images, height=height, width=width, factor=4)
+    out = f"{root}/out"
+    static = {"job_id": JOB, "run_id": "run-1", "method": "samsr-v1", "model_name": "blur"}
+    rows = []
+    for ref in list_samples(data["uri"], "prefix"):
+        meta = {"key": ref.key, "kind": "labelmap", "ref": ref.to_dict(), "image_uri": ref.image_uri,
+                "mask_uri": ref.mask_uri, "gt_uri": ref.gt_uri, "attempt": 1}
+        batch = {"meta": np.asarray([json.dumps(meta)], dtype=object),
+                 "image": np.zeros((1, 0, 0, 3), np.uint8), "coarse": np.zeros((1, 0, 0), np.uint8),
+                 "gt": np.zeros((1, 0, 0), np.uint8)}
+        decoded = relabel_decode_batch(batch, max_pixels=10**8)
+        result = relabel_refine_batch(decoded, refine_fn=blur_refiner, output_prefix=out, static=static,
+                                      rule=CropRule(), ignore=255)
+        rows.extend(json.loads(r) for r in result["row"])
+    assert all(r["status"] == "ok" for r in rows), rows
+    record = {"kind": "labelmap", "job_id": JOB, "input": data["uri"], "coco": None, "gt_coco": None,
+              "output": out, "scale": None, "ignore": 255}
+    write_bytes(join_uri(out, "relabel.json"), json.dumps(record).encode())
+    write_manifest_part(rows, out, "run-1-00000")
+    return {**data, "out": out}
