@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import time
+import urllib.parse
+import urllib.request
 
 import cv2
 import numpy as np
@@ -52,20 +55,19 @@ def _import(out, path, tasks_and_masks, capsys):
     return res.out
 
 
-@pytest.fixture
-def refine_job(tmp_path):
-    """A samsr refine output: images, coarse masks at half size, refined masks (one with a soft
-    mask), manifest rows with trust scores."""
-    out = str(tmp_path / "out")
+def _refine_job(root: str) -> str:
+    """A samsr refine output under ``root/out`` (any storage): images, coarse masks at half size,
+    refined masks (one with a soft mask), manifest rows with trust scores."""
+    out = f"{root}/out"
     rows = []
     rng = np.random.default_rng(0)
     for i, trust in enumerate([0.9, 0.2, 0.5, None]):
         key = f"img{i}"
         image = rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)
-        img_uri = put(str(tmp_path / "in" / f"{key}_im.png"), encode_image(image, "png"))
+        img_uri = put(f"{root}/in/{key}_im.png", encode_image(image, "png"))
         coarse = np.zeros((20, 30), np.uint8)
         cv2.circle(coarse, (15, 10), 6 + i, 255, -1)
-        mask_uri = put(str(tmp_path / "in" / f"{key}_seg.png"), encode_png(coarse))
+        mask_uri = put(f"{root}/in/{key}_seg.png", encode_png(coarse))
         refined = np.zeros((40, 60), np.uint8)
         cv2.circle(refined, (31, 20), 10 + i, 255, -1)
         uri, soft = write_masks(out, key, refined, refined // 2 if i == 1 else None)
@@ -75,6 +77,29 @@ def refine_job(tmp_path):
                      "change_iou": 0.5})
     write_manifest_part(rows, out, "r1")
     return out
+
+
+@pytest.fixture
+def refine_job(tmp_path):
+    return _refine_job(str(tmp_path))
+
+
+def test_images_on_s3_stay_there_or_are_presigned(s3_bucket, tmp_path, capsys):
+    out = _refine_job(s3_bucket)
+    tasks = _export(out, str(tmp_path / "t"), "--worst", "1")
+    assert tasks[0]["data"]["image"] == f"{s3_bucket}/in/img1_im.png"
+    signed = _export(out, str(tmp_path / "p"), "--worst", "1", "--presign", "600")[0]["data"]["image"]
+    query_args = urllib.parse.parse_qs(urllib.parse.urlsplit(signed).query)
+    assert signed.startswith("http") and "Signature" in query_args
+    assert abs(int(query_args["Expires"][0]) - (time.time() + 600)) < 60
+
+    with urllib.request.urlopen(signed, timeout=30) as r:  # the moto server serves it
+        assert r.read() == read_bytes(f"{s3_bucket}/in/img1_im.png")
+    fix = np.zeros((40, 60), bool)
+    fix[3:20, 4:44] = True
+    assert "1 corrected" in _import(out, tmp_path / "e.json", [(tasks[0], fix)], capsys)
+    assert np.array_equal(decode_mask(read_bytes(f"{out}/masks/img1.png")) > 128, fix)
+    assert read_bytes(f"{out}/review/machine/masks/img1.png") != read_bytes(f"{out}/masks/img1.png")
 
 
 def test_refine_outputs_ranked_by_trust_and_corrected(refine_job, tmp_path, capsys):
