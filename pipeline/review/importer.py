@@ -10,7 +10,8 @@ problem is a :class:`TaskError` naming the task id and its key, and the other ta
 - ``unknown_key``: its key has no ``ok`` row in the manifest;
 - ``wrong_size``: the image size in the result or in the RLE differs from the manifest's;
 - ``empty_mask``: the annotation has no brush result or its mask is empty;
-- ``bad_result``: an undecodable RLE, a result of another type or format.
+- ``bad_result``: an undecodable RLE, a result of another type or format;
+- ``superseded``: another task of the same key has a newer annotation (that one is used).
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ import numpy as np
 from .brush_rle import BrushRleError, BrushSizeError, decode_mask
 from .tasks import FROM_NAME, TaskDataKeys
 
-__all__ = ["Correction", "TaskError", "read_export", "reviewer_of", "ERROR_TYPES"]
+__all__ = ["Correction", "TaskError", "read_export", "task_keys", "reviewer_of", "ERROR_TYPES"]
 
-ERROR_TYPES = ("other_project", "unknown_key", "wrong_size", "empty_mask", "bad_result", "bad_export")
+ERROR_TYPES = ("other_project", "unknown_key", "wrong_size", "empty_mask", "bad_result", "superseded")
 
 
 @dataclass
@@ -103,6 +104,15 @@ def _task_mask(task_id: Any, key: str, annotation: dict, h: int, w: int) -> np.n
     return mask
 
 
+def task_keys(tasks: Any) -> list[str]:
+    """The manifest keys the tasks of an export name (``data.samsr_key``)."""
+    if not isinstance(tasks, list):
+        return []
+    datas = [t.get("data") for t in tasks if isinstance(t, dict)]
+    return [d[TaskDataKeys.KEY] for d in datas
+            if isinstance(d, dict) and isinstance(d.get(TaskDataKeys.KEY), str)]
+
+
 def read_export(tasks: Any, rows: dict[str, dict],
                 job_ids: set[str]) -> tuple[list[Correction], list[TaskError], int]:
     """Label Studio's JSON export (a list of tasks) -> (corrections, task errors, tasks not
@@ -142,4 +152,16 @@ def read_export(tasks: Any, rows: dict[str, dict],
                                   _time(annotation.get("updated_at")) or _time(annotation.get("created_at"))))
         except TaskError as e:
             errors.append(e)
-    return out, errors, unreviewed
+    newest: dict[str, Correction] = {}
+    for c in out:  # one key in several tasks (tasks imported twice): the newest annotation wins
+        stamp = c.reviewed_at or dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+        old = newest.get(c.key)
+        if old is not None:
+            old_stamp = old.reviewed_at or dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+            keep, drop = (c, old) if stamp >= old_stamp else (old, c)
+            errors.append(TaskError(drop.task_id, c.key, "superseded",
+                                    f"task {keep.task_id} has a newer annotation of this key (used instead)"))
+            newest[c.key] = keep
+        else:
+            newest[c.key] = c
+    return list(newest.values()), errors, unreviewed

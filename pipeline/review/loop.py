@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["export_review", "import_review", "ExportResult", "ImportResult", "fetch_export", "latest_ok_rows"]
+__all__ = ["export_review", "import_review", "ExportResult", "ImportResult", "fetch_export", "manifest_rows"]
 
 #: fields a human row copies from the row it corrects (what the object is and where it came from)
 _IDENTITY = ("job_id", "key", "row_kind", "image_key", "image_id", "annotation_id", "category_id", "shard",
@@ -35,19 +35,29 @@ def _absolute(prefix: str) -> str:
     return prefix.rstrip("/")
 
 
-def latest_ok_rows(prefix: str) -> tuple[dict[str, dict], set[str], Any]:
-    """(latest ok row per object key, the manifest's job ids, rows so far per key)."""
-    from collections import Counter
+def manifest_rows(prefix: str, keys) -> tuple[dict[str, dict], dict[str, int], set[str]]:
+    """For the object ``keys`` only (DuckDB over the parts: a large manifest is never loaded
+    whole): (latest ``ok`` row per key that has one, rows so far per key, the manifest's job ids)."""
+    import pyarrow as pa
 
-    from pipeline.io import latest_rows, read_manifest
+    from pipeline.query import connect
 
-    table = read_manifest(prefix)
-    if table.num_rows == 0:
-        raise ValueError(f"{prefix}: no manifest (manifest/part-*.parquet): not the output of a samsr job")
-    rows = latest_rows(table).to_pylist()
-    counts = Counter(table.column("key").to_pylist())
-    ok = {r["key"]: r for r in rows if r["status"] == "ok" and r.get("row_kind") != "image"}
-    return ok, set(table.column("job_id").to_pylist()), counts
+    from .select import OBJECTS
+
+    con = connect(prefix)
+    try:
+        jobs = {r[0] for r in con.execute("SELECT DISTINCT job_id FROM manifest").fetchall()}
+        if not jobs:
+            raise ValueError(f"{prefix}: no manifest (manifest/part-*.parquet): not a samsr job's output")
+        con.register("wanted", pa.table({"key": pa.array(sorted(set(keys)), pa.string())}))
+        rel = con.sql(f"SELECT * FROM latest WHERE key IN (SELECT key FROM wanted) AND {OBJECTS}")
+        fetch = getattr(rel, "to_arrow_table", None) or rel.fetch_arrow_table  # DuckDB 2.x / 1.x
+        rows = {r["key"]: r for r in fetch().to_pylist()}
+        counts = dict(con.execute("SELECT key, count(*) FROM manifest WHERE key IN (SELECT key FROM wanted) "
+                                  "GROUP BY key").fetchall())
+    finally:
+        con.close()
+    return rows, counts, jobs
 
 
 @dataclass
@@ -83,8 +93,8 @@ def export_review(prefix: str, dest: str, *, worst: int | None = None, by: str =
     from .tasks import build_task, image_url, labeling_config
 
     prefix = _absolute(prefix)
-    rows, _, _ = latest_ok_rows(prefix)
     keys, chosen = select_keys(prefix, worst=worst, by=by, sample=sample, seed=seed, where=where)
+    rows, _, _ = manifest_rows(prefix, keys)
     outputs = JobOutputs(prefix)
     presign = _presigner(presign_seconds) if presign_seconds else None
     tasks, skipped = [], []
@@ -172,12 +182,13 @@ def import_review(prefix: str, source: str, *, api_key: str | None = None,
     errors (:mod:`pipeline.review.importer`) are returned; the other tasks are applied."""
     from pipeline.io import write_manifest_part
 
-    from .importer import read_export
+    from .importer import read_export, task_keys
     from .outputs import JobOutputs
 
     prefix = _absolute(prefix)
-    rows, job_ids, counts = latest_ok_rows(prefix)
-    corrections, task_errors, unreviewed = read_export(fetch_export(source, api_key), rows, job_ids)
+    tasks = fetch_export(source, api_key)
+    rows, counts, job_ids = manifest_rows(prefix, task_keys(tasks))
+    corrections, task_errors, unreviewed = read_export(tasks, rows, job_ids)
     errors = [str(e) for e in task_errors]
     outputs = JobOutputs(prefix)
     now = dt.datetime.now(dt.timezone.utc)
@@ -187,8 +198,8 @@ def import_review(prefix: str, source: str, *, api_key: str | None = None,
         row = rows[c.key]
         try:
             uri = outputs.replace(row, c.mask)
-        except (ValueError, KeyError) as e:
-            errors.append(f"task {c.task_id} (key {c.key!r}): bad_output: {e}")
+        except Exception as e:  # noqa: BLE001 - this object's output: named, the others go on
+            errors.append(f"task {c.task_id} (key {c.key!r}): bad_output: {type(e).__name__}: {e}")
             continue
         human = {k: row.get(k) for k in _IDENTITY}
         human.update(run_id=run_id, attempt=counts[c.key] + 1, status="ok", output_uri=uri, source="human",

@@ -109,15 +109,17 @@ def test_import_applies_good_tasks_and_names_bad_ones(fresh, tmp_path, capsys):
         _annotate(tasks[2], good, task_id=6, type="polygonlabels"),
         {"id": 7, "data": {"image": "x.jpg"}, "annotations": []},  # not a samsr task
         {"id": 8, "data": tasks[2]["data"], "annotations": []},  # not reviewed yet
+        _annotate(tasks[0], ~good, task_id=9),  # the same key, annotated earlier: task 1 wins
     ]
+    export[-1]["annotations"][0]["updated_at"] = "2026-12-07T00:20:00Z"
     src = tmp_path / "export.json"
     src.write_text(json.dumps(export))
     assert cli.main(["review", "import", out, "--from", "label-studio", str(src)]) == 1
     io = capsys.readouterr()
     for tid, kind in ((2, "other_project"), (3, "unknown_key"), (4, "wrong_size"), (5, "empty_mask"),
-                      (6, "bad_result"), (7, "other_project")):
+                      (6, "bad_result"), (7, "other_project"), (9, "superseded")):
         assert f"task {tid} " in io.err and kind in io.err.split(f"task {tid} ")[1].split("\n")[0]
-    assert "1 corrected, 6 failed, 1 not reviewed" in io.out
+    assert "1 corrected, 7 failed, 1 not reviewed" in io.out
     after = json.loads(read_bytes(fresh["output"]))
     key = tasks[0]["data"]["samsr_key"]
     aid = tasks[0]["data"]["samsr_annotation_id"]
