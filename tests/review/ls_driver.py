@@ -3,13 +3,14 @@
 Run with ``.venv-labelstudio/bin/python`` (the project's own venv never imports Label Studio):
 
     python tests/review/ls_driver.py --url URL --legacy-token T --config config.xml --tasks tasks.json \\
-        --key KEY --mask reviewer.png --export export.json
+        --key KEY --mask reviewer.png --export export.json --decoded DIR
 
 1. makes a personal access token (``POST /api/token/`` with the user's legacy token) and uses it
    for everything after (the SDK exchanges it for access tokens);
 2. creates a project with the labeling config, imports the tasks (with their predictions);
-3. checks each task holds both predictions, and decodes their brush RLE with Label Studio's own
-   converter (``label_studio_sdk.converter.brush.decode_rle``);
+3. checks each task holds both predictions as sent, and decodes their brush RLE with Label
+   Studio's own converter (``label_studio_sdk.converter.brush.decode_rle``) into
+   DECODED/<task index>-<model version>.png (the alpha channel);
 4. annotates the task of KEY with the reviewer's mask (PNG, > 128 = in), encoded with Label
    Studio's own ``mask2rle``;
 5. writes the project's JSON export to EXPORT.
@@ -41,7 +42,7 @@ def personal_token(url: str, legacy: str) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    for name in ("url", "legacy-token", "config", "tasks", "key", "mask", "export"):
+    for name in ("url", "legacy-token", "config", "tasks", "key", "mask", "export", "decoded"):
         p.add_argument(f"--{name}", required=True)
     a = p.parse_args()
     token = personal_token(a.url, a.legacy_token)
@@ -55,7 +56,7 @@ def main() -> int:
     tasks = list(ls.tasks.list(project=project.id, fields="all"))
     by_key = {t.data["samsr_key"]: t for t in tasks}
     predictions, decoded_equal = [], True
-    for sent in exported:
+    for n, sent in enumerate(exported):
         task = by_key[sent["data"]["samsr_key"]]
         preds = sorted(ls.predictions.list(task=task.id), key=lambda pr: pr.model_version)
         predictions.append(len(preds))
@@ -66,6 +67,7 @@ def main() -> int:
             alpha = np.reshape(decode_rle(theirs), (h, w, 4))[:, :, 3]
             mine = np.reshape(decode_rle(ours[pr.model_version]), (h, w, 4))[:, :, 3]
             decoded_equal &= bool(np.array_equal(alpha, mine) and set(np.unique(alpha)) <= {0, 255})
+            Image.fromarray(alpha).save(f"{a.decoded}/{n}-{pr.model_version}.png")
     task = by_key[a.key]
     mask = (np.asarray(Image.open(a.mask).convert("L")) > 128).astype(np.uint8) * 255
     h, w = mask.shape

@@ -120,10 +120,16 @@ def test_review_loop_through_label_studio(label_studio, tmp_path, capsys):
 
     info = _driver("--url", url, "--legacy-token", LEGACY_TOKEN, "--config", f"{dest}/config.xml",
                    "--tasks", f"{dest}/tasks.json", "--key", first["samsr_key"], "--mask", str(mask_png),
-                   "--export", str(tmp_path / "export.json"))
+                   "--export", str(tmp_path / "export.json"), "--decoded", str(tmp_path))
     # Label Studio holds both tasks with both pre-annotations, and its own brush decoder reads ours
     assert info["tasks"] == 2 and info["predictions"] == [2, 2] and info["user"] == EMAIL
     assert info["predictions_decoded_equal"] is True
+    for n, task in enumerate(tasks):  # Label Studio's decoder reads the masks samsr meant
+        for pred in task["predictions"]:
+            res = pred["result"][0]
+            ours = decode_mask(res["value"]["rle"], res["original_height"], res["original_width"])
+            theirs = cv2.imread(str(tmp_path / f"{n}-{pred['model_version']}.png"), cv2.IMREAD_UNCHANGED)
+            assert np.array_equal(theirs >= 128, ours) and ours.sum() > 50
     export_url = f"{url}/api/projects/{info['project']}/export?exportType=JSON"
     os.environ["LABEL_STUDIO_API_KEY"] = info["api_key"]
     try:
