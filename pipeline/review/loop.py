@@ -163,8 +163,11 @@ def _with_user_emails(tasks: Any, source: str, auth: dict) -> Any:
     if not isinstance(tasks, list):
         return tasks
     req = urllib.request.Request(urllib.parse.urljoin(source, "/api/users/"), headers=auth)
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        users = json.loads(resp.read())
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            users = json.loads(resp.read())
+    except (OSError, ValueError):  # a token that may not list users: reviewers stay user ids
+        return tasks
     users = users.get("results", []) if isinstance(users, dict) else users
     emails = {u.get("id"): u.get("email") for u in users if isinstance(u, dict)}
     for task in tasks:
