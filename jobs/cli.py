@@ -8,6 +8,7 @@
     samsr benchmark refiner                      # benchmarks (jobs.benchmark)
     samsr train --help                           # train the refiner (jobs.train)
     samsr weights average A.pt B.pt --out C.pt   # interpolate two weights files (jobs.weights)
+    samsr review export OUT --to label-studio --worst 50 --dest DIR   # human review (jobs.review)
 
 ``samsr COMMAND --help`` shows each command's options.
 """
@@ -31,6 +32,7 @@ COMMANDS = {
     "benchmark": ("jobs.benchmark", "benchmarks: 'samsr benchmark refiner' or 'samsr benchmark sam'"),
     "train": ("jobs.train", "train the refiner (Ray Train)"),
     "weights": ("jobs.weights", "weights files: 'samsr weights average' (WiSE-FT / model soup)"),
+    "review": ("jobs.review", "human review in Label Studio: export tasks, import the corrected masks"),
 }
 
 

@@ -4,7 +4,8 @@ Files: ``<output_prefix>/manifest/part-<name>.parquet``. Parts are written after
 their rows (commit marker last), so a row with ``status == "ok"`` means its mask exists.
 A rerun skips keys in :func:`completed_keys`; a key can have several rows across attempts
 (e.g. ``error`` then ``ok``), so queries that count samples should use the latest row per key
-(:func:`latest_rows`).
+(:func:`latest_rows`). A ``source = "human"`` row (a reviewer's correction) is the latest row of
+its key whatever the pipeline wrote after it, and as an ``ok`` row a rerun skips its key.
 
 Columns (type; null when not applicable):
 
@@ -53,6 +54,9 @@ change_iou            float64      IoU(coarse, refined), for runs without gt
 changed_fraction      float64      fraction of pixels whose binary label changed
 sam_mask_count        int32        SAM proposals used
 sam_gate              string       SAM-SR-v1 gate that fired, or null
+source                string       null (the pipeline) | ``human``: a reviewer's mask (samsr review import)
+reviewer              string       human rows: who corrected the mask (the annotation tool's user)
+reviewed_at           timestamp    human rows: when the reviewer saved it (UTC)
 t_read_ms             float64      stage timings in milliseconds
 t_sam_ms              float64
 t_refine_ms           float64
@@ -146,6 +150,9 @@ MANIFEST_SCHEMA: pa.Schema = pa.schema(
         ("accepted", pa.bool_()),
         ("line_level", _F),
         ("candidate_uri", _S),
+        ("source", _S),
+        ("reviewer", _S),
+        ("reviewed_at", pa.timestamp("ms", tz="UTC")),
         ("t_read_ms", _F),
         ("t_sam_ms", _F),
         ("t_refine_ms", _F),
@@ -306,9 +313,10 @@ def completed_keys(output_prefix: str) -> set[str]:
 
 
 def latest_rows(table: pa.Table) -> pa.Table:
-    """One row per key: its newest ``ok`` row if any, else its newest row (by finished_at; a
-    later attempt wins a tie), in key order. The rule is ``pipeline.io.manifest_sql.LATEST_SQL``, the
-    same SQL that ``samsr query`` uses for its ``latest`` view."""
+    """One row per key: its newest ``ok`` row if any (a reviewer's, ``source = 'human'``, before the
+    pipeline's), else its newest row (by finished_at; a later attempt wins a tie), in key order.
+    The rule is ``pipeline.io.manifest_sql.LATEST_SQL``, the same SQL that ``samsr query`` uses for
+    its ``latest`` view."""
     if table.num_rows == 0:
         return table
     from .manifest_sql import latest_of_table

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 __all__ = ["LATEST_ORDER", "LATEST_SQL", "duckdb_connect", "latest_of_table"]
 
-# The "latest row per key" rule: its newest ok row, else its newest row (later attempts win ties).
-LATEST_ORDER = "(status = 'ok') DESC, finished_at DESC NULLS LAST, attempt DESC NULLS LAST"
+# The "latest row per key" rule: its newest ok row, else its newest row (later attempts win ties);
+# a reviewer's row (source = 'human', samsr review import) beats every row of the pipeline.
+LATEST_ORDER = ("(status = 'ok') DESC, coalesce(source = 'human', false) DESC, finished_at DESC NULLS LAST, "
+                "attempt DESC NULLS LAST")
 LATEST_SQL = f"""
 SELECT * FROM manifest
 QUALIFY row_number() OVER (PARTITION BY key ORDER BY {LATEST_ORDER}) = 1

