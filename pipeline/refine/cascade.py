@@ -12,7 +12,7 @@ from torch import Tensor
 from pipeline.models.crm import CRMNet, make_coord
 from pipeline.refine.edgecheck import edge_check
 from pipeline.refine.encoder import encode_levels, encode_reduced
-from pipeline.refine.inputs import coarse01_tensor, pad_index, padded_base, padded_mask
+from pipeline.refine.inputs import PaddedImage, coarse01_tensor, pad_index, padded_mask
 from pipeline.refine.levels import area_level, remap_level
 from pipeline.refine.modes import roi_mask, strided_decode
 from pipeline.refine.options import TTA_FLIPS, RefineOptions, autocast_dtype
@@ -68,10 +68,11 @@ def _from_numpy(a: np.ndarray) -> Tensor:
 
 
 def _scale_probability(
-    model: CRMNet, base: Tensor, mask_in: Tensor, scale: float, roi: Tensor | None, options: RefineOptions
+    model: CRMNet, base: PaddedImage, mask_in: Tensor, scale: float, roi: Tensor | None,
+    options: RefineOptions,
 ) -> Tensor:
-    """One cascade step: (1, C, Hp, Wp) base input without mask, (1, 1, Hp, Wp) mask in [-1, 1]
-    -> (Hp, Wp) probabilities."""
+    """One cascade step: (1, C, Hp, Wp) base input without mask (gathered on demand), (1, 1, Hp, Wp)
+    mask in [-1, 1] -> (Hp, Wp) probabilities."""
     hp, wp = base.shape[-2:]
     a = options.align
     size = (max(a, round(hp * scale / a) * a), max(a, round(wp * scale / a) * a))
@@ -93,10 +94,10 @@ def _scale_probability(
         prior = model.mask_prior * mask_in[0, 0] if model.mask_prior else None
         decoder = TileDecoder(model, source, hp, wp, options.tile, options.factorize_decoder, cache, prior)
     if options.decode == "full":
-        out = torch.empty((hp, wp), device=base.device)
+        out = torch.empty((hp, wp), device=mask_in.device)
         decoder.decode(out)
     elif options.decode == "strided":
-        out = strided_decode(decoder.decode, (hp, wp), options.stride, base.device)
+        out = strided_decode(decoder.decode, (hp, wp), options.stride, mask_in.device)
     else:
         out = (mask_in[0, 0] + 1) / 2  # the incoming value outside the region
         decoder.decode(out, roi)
@@ -259,8 +260,7 @@ def _refine(model, image, coarse, sam_colors, options: RefineOptions, device: to
     mask_in = padded_mask(mask, rows, cols)  # (1, 1, Hp, Wp) in [-1, 1]
     del mask
     colors = None if sam_colors is None else _resized_colors(sam_colors, h, w)
-    base = padded_base(image, colors, rows, cols, device)  # (1, 3|6, Hp, Wp): RGB, [colours]
-    del colors
+    base = PaddedImage(image, colors, rows, cols, device)  # (1, 3|6, Hp, Wp): RGB, [colours], lazily
     prob = None
     dtype = autocast_dtype(options.precision)
     for scale in options.scales:

@@ -19,7 +19,7 @@ from torch import Tensor
 from pipeline.models.crm import Fusion
 from pipeline.models.resnet import DilatedResNet
 from pipeline.refine.options import RefineOptions
-from pipeline.refine.tiled import encode_tiled, encoder_geometry, resolve_tile, scaled_region
+from pipeline.refine.tiled import encode_tiled, encoder_geometry, full_tensor, resolve_tile, scaled_region
 
 __all__ = ["encode_levels", "encode_reduced", "halving_in_strips", "layer1_in_strips"]
 
@@ -52,8 +52,10 @@ def layer1_in_strips(encoder: DilatedResNet, x1: Tensor, strip: int = _STRIP) ->
     return halving_in_strips(lambda t: encoder.layer1(encoder.maxpool(t)), x1, strip)
 
 
-def _scaled_input(base: Tensor, mask_in: Tensor, size: tuple[int, int]) -> Tensor:
+def _scaled_input(base, mask_in: Tensor, size: tuple[int, int]) -> Tensor:
+    base = full_tensor(base)
     inp = torch.cat([base[:, :3], mask_in, base[:, 3:]], dim=1)
+    del base
     return F.interpolate(inp, size=size, mode="bilinear", align_corners=True)
 
 
@@ -73,7 +75,7 @@ def _levels_of(model, make: Callable[[], Tensor], options: RefineOptions) -> tup
     return x1, x2, x3
 
 
-def _encode(model, base: Tensor, mask_in: Tensor, size: tuple[int, int], options: RefineOptions,
+def _encode(model, base, mask_in: Tensor, size: tuple[int, int], options: RefineOptions,
             levels_of: Callable[[Callable[[], Tensor]], tuple[Tensor, Tensor, Tensor]]
             ) -> tuple[Tensor, Tensor, Tensor]:
     """`levels_of` the encoder input at `size`, over tiles when `options.tile_encoder` asks for it."""
@@ -87,11 +89,12 @@ def _encode(model, base: Tensor, mask_in: Tensor, size: tuple[int, int], options
 
 
 def encode_levels(
-    model, base: Tensor, mask_in: Tensor, size: tuple[int, int], options: RefineOptions
+    model, base, mask_in: Tensor, size: tuple[int, int], options: RefineOptions
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Encoder input at `size` (bilinear, align_corners=True) from the padded base input
-    (1, C-1, Hp, Wp) and mask (1, 1, Hp, Wp) -> x1, x2, x3 of `model.feats` (over tiles with
-    `options.tile_encoder`: `pipeline.refine.tiled`)."""
+    (1, C-1, Hp, Wp) (a tensor or a `pipeline.refine.inputs.PaddedImage`) and mask
+    (1, 1, Hp, Wp) -> x1, x2, x3 of `model.feats` (over tiles with `options.tile_encoder`:
+    `pipeline.refine.tiled`)."""
     return _encode(model, base, mask_in, size, options, lambda make: _levels_of(model, make, options))
 
 
@@ -127,7 +130,7 @@ def _reduced_of(model, make: Callable[[], Tensor], options: RefineOptions) -> tu
 
 
 def encode_reduced(
-    model, base: Tensor, mask_in: Tensor, size: tuple[int, int], options: RefineOptions
+    model, base, mask_in: Tensor, size: tuple[int, int], options: RefineOptions
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Like `encode_levels` followed by `model.aspp_.reduce`: -> a1, a2, a3 (over tiles with
     `options.tile_encoder`, each tile reduced before it is stitched)."""

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from pipeline.models.crm import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["pad_index", "padded_base", "padded_mask", "coarse01_tensor"]
+__all__ = ["pad_index", "padded_base", "padded_mask", "coarse01_tensor", "PaddedImage"]
 
 _CHUNK_ROWS = 256
 
@@ -59,6 +59,31 @@ def padded_base(image: np.ndarray, colors: np.ndarray | None, rows: np.ndarray, 
             part = torch.from_numpy(colors[index][:, cols]).to(device).permute(2, 0, 1).float() / 255
             out[0, 3:, r0 : r0 + index.size] = part * 2 - 1
     return out
+
+
+class PaddedImage:
+    """The padded, normalised base input (RGB [+ colours]) without holding it: regions are
+    gathered from the uint8 arrays on demand (`take`), with the values `padded_base` gives.
+
+    image: (H, W, 3) uint8; colors: (H, W, 3) uint8 or None; rows, cols: `pad_index` maps.
+    ``shape`` is that of the padded tensor: (1, 3 or 6, Hp, Wp).
+    """
+
+    def __init__(self, image: np.ndarray, colors: np.ndarray | None, rows: np.ndarray, cols: np.ndarray,
+                 device) -> None:
+        self.image, self.colors, self.rows, self.cols = image, colors, rows, cols
+        self.device = torch.device(device)
+        self.shape = (1, 3 if colors is None else 6, rows.size, cols.size)
+
+    def take(self, rows: Tensor, cols: Tensor) -> Tensor:
+        """(1, C, len(rows), len(cols)) float32 at padded positions ``rows`` x ``cols`` (int64)."""
+        r, c = self.rows[rows.cpu().numpy()], self.cols[cols.cpu().numpy()]
+        colors = None if self.colors is None else self.colors[r][:, c]
+        return padded_base(self.image[r][:, c], colors, np.arange(r.size), np.arange(c.size), self.device)
+
+    def full(self) -> Tensor:
+        """The whole (1, C, Hp, Wp) float32 tensor (`padded_base`)."""
+        return padded_base(self.image, self.colors, self.rows, self.cols, self.device)
 
 
 def coarse01_tensor(coarse: np.ndarray, size: tuple[int, int], device) -> Tensor:

@@ -42,6 +42,7 @@ __all__ = [
     "receptive_radius",
     "resolve_tile",
     "scaled_region",
+    "full_tensor",
 ]
 
 AUTO_PIXELS = 16_000_000  # `tile_encoder: auto` tiles an encoder input above this many pixels
@@ -130,28 +131,43 @@ def axis_spans(n: int, tile: int, halo: int) -> list[TileSpan]:
             for o0 in range(0, n, tile)]
 
 
-def scaled_region(
-    base: Tensor, mask_in: Tensor, size: tuple[int, int], rows: tuple[int, int], cols: tuple[int, int]
-) -> Tensor:
+def _take(x, rows: Tensor, cols: Tensor) -> Tensor:
+    """x[:, :, rows][:, :, :, cols] of a (1, C, H, W) tensor or a `PaddedImage`."""
+    if isinstance(x, Tensor):
+        return x[:, :, rows][:, :, :, cols]
+    return x.take(rows, cols)
+
+
+def full_tensor(x) -> Tensor:
+    """A (1, C, H, W) tensor itself, or a `PaddedImage` materialised."""
+    return x if isinstance(x, Tensor) else x.full()
+
+
+def scaled_region(base, mask_in: Tensor, size: tuple[int, int], rows: tuple[int, int], cols: tuple[int, int]
+                  ) -> Tensor:
     """Rows/cols [r0, r1) x [c0, c1) of the encoder input: ``cat(RGB, mask, rest)`` of the padded
-    base (1, C-1, Hp, Wp) and mask (1, 1, Hp, Wp), resized to `size` (bilinear,
-    align_corners=True); a plain slice when `size` is the padded size."""
+    base (1, C-1, Hp, Wp) (a tensor or a `pipeline.refine.inputs.PaddedImage`) and mask
+    (1, 1, Hp, Wp), resized to `size` (bilinear, align_corners=True; the same products as
+    `pipeline.refine.tiles` upsampling: rows first, then columns); a plain region when `size` is
+    the padded size."""
     (r0, r1), (c0, c1) = rows, cols
-    if tuple(size) == tuple(base.shape[-2:]):
-        parts = [base[:, :3, r0:r1, c0:c1], mask_in[:, :, r0:r1, c0:c1], base[:, 3:, r0:r1, c0:c1]]
-        return torch.cat(parts, dim=1)
-    h_in, w_in = base.shape[-2:]
-    i0, i1, ly = lerp_table(size[0], h_in, r0, r1, base.device)
-    j0, j1, lx = lerp_table(size[1], w_in, c0, c1, base.device)
+    device = mask_in.device
+    h_in, w_in = mask_in.shape[-2:]
+    if tuple(size) == (h_in, w_in):
+        ri, ci = torch.arange(r0, r1, device=device), torch.arange(c0, c1, device=device)
+        rgb_rest, mask = _take(base, ri, ci), mask_in[:, :, r0:r1, c0:c1]
+        return torch.cat([rgb_rest[:, :3], mask, rgb_rest[:, 3:]], dim=1)
+    i0, i1, ly = lerp_table(size[0], h_in, r0, r1, device)
+    j0, j1, lx = lerp_table(size[1], w_in, c0, c1, device)
+    ly, lx = ly.view(1, 1, -1, 1), lx.view(1, 1, 1, -1)
     out = []
-    for x in (base[:, :3], mask_in, base[:, 3:]):
-        if x.shape[1] == 0:
-            continue
-        top, bottom = x[:, :, i0], x[:, :, i1]
-        region = top + (bottom - top) * ly.view(1, 1, -1, 1)
-        left, right = region[..., j0], region[..., j1]
-        out.append(left + (right - left) * lx.view(1, 1, 1, -1))
-    return torch.cat(out, dim=1)
+    for x in (base, mask_in):
+        left = _take(x, i0, j0)
+        left += (_take(x, i1, j0) - left) * ly
+        right = _take(x, i0, j1)
+        right += (_take(x, i1, j1) - right) * ly
+        out.append(left + (right - left) * lx)
+    return torch.cat([out[0][:, :3], out[1], out[0][:, 3:]], dim=1)
 
 
 def encode_tiled(

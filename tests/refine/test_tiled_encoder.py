@@ -168,3 +168,23 @@ def test_bad_tile_encoder_values():
             RefineOptions(tile_encoder=bad)
     assert RefineOptions(tile_encoder=False).tile_encoder == "off"
     assert RefineOptions().tile_encoder == "auto"
+
+
+@pytest.mark.parametrize("with_colors", [False, True])
+def test_padded_image_gathers_what_the_padded_tensor_holds(with_colors):
+    from pipeline.refine.inputs import PaddedImage, padded_base
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (30, 45, 3), dtype=np.uint8)
+    colors = rng.integers(0, 256, (30, 45, 3), dtype=np.uint8) if with_colors else None
+    rows, cols = pad_index(30, 45, 32, 8)
+    lazy = PaddedImage(image, colors, rows, cols, "cpu")
+    full = padded_base(image, colors, rows, cols, "cpu")
+    assert lazy.shape == tuple(full.shape) == (1, 6 if with_colors else 3, 96, 112)
+    assert torch.equal(lazy.full(), full)
+    r, c = torch.tensor([0, 5, 95, 40]), torch.tensor([111, 3, 3, 60])
+    assert torch.equal(lazy.take(r, c), full[:, :, r][:, :, :, c])
+    mask = torch.rand(1, 1, 96, 112)
+    for size in ((96, 112), (50, 61)):  # identity and a downscale: the region equals the tensor path's
+        assert torch.equal(scaled_region(lazy, mask, size, (8, 40), (16, 56)),
+                           scaled_region(full, mask, size, (8, 40), (16, 56)))
