@@ -91,7 +91,7 @@ def _scale_probability(
         decoder = _OfficialDecoder(model, source.feat, hp, wp, options.query_chunk, mask_in[0, 0])
     else:
         cache = options.decode != "full" and options.stream
-        prior = model.mask_prior * mask_in[0, 0] if model.mask_prior else None
+        prior = (model.mask_prior, mask_in[0, 0]) if model.mask_prior else None
         decoder = TileDecoder(model, source, hp, wp, options.tile, options.factorize_decoder, cache, prior)
     if options.decode == "full":
         out = torch.empty((hp, wp), device=mask_in.device)
