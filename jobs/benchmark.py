@@ -7,6 +7,7 @@
     samsr benchmark relabel --help
     samsr benchmark pipeline --help
     samsr benchmark gpu --help
+    samsr benchmark memory --help
     python -m jobs.benchmark refiner [ARGS...]
 
 Dispatches to ``pipeline.bench.refiner.main(argv)`` and ``pipeline.bench.sam.main(argv)``,
@@ -30,6 +31,7 @@ BENCHMARKS = {
     "relabel": ("pipeline.bench.relabel", "relabel at scale: planning a 10k-image COCO file, worker memory"),
     "pipeline": ("pipeline.bench.pipeline", "the Ray pipeline vs a bare loop of its stages; 1 vs 2 workers"),
     "gpu": ("pipeline.bench.gpu", "one card: refiner fp32 vs bf16, SAM stock vs fast, the whole pipeline"),
+    "memory": ("pipeline.bench.memory", "one refinement's peak RSS and time, tiled vs untiled encoder"),
 }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -279,7 +280,8 @@ def _check_refine_options(options: Mapping[str, Any]) -> None:
     try:
         RefineOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
     except (TypeError, ValueError) as e:
-        raise ValueError(f"refine.options: {e}") from e
+        named = re.match(r"RefineOptions\.(\w+)=", str(e))  # name the key: refine.options.<field>
+        raise ValueError(f"refine.options.{named.group(1)}: {e}" if named else f"refine.options: {e}") from e
 
 
 def load_config(path: str | None, overrides: Iterable[tuple[list[str], Any]] = ()) -> RefineJobConfig:

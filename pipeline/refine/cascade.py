@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipeline.models.crm import CRMNet, make_coord, make_input
+from pipeline.models.crm import CRMNet, make_coord
 from pipeline.refine.edgecheck import edge_check
 from pipeline.refine.encoder import encode_levels, encode_reduced
+from pipeline.refine.inputs import PaddedImage, coarse01_tensor, pad_index, padded_mask
 from pipeline.refine.levels import area_level, remap_level
 from pipeline.refine.modes import roi_mask, strided_decode
 from pipeline.refine.options import TTA_FLIPS, RefineOptions, autocast_dtype
@@ -32,16 +33,6 @@ def reflect_pad(x: Tensor, pad: int) -> Tensor:
         x = F.pad(x, (step,) * 4, mode="reflect")
         remaining -= step
     return x
-
-
-def _align(x: Tensor, multiple: int) -> Tensor:
-    """Reflect-pad (B, C, H, W) at the bottom/right to multiples of `multiple` (replicate when short)."""
-    h, w = x.shape[-2:]
-    dh, dw = -h % multiple, -w % multiple
-    if not dh and not dw:
-        return x
-    mode = "reflect" if dh < h and dw < w else "replicate"
-    return F.pad(x, (0, dw, 0, dh), mode=mode)
 
 
 def _describe(array) -> str:
@@ -76,33 +67,12 @@ def _from_numpy(a: np.ndarray) -> Tensor:
     return torch.from_numpy(a if a.flags.writeable else a.copy())
 
 
-def _coarse_tensor(coarse: np.ndarray, size: tuple[int, int], device) -> Tensor:
-    """(1, 1, H, W) coarse mask in [0, 1], bilinearly resized to ``size`` when it differs."""
-    mask = _from_numpy(coarse).to(device)[None, None].float()
-    if mask.shape[-2:] != tuple(size):
-        mask = F.interpolate(mask, size=tuple(size), mode="bilinear", align_corners=False).clamp_(0, 255)
-    return mask / 255
-
-
-def _to_tensors(image, coarse, sam_colors, device) -> tuple[Tensor, Tensor, Tensor | None]:
-    """(1, 3, H, W) RGB in [0,1], (1, 1, H, W) coarse in [0,1], optional (1, 3, H, W) colours in [0,1]."""
-    h, w = image.shape[:2]
-    img = _from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 255
-    mask = _coarse_tensor(coarse, (h, w), device)
-    colors = None
-    if sam_colors is not None:
-        colors = _from_numpy(sam_colors).to(device).permute(2, 0, 1)[None].float()
-        if colors.shape[-2:] != (h, w):
-            colors = F.interpolate(colors, size=(h, w), mode="nearest")
-        colors = colors / 255
-    return img, mask, colors
-
-
 def _scale_probability(
-    model: CRMNet, base: Tensor, mask_in: Tensor, scale: float, roi: Tensor | None, options: RefineOptions
+    model: CRMNet, base: PaddedImage, mask_in: Tensor, scale: float, roi: Tensor | None,
+    options: RefineOptions,
 ) -> Tensor:
-    """One cascade step: (1, C, Hp, Wp) base input without mask, (1, 1, Hp, Wp) mask in [-1, 1]
-    -> (Hp, Wp) probabilities."""
+    """One cascade step: (1, C, Hp, Wp) base input without mask (gathered on demand), (1, 1, Hp, Wp)
+    mask in [-1, 1] -> (Hp, Wp) probabilities."""
     hp, wp = base.shape[-2:]
     a = options.align
     size = (max(a, round(hp * scale / a) * a), max(a, round(wp * scale / a) * a))
@@ -117,20 +87,19 @@ def _scale_probability(
         x1, x2, x3 = encode_levels(model, base, mask_in, size, options)
         source = FullFeatures(model.aspp_(x1, x2, x3))
         del x1, x2, x3
-    prev = (mask_in[0, 0] + 1) / 2
     if official_decoder:
         decoder = _OfficialDecoder(model, source.feat, hp, wp, options.query_chunk, mask_in[0, 0])
     else:
         cache = options.decode != "full" and options.stream
-        prior = model.mask_prior * mask_in[0, 0] if model.mask_prior else None
+        prior = (model.mask_prior, mask_in[0, 0]) if model.mask_prior else None
         decoder = TileDecoder(model, source, hp, wp, options.tile, options.factorize_decoder, cache, prior)
     if options.decode == "full":
-        out = torch.empty((hp, wp), device=base.device)
+        out = torch.empty((hp, wp), device=mask_in.device)
         decoder.decode(out)
     elif options.decode == "strided":
-        out = strided_decode(decoder.decode, (hp, wp), options.stride, base.device)
+        out = strided_decode(decoder.decode, (hp, wp), options.stride, mask_in.device)
     else:
-        out = prev.clone()
+        out = (mask_in[0, 0] + 1) / 2  # the incoming value outside the region
         decoder.decode(out, roi)
     return out
 
@@ -245,7 +214,7 @@ def refine_detailed(
             squares /= len(flips)
             spread = np.sqrt(np.maximum(squares - np.square(total), 0, out=squares), out=squares)
         # the coarse mask in [0, 1], resized to the image as `_to_tensors` resizes it for the model
-        coarse01 = _coarse_tensor(coarse, total.shape, device)[0, 0].cpu().numpy()
+        coarse01 = coarse01_tensor(coarse, total.shape, device)[0, 0].cpu().numpy()
         level = 0.5
         if options.threshold != 0.5:
             level = (area_level(total, coarse01, options.area_bounds) if options.threshold == "area"
@@ -270,28 +239,36 @@ def _flip(a: np.ndarray, rows: bool, cols: bool) -> np.ndarray:
     return np.ascontiguousarray(a) if rows or cols else a
 
 
+def _resized_colors(sam_colors: np.ndarray, h: int, w: int) -> np.ndarray:
+    """The (h', w', 3) uint8 colour map nearest-resized to (h, w), uint8."""
+    if sam_colors.shape[:2] == (h, w):
+        return sam_colors
+    colors = _from_numpy(sam_colors).permute(2, 0, 1)[None]
+    return F.interpolate(colors, size=(h, w), mode="nearest")[0].permute(1, 2, 0).contiguous().numpy()
+
+
 def _refine(model, image, coarse, sam_colors, options: RefineOptions, device: torch.device) -> np.ndarray:
     h, w = image.shape[:2]
-    img, mask, colors = _to_tensors(image, coarse, sam_colors, device)
+    mask = coarse01_tensor(coarse, (h, w), device)
     if float(mask.sum() * 2) < 2:
         return np.zeros((h, w), dtype=np.float32)
+    rows, cols = pad_index(h, w, options.pad, options.align)
     roi = None
     if options.decode in ("bbox", "contour"):
         roi = roi_mask(mask[0, 0], options.decode, options.roi_margin)
-        roi = reflect_pad(roi[None, None].float(), options.pad)[0, 0] > 0.5
-    inp = make_input(img, mask, colors)  # (1, 4|7, H, W): RGB, mask, [colours]
-    del img, colors
-    base = _align(reflect_pad(torch.cat([inp[:, :3], inp[:, 4:]], dim=1), options.pad), options.align)
-    mask_in = _align(reflect_pad(inp[:, 3:4], options.pad), options.align)  # without / with the mask
-    del inp
-    if roi is not None:
-        roi = _align(roi[None, None].float(), options.align)[0, 0] > 0.5
+        roi = roi[torch.from_numpy(rows).to(device)][:, torch.from_numpy(cols).to(device)]
+    mask_in = padded_mask(mask, rows, cols)  # (1, 1, Hp, Wp) in [-1, 1]
+    del mask
+    colors = None if sam_colors is None else _resized_colors(sam_colors, h, w)
+    base = PaddedImage(image, colors, rows, cols, device)  # (1, 3|6, Hp, Wp): RGB, [colours], lazily
     prob = None
     dtype = autocast_dtype(options.precision)
     for scale in options.scales:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             prob = _scale_probability(model, base, mask_in, scale, roi, options).float()
-        mask_in = ((prob - 0.5) * 2)[None, None]
+        del mask_in
+        mask_in = prob.sub(0.5).mul_(2)[None, None]
+    del base, mask_in
     p = options.pad
     prob = prob[p : p + h, p : p + w]
     return prob.clamp_(0, 1).float().cpu().numpy()

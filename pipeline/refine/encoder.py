@@ -19,6 +19,7 @@ from torch import Tensor
 from pipeline.models.crm import Fusion
 from pipeline.models.resnet import DilatedResNet
 from pipeline.refine.options import RefineOptions
+from pipeline.refine.tiled import encode_tiled, encoder_geometry, full_tensor, resolve_tile, scaled_region
 
 __all__ = ["encode_levels", "encode_reduced", "halving_in_strips", "layer1_in_strips"]
 
@@ -51,20 +52,20 @@ def layer1_in_strips(encoder: DilatedResNet, x1: Tensor, strip: int = _STRIP) ->
     return halving_in_strips(lambda t: encoder.layer1(encoder.maxpool(t)), x1, strip)
 
 
-def _scaled_input(base: Tensor, mask_in: Tensor, size: tuple[int, int]) -> Tensor:
+def _scaled_input(base, mask_in: Tensor, size: tuple[int, int]) -> Tensor:
+    base = full_tensor(base)
     inp = torch.cat([base[:, :3], mask_in, base[:, 3:]], dim=1)
+    del base
     return F.interpolate(inp, size=size, mode="bilinear", align_corners=True)
 
 
-def encode_levels(
-    model, base: Tensor, mask_in: Tensor, size: tuple[int, int], options: RefineOptions
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Encoder input at `size` (bilinear, align_corners=True) from the padded base input
-    (1, C-1, Hp, Wp) and mask (1, 1, Hp, Wp) -> x1, x2, x3 of `model.feats`."""
-    inp = _scaled_input(base, mask_in, size)
+def _levels_of(model, make: Callable[[], Tensor], options: RefineOptions) -> tuple[Tensor, Tensor, Tensor]:
+    """x1, x2, x3 of `model.feats` for the encoder input (1, C, h, w) that `make()` returns (a
+    thunk, so that with `layer1_strips` the input is freed after the stem)."""
     encoder = model.feats
     if not (options.layer1_strips and isinstance(encoder, DilatedResNet)):
-        return encoder(inp, run_layer4=not options.skip_layer4)
+        return encoder(make(), run_layer4=not options.skip_layer4)
+    inp = make()
     x1 = encoder.stem(inp)
     del inp
     x2 = layer1_in_strips(encoder, x1)
@@ -72,6 +73,29 @@ def encode_levels(
     if not options.skip_layer4:
         encoder.layer4(x3)
     return x1, x2, x3
+
+
+def _encode(model, base, mask_in: Tensor, size: tuple[int, int], options: RefineOptions,
+            levels_of: Callable[[Callable[[], Tensor]], tuple[Tensor, Tensor, Tensor]]
+            ) -> tuple[Tensor, Tensor, Tensor]:
+    """`levels_of` the encoder input at `size`, over tiles when `options.tile_encoder` asks for it."""
+    halo, stride = encoder_geometry(model.feats)
+    tile = resolve_tile(options.tile_encoder, size, stride)
+    if tile is None:
+        return levels_of(lambda: _scaled_input(base, mask_in, size))
+    def region(rows, cols):
+        return scaled_region(base, mask_in, size, rows, cols)
+    return encode_tiled(levels_of, region, size, tile, halo)
+
+
+def encode_levels(
+    model, base, mask_in: Tensor, size: tuple[int, int], options: RefineOptions
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Encoder input at `size` (bilinear, align_corners=True) from the padded base input
+    (1, C-1, Hp, Wp) (a tensor or a `pipeline.refine.inputs.PaddedImage`) and mask
+    (1, 1, Hp, Wp) -> x1, x2, x3 of `model.feats` (over tiles with `options.tile_encoder`:
+    `pipeline.refine.tiled`)."""
+    return _encode(model, base, mask_in, size, options, lambda make: _levels_of(model, make, options))
 
 
 def _reduce_in_place(fusion: Fusion, x1: Tensor, strip: int = _STRIP) -> Tensor:
@@ -83,15 +107,13 @@ def _reduce_in_place(fusion: Fusion, x1: Tensor, strip: int = _STRIP) -> Tensor:
     return x1
 
 
-def encode_reduced(
-    model, base: Tensor, mask_in: Tensor, size: tuple[int, int], options: RefineOptions
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Like `encode_levels` followed by `model.aspp_.reduce`: -> a1, a2, a3; with
-    `layer1_strips` each level is reduced as soon as the encoder is done with it."""
+def _reduced_of(model, make: Callable[[], Tensor], options: RefineOptions) -> tuple[Tensor, Tensor, Tensor]:
+    """a1, a2, a3 (`model.aspp_.reduce` of the encoder levels) for the encoder input `make()`
+    returns; with `layer1_strips` each level is reduced as soon as the encoder is done with it."""
     encoder, fusion = model.feats, model.aspp_
     if not (options.layer1_strips and isinstance(encoder, DilatedResNet)):
-        return fusion.reduce(*encode_levels(model, base, mask_in, size, options))
-    inp = _scaled_input(base, mask_in, size)
+        return fusion.reduce(*_levels_of(model, make, options))
+    inp = make()
     x1 = encoder.stem(inp)
     del inp
     x2 = layer1_in_strips(encoder, x1)
@@ -105,3 +127,11 @@ def encode_reduced(
     if not options.skip_layer4:
         encoder.layer4(x3)
     return a1, a2, fusion.reduce_level(2, x3)
+
+
+def encode_reduced(
+    model, base, mask_in: Tensor, size: tuple[int, int], options: RefineOptions
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Like `encode_levels` followed by `model.aspp_.reduce`: -> a1, a2, a3 (over tiles with
+    `options.tile_encoder`, each tile reduced before it is stitched)."""
+    return _encode(model, base, mask_in, size, options, lambda make: _reduced_of(model, make, options))

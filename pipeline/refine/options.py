@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-__all__ = ["RefineOptions", "DECODE_MODES", "TTA_MODES", "TTA_FLIPS", "PRECISIONS", "resolve_precision",
-           "autocast_dtype", "options_for_device"]
+__all__ = ["RefineOptions", "DECODE_MODES", "MIN_ENCODER_TILE", "TTA_MODES", "TTA_FLIPS", "PRECISIONS",
+           "resolve_precision", "autocast_dtype", "options_for_device"]
 
 DECODE_MODES = ("full", "strided", "bbox", "contour")
 # Flips per test-time augmentation mode: (flip rows, flip columns) for each pass.
@@ -16,6 +16,7 @@ TTA_FLIPS = {
 }
 TTA_MODES = tuple(TTA_FLIPS)
 PRECISIONS = ("fp32", "bf16", "fp16")
+MIN_ENCODER_TILE = 64  # smallest `tile_encoder` side in px
 
 
 def resolve_precision(precision: str, device) -> str:
@@ -86,6 +87,14 @@ class RefineOptions:
                          tile * h_F / H feature cells per side, at least 4);
       query_chunk        queries per decoder call in the official-style decoder.
 
+    Tiled encoding (`tile_encoder`, exact up to float rounding; `pipeline.refine.tiled`): the
+    encoder runs over tiles of the scaled input with a halo covering its receptive field and the
+    level maps are stitched, so its working memory is bounded by a tile, not the image.
+      "auto"     tile (2048 px) where a scale's encoder input exceeds 16 MP (the default);
+      "off"      never tile (also YAML's bare ``off``, which it reads as false);
+      an int     tile side in px of the encoder input (>= 64; rounded up to the encoder's
+                 stride), wherever the input is larger than one tile.
+
     Precision (`precision`): "fp32" (default), or "bf16" / "fp16": the encoder, fusion and the
     decoder's MLP run under torch.autocast in that type, while the LIIF coordinate terms (relative
     offsets, query coordinates, cells: added to the first layer's feature part in float32), the
@@ -130,6 +139,7 @@ class RefineOptions:
     stream: bool = True
     tile: int = 256
     query_chunk: int = 1 << 16
+    tile_encoder: int | str = "auto"
     tta: str = "none"
     precision: str = "fp32"
     gate: float = 0.0
@@ -150,6 +160,13 @@ class RefineOptions:
             raise ValueError(f"RefineOptions.stride={self.stride}; must be >= 1")
         if self.tile < 4:
             raise ValueError(f"RefineOptions.tile={self.tile}; must be >= 4")
+        if self.tile_encoder is False:  # YAML 1.1 reads a bare `off` as false
+            object.__setattr__(self, "tile_encoder", "off")
+        if not (self.tile_encoder in ("off", "auto") or (
+                isinstance(self.tile_encoder, int) and not isinstance(self.tile_encoder, bool)
+                and self.tile_encoder >= MIN_ENCODER_TILE)):
+            raise ValueError(f"RefineOptions.tile_encoder={self.tile_encoder!r}; expected 'off', 'auto' or a "
+                             f"tile side in px >= {MIN_ENCODER_TILE}")
         if self.query_chunk < 1:
             raise ValueError(f"RefineOptions.query_chunk={self.query_chunk}; must be >= 1")
         if self.precision not in PRECISIONS:

@@ -99,13 +99,14 @@ class TileDecoder:
     """Decodes query pixels of an (n_rows, n_cols) grid tile by tile from a feature source.
 
     With `factorized`, the first decoder layer is split: G = W_feat @ F per feature cell
-    (32 channels) plus per-axis coordinate terms per query. `prior` (n_rows, n_cols): logit
-    offsets added before the sigmoid (a mask-prior model's ``mask_prior * mask``), or None.
+    (32 channels) plus per-axis coordinate terms per query. `prior`: (weight, mask (n_rows, n_cols)),
+    the logit offsets ``weight * mask`` added before the sigmoid (a mask-prior model's
+    ``mask_prior * mask``), computed per tile (no full-size copy); or None.
     """
 
     def __init__(
         self, model: CRMNet, source, n_rows: int, n_cols: int, tile: int, factorized: bool, cache: bool,
-        prior: Tensor | None = None,
+        prior: tuple[float, Tensor] | None = None,
     ) -> None:
         self.source, self.factorized, self.prior = source, factorized, prior
         h, w = source.shape
@@ -219,7 +220,7 @@ class TileDecoder:
         areas = torch.stack(
             [torch.abs(rel_y[vy, :, None] * rel_x[vx, None, :]) + 1e-9 for vy in range(2) for vx in range(2)]
         )
-        prior = None if self.prior is None else self.prior[ys[0] : ys[1], xs[0] : xs[1]]
+        prior = None if self.prior is None else self.prior[0] * self.prior[1][ys[0] : ys[1], xs[0] : xs[1]]
         return self._blend(preds, areas, prior)
 
     def _decode_points(self, feat: Tensor, r0: int, c0: int, iy: Tensor, ix: Tensor) -> Tensor:
@@ -251,4 +252,5 @@ class TileDecoder:
                     members.append(self.first(torch.cat([cells, coords], dim=1)))
         preds = self._mlp_tail(torch.stack(members))
         areas = torch.stack([torch.abs(rel_y[vy] * rel_x[vx]) + 1e-9 for vy in range(2) for vx in range(2)])
-        return self._blend(preds, areas, None if self.prior is None else self.prior[iy, ix])
+        prior = None if self.prior is None else self.prior[0] * self.prior[1][iy, ix]
+        return self._blend(preds, areas, prior)

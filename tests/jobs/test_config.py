@@ -96,7 +96,10 @@ def test_method_defaults_to_samsr_v21_only_with_a_sam_checkpoint():
         (_with("input.layout", "zip"), "input.layout: must be one of"),
         (_with("refine.options", [1]), "refine.options: must be a mapping"),
         (_with("refine.options", {"tiles": 3}), "refine.options.tiles: unknown key"),
-        (_with("refine.options", {"tile": 2}), "refine.options: RefineOptions.tile=2"),
+        (_with("refine.options", {"tile": 2}), "refine.options.tile: RefineOptions.tile=2"),
+        (_with("refine.options", {"tile_encoder": "big"}), "refine.options.tile_encoder: RefineOptions"),
+        (_with("refine.options", {"tile_encoder": 32}), "refine.options.tile_encoder: RefineOptions.tile_en"),
+        (_with("refine.options", {"tile_encoder": True}), "refine.options.tile_encoder: "),
         ({**BASE, "method": "crf"}, "method: must be one of 'crm', 'samsr-v1', 'samsr-v2.1'"),
         ({**BASE, "job_id": "a/b"}, "job_id: must be"),
         ({**BASE, "refine": 3}, "refine: must be a mapping"),
@@ -117,6 +120,18 @@ def test_numbers_widen_and_options_pass_through():
     )
     assert cfg.sam.box_nms_thresh == 1.0 and isinstance(cfg.sam.box_nms_thresh, float)
     assert cfg.refine.options == {"tile": 128}
+
+
+def test_tile_encoder_values_pass_and_yaml_off_reads_as_off():
+    from pipeline.refine import RefineOptions
+
+    for value in ("auto", "off", 1024, 64):
+        assert config_from_dict(_with("refine.options", {"tile_encoder": value})).refine.options == {
+            "tile_encoder": value}
+    _, value = parse_override("refine.options.tile_encoder=off")  # YAML 1.1: a bare off is false
+    assert value is False
+    config_from_dict(_with("refine.options.tile_encoder", value))
+    assert RefineOptions(tile_encoder=value).tile_encoder == "off"
 
 
 def test_overrides_parse_yaml_values_and_do_not_mutate():
