@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-__all__ = ["RefineOptions", "DECODE_MODES", "MIN_ENCODER_TILE", "TTA_MODES", "TTA_FLIPS", "PRECISIONS",
+__all__ = ["RefineOptions", "DECODE_MODES", "MIN_ENCODER_TILE", "AUTO_PIXELS", "AUTO_TILE",
+           "TTA_MODES", "TTA_FLIPS", "PRECISIONS",
            "resolve_precision", "autocast_dtype", "options_for_device"]
 
 DECODE_MODES = ("full", "strided", "bbox", "contour")
@@ -17,6 +18,8 @@ TTA_FLIPS = {
 TTA_MODES = tuple(TTA_FLIPS)
 PRECISIONS = ("fp32", "bf16", "fp16")
 MIN_ENCODER_TILE = 64  # smallest `tile_encoder` side in px
+AUTO_PIXELS = 16_000_000  # `tile_encoder: auto` tiles an encoder input above this many pixels
+AUTO_TILE = 2048  # ... with owned tiles of this side (px of the encoder input)
 
 
 def resolve_precision(precision: str, device) -> str:

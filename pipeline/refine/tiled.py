@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.refine.geometry import lerp_table
+from pipeline.refine.options import AUTO_PIXELS, AUTO_TILE
 
 __all__ = [
     "AUTO_PIXELS",
@@ -45,8 +46,6 @@ __all__ = [
     "full_tensor",
 ]
 
-AUTO_PIXELS = 16_000_000  # `tile_encoder: auto` tiles an encoder input above this many pixels
-AUTO_TILE = 2048  # ... with owned tiles of this side (px of the encoder input)
 _NOT_IN_LEVELS = ("layer4",)  # encoder children that do not feed x1, x2, x3
 LEVEL_STRIDES = (2, 4, 8)  # strides of x1, x2, x3 (and of the fusion's reduced levels a1, a2, a3)
 

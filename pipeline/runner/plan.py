@@ -15,7 +15,8 @@ Pure arithmetic (no Ray), so the sizing can be checked for any cluster shape. Tw
   which the job's progress watchdog reports (``ray.stall_timeout_s``).
 
 Memory: refiner actors ask Ray for the memory an image of ``input.max_pixels`` needs
-(:func:`refiner_memory`), so Ray does not pack more actors on a node than fit; the ask is
+(:func:`refiner_memory`: with the encoder tiled, the default above 16 MP, a constant plus what the
+full-size buffers take), so Ray does not pack more actors on a node than fit; the ask is
 capped so that all refiner actors fit in 80% of the cluster's ``memory`` resource (of what is
 left without the largest node, counted in proportion to CPUs, on two or more nodes). A capped
 plan says so (``memory_capped``): an image near ``input.max_pixels`` may then need more than
@@ -31,25 +32,52 @@ from dataclasses import dataclass
 from pipeline.config import RayConfig, RefineJobConfig
 
 __all__ = ["TASK_CPUS", "StagePlan", "plan_stages", "plan_job", "describe_memory", "refiner_memory",
-           "CPU_GIB_PER_MEGAPIXEL"]
+           "CPU_GIB_PER_MEGAPIXEL", "TILED_GIB_PER_MEGAPIXEL"]
 
 TASK_CPUS = 0.25  # logical CPUs per decode / finish task (fractional: no 2-CPU deadlock)
 GIB = 1024**3
-#: Peak resident memory of a CPU refiner per megapixel of input, measured: crm_r50 with the exact
-#: optimisations 1.86 / 5.22 / 7.59 GB at 3.1 / 12.6 / 24 MP (docs/benchmarks.md, less ~0.95 GB for Python,
-#: torch and the model: 0.29 / 0.34 / 0.28 GB per MP); crm_mnv2 refiner actors 6.4-6.9 GiB on
-#: 6000x4000 images (0.27-0.29 GiB per MP with the actor's buffers).
+#: Peak resident memory of a CPU refiner per megapixel of input with the encoder untiled, measured:
+#: crm_r50 with the exact optimisations 1.86 / 5.22 / 7.59 GB at 3.1 / 12.6 / 24 MP (docs/benchmarks.md,
+#: less ~0.95 GB for Python, torch and the model: 0.29 / 0.34 / 0.28 GB per MP); crm_mnv2 refiner
+#: actors 6.4-6.9 GiB on 6000x4000 images (0.27-0.29 GiB per MP with the actor's buffers).
 CPU_GIB_PER_MEGAPIXEL = 0.35
+#: With the encoder tiled (``refine.options.tile_encoder``; ``auto`` above AUTO_PIXELS) the encoder
+#: works on one tile at a time; what grows with the image is the full-size data: measured for a
+#: tiled crm_mnv2 refinement 1.8 GiB + 34 bytes per pixel (samsr benchmark memory, 12-48 MP); the
+#: stitched levels are 22 B/px for the light encoders, 88 B/px for ResNet-50. Counted here with
+#: ~40 B/px more for the actor (test-time augmentation sums, trust features, the decoded image, masks
+#: and output), in GiB per megapixel of input, by backbone:
+TILED_GIB_PER_MEGAPIXEL = {"mnv2": 0.07, "r50": 0.13}
 #: On a GPU the activations live on the card; the actor's host memory holds the decoded image,
 #: masks and output (~25 bytes per pixel), counted generously.
 GPU_HOST_GIB_PER_MEGAPIXEL = 0.05
 BASE_GIB = 1.0  # Python, torch, the model, Ray's worker
 
 
-def refiner_memory(max_pixels: int, on_gpu: bool) -> float:
-    """Bytes of host memory a refiner actor needs for one image of ``max_pixels`` pixels."""
-    per = GPU_HOST_GIB_PER_MEGAPIXEL if on_gpu else CPU_GIB_PER_MEGAPIXEL
-    return (BASE_GIB + per * max_pixels / 1e6) * GIB
+def _tile_pixels(tile_encoder: int | str, max_pixels: int) -> int | None:
+    """Pixels of one encoder tile when an image of ``max_pixels`` is encoded in tiles, else None."""
+    from pipeline.refine.options import AUTO_PIXELS, AUTO_TILE
+
+    if tile_encoder in ("off", False):
+        return None
+    if tile_encoder == "auto":
+        return AUTO_TILE**2 if max_pixels > AUTO_PIXELS else None
+    return min(int(tile_encoder) ** 2, max_pixels)
+
+
+def refiner_memory(max_pixels: int, on_gpu: bool, backbone: str = "r50",
+                   tile_encoder: int | str = "off") -> float:
+    """Bytes of host memory a refiner actor needs for one image of ``max_pixels`` pixels: on a GPU
+    the host buffers; on CPU untiled CPU_GIB_PER_MEGAPIXEL of the image; tiled, that rate for one
+    tile (the encoder's working set) plus TILED_GIB_PER_MEGAPIXEL[backbone] of the image."""
+    mp = max_pixels / 1e6
+    if on_gpu:
+        return (BASE_GIB + GPU_HOST_GIB_PER_MEGAPIXEL * mp) * GIB
+    tile = _tile_pixels(tile_encoder, max_pixels)
+    if tile is None:
+        return (BASE_GIB + CPU_GIB_PER_MEGAPIXEL * mp) * GIB
+    per = TILED_GIB_PER_MEGAPIXEL.get(backbone, max(TILED_GIB_PER_MEGAPIXEL.values()))
+    return (BASE_GIB + CPU_GIB_PER_MEGAPIXEL * tile / 1e6 + per * mp) * GIB
 
 
 @dataclass(frozen=True)
@@ -187,7 +215,14 @@ def plan_job(
         nodes = [(c, 0.0) for c, _ in nodes]
     on_gpu = gpus > 0
     set_gb = cfg.ray.refine_actor_memory_gb
-    wanted = set_gb * GIB if set_gb is not None else refiner_memory(cfg.input.max_pixels, on_gpu)
+    if set_gb is not None:
+        wanted = set_gb * GIB
+    else:
+        from pipeline.models.registry import SPECS
+
+        spec = SPECS.get(cfg.model.name)
+        wanted = refiner_memory(cfg.input.max_pixels, on_gpu, spec.backbone if spec else "r50",
+                                cfg.refine.options.get("tile_encoder", "auto"))
     return plan_stages(
         resources.get("CPU", 0.0), gpus, cfg.uses_sam, cfg.ray, cfg.refine.threads, nodes=nodes,
         sam_on_gpu=cfg.sam.proposals == "sam", memory=resources.get("memory", 0.0), actor_memory=wanted,

@@ -89,14 +89,29 @@ def _job(**sections):
 
 
 def test_refiner_actors_ask_memory_for_the_largest_image():
-    """CPU: 1 GiB + 0.35 GiB per megapixel of input.max_pixels; GPU: host buffers only."""
+    """CPU untiled: 1 GiB + 0.35 GiB per megapixel of input.max_pixels; tiled (tile_encoder auto above
+    16 MP, or a tile size): that rate for one tile plus the backbone's full-size rate; GPU: host
+    buffers only."""
     from pipeline.runner.plan import plan_job, refiner_memory
 
     assert refiner_memory(24_000_000, on_gpu=False) == pytest.approx((1 + 0.35 * 24) * GIB)
     assert refiner_memory(24_000_000, on_gpu=True) == pytest.approx((1 + 0.05 * 24) * GIB)
-    job = _job(input={"uri": "/data", "max_pixels": 24_000_000})
+    tile_mp = 2048**2 / 1e6
+    tiled = {b: refiner_memory(24_000_000, False, b, "auto") for b in ("mnv2", "r50")}
+    assert tiled["mnv2"] == pytest.approx((1 + 0.35 * tile_mp + 0.07 * 24) * GIB)
+    assert tiled["r50"] == pytest.approx((1 + 0.35 * tile_mp + 0.13 * 24) * GIB)
+    assert refiner_memory(12_000_000, False, "mnv2", "auto") == refiner_memory(12_000_000, False)  # not tiled
+    assert refiner_memory(24_000_000, False, "mnv2", 1024) == pytest.approx((1 + 0.35 * 1024**2 / 1e6
+                                                                             + 0.07 * 24) * GIB)
+    # 192 MP (16000x12000) fits an 8 GiB light actor only tiled
+    assert refiner_memory(192_000_000, False, "mnv2", "auto") < 16 * GIB < refiner_memory(192_000_000, False)
+    job = _job(input={"uri": "/data", "max_pixels": 24_000_000}, model={"name": "crm_r50"})
     p = plan_job(job, {"CPU": 16.0, "memory": 200.0 * GIB}, [(16.0, 0.0)])
-    assert p.refine_memory == pytest.approx(refiner_memory(24_000_000, False)) and not p.memory_capped
+    assert p.refine_memory == pytest.approx(refiner_memory(24_000_000, False, "r50", "auto"))
+    assert not p.memory_capped
+    off = _job(input={"uri": "/data", "max_pixels": 24_000_000}, refine={"options": {"tile_encoder": "off"}})
+    assert plan_job(off, {"CPU": 16.0, "memory": 200.0 * GIB}, [(16.0, 0.0)]).refine_memory == \
+        pytest.approx(refiner_memory(24_000_000, False))
     gpu = plan_job(job, {"CPU": 16.0, "GPU": 2.0, "memory": 200.0 * GIB}, [(16.0, 2.0)])
     assert gpu.refine_memory == pytest.approx(refiner_memory(24_000_000, True))
     # a Ray that reports no memory resource: nothing asked
@@ -108,16 +123,22 @@ def test_memory_ask_is_capped_to_fit_and_says_so():
     actor fits in 80% of Ray's memory (else Ray could never start them), and the plan says so."""
     from pipeline.runner.plan import describe_memory, plan_job
 
-    job = _job(method="samsr-v2.1", model={"name": "samsr_v21_mnv2"}, sam={"proposals": "regions"})
+    untiled = {"options": {"tile_encoder": "off"}}
+    job = _job(method="samsr-v2.1", model={"name": "samsr_v21_mnv2"}, sam={"proposals": "regions"},
+               refine=untiled)
     p = plan_job(job, {"CPU": 2.0, "memory": 14.0 * GIB}, [(2.0, 0.0)])
     assert p.memory_capped and p.refine_actors * p.refine_memory <= 0.8 * 14.0 * GIB + 1
     assert p.refine_memory == pytest.approx(0.8 * 14.0 * GIB / p.refine_actors)
     notice = describe_memory(p, job.input.max_pixels)
     assert "60 MP may need 22.0 GiB" in notice and f"1 x {p.refine_memory / GIB:.1f} GiB memory" in notice
-    roomy = plan_job(_job(), {"CPU": 2.0, "memory": 400.0 * GIB}, [(2.0, 0.0)])
+    roomy = plan_job(_job(refine=untiled), {"CPU": 2.0, "memory": 400.0 * GIB}, [(2.0, 0.0)])
     assert describe_memory(roomy, 60_000_000) == f"{roomy.refine_actors} x 22.0 GiB memory"
+    # with the encoder tiled (the default above 16 MP) the same job fits without a cap
+    v21 = _job(method="samsr-v2.1", model={"name": "samsr_v21_mnv2"}, sam={"proposals": "regions"})
+    tiled = plan_job(v21, {"CPU": 2.0, "memory": 14.0 * GIB}, [(2.0, 0.0)])
+    assert not tiled.memory_capped and describe_memory(tiled, 60_000_000) == "1 x 6.7 GiB memory"
     # two nodes: the refiner actors must also fit without the largest node (in proportion to CPUs)
-    two = plan_job(_job(), {"CPU": 8.0, "memory": 32.0 * GIB}, [(4.0, 0.0), (4.0, 0.0)])
+    two = plan_job(_job(refine=untiled), {"CPU": 8.0, "memory": 32.0 * GIB}, [(4.0, 0.0), (4.0, 0.0)])
     assert two.survives_node_loss and two.refine_actors * two.refine_memory <= 0.8 * 16.0 * GIB + 1
 
 
@@ -139,7 +160,7 @@ def test_the_plan_follows_refine_device():
     res, nodes = {"CPU": 16.0, "GPU": 1.0, "memory": 200.0 * GIB}, [(16.0, 1.0)]
     cpu = plan_job(_job(refine={"device": "cpu"}), res, nodes)
     assert cpu.refine_gpus == 0 and cpu.sam_gpus == 0 and cpu.refine_actors >= 3 and cpu.torch_threads >= 2
-    assert cpu.refine_memory == pytest.approx(refiner_memory(_job().input.max_pixels, False))
+    assert cpu.refine_memory == pytest.approx(refiner_memory(_job().input.max_pixels, False, "mnv2", "auto"))
     auto = plan_job(_job(), res, nodes)
     assert auto.refine_gpus == 1.0 and auto.refine_actors == 1
     assert plan_job(_job(refine={"device": "cuda"}), res, nodes).refine_gpus == 1.0
