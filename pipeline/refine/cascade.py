@@ -279,19 +279,32 @@ def _refine(model, image, coarse, sam_colors, options: RefineOptions, device: to
     if options.decode in ("bbox", "contour"):
         roi = roi_mask(mask[0, 0], options.decode, options.roi_margin)
         roi = reflect_pad(roi[None, None].float(), options.pad)[0, 0] > 0.5
-    inp = make_input(img, mask, colors)  # (1, 4|7, H, W): RGB, mask, [colours]
-    del img, colors
-    base = _align(reflect_pad(torch.cat([inp[:, :3], inp[:, 4:]], dim=1), options.pad), options.align)
-    mask_in = _align(reflect_pad(inp[:, 3:4], options.pad), options.align)  # without / with the mask
-    del inp
-    if roi is not None:
         roi = _align(roi[None, None].float(), options.align)[0, 0] > 0.5
-    prob = None
-    dtype = autocast_dtype(options.precision)
-    for scale in options.scales:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            prob = _scale_probability(model, base, mask_in, scale, roi, options).float()
-        mask_in = ((prob - 0.5) * 2)[None, None]
+    base, mask_in = _padded_inputs(img, mask, colors, options)
+    del img, colors
+    prob = _cascade(model, base, mask_in, roi, options)
     p = options.pad
     prob = prob[p : p + h, p : p + w]
     return prob.clamp_(0, 1).float().cpu().numpy()
+
+
+def _padded_inputs(img: Tensor, mask: Tensor, colors: Tensor | None, options: RefineOptions
+                   ) -> tuple[Tensor, Tensor]:
+    """The cascade's inputs from `_to_tensors`' outputs: (1, C-1, Hp, Wp) base input without the
+    mask and (1, 1, Hp, Wp) mask in [-1, 1], reflect-padded by ``options.pad`` and aligned."""
+    inp = make_input(img, mask, colors)  # (1, 4|7, H, W): RGB, mask, [colours]
+    base = _align(reflect_pad(torch.cat([inp[:, :3], inp[:, 4:]], dim=1), options.pad), options.align)
+    mask_in = _align(reflect_pad(inp[:, 3:4], options.pad), options.align)  # without / with the mask
+    return base, mask_in
+
+
+def _cascade(model, base: Tensor, mask_in: Tensor, roi: Tensor | None, options: RefineOptions) -> Tensor:
+    """(Hp, Wp) float32 probabilities on the inputs' device after every scale of the cascade,
+    each under autocast in ``options.precision``."""
+    prob = None
+    dtype = autocast_dtype(options.precision)
+    for scale in options.scales:
+        with torch.autocast(base.device.type, dtype=dtype, enabled=dtype is not None):
+            prob = _scale_probability(model, base, mask_in, scale, roi, options).float()
+        mask_in = ((prob - 0.5) * 2)[None, None]
+    return prob
