@@ -23,7 +23,7 @@ from pipeline.io.fs import open_fs
 from pipeline.sam.regions import RegionGenerator, RegionSettings
 from pipeline.train.data import image_key
 
-__all__ = ["SamSettings", "SamColourCache", "compute_colour_map", "precompute_colour_maps"]
+__all__ = ["SamSettings", "SamColourCache", "compute_colour_map", "precompute_colour_maps", "task_resources"]
 
 
 @dataclass(frozen=True)
@@ -49,15 +49,15 @@ class SamSettings:
         if self.proposals not in ("sam", "regions"):
             raise ValueError(f"proposals: must be 'sam' or 'regions' (got {self.proposals!r})")
 
-    def generator(self) -> Any:
-        """The proposal source: ``RegionGenerator`` or a ``FastMaskGenerator`` (builds the SAM
-        model; CPU)."""
+    def generator(self, device: str = "cpu") -> Any:
+        """The proposal source: ``RegionGenerator`` (CPU) or a ``FastMaskGenerator`` (builds the
+        SAM model on ``device``)."""
         if self.proposals == "regions":
             return RegionGenerator(self.regions)
         from pipeline.sam import FastMaskGenerator, build_sam
 
         sam = build_sam(self.model_type, self.checkpoint, seed=self.seed)  # seed: random weights (tests)
-        return FastMaskGenerator(sam, points_per_side=self.points_per_side,
+        return FastMaskGenerator(sam.to(device), points_per_side=self.points_per_side,
                                  pred_iou_thresh=self.pred_iou_thresh,
                                  stability_score_thresh=self.stability_score_thresh)
 
@@ -107,8 +107,8 @@ class SamColourCache:
         return np.ascontiguousarray(img[..., ::-1])
 
 
-def _fill(source: Any, indices: list[int], cache: SamColourCache) -> tuple[int, int]:
-    """Compute the missing maps for ``indices``; returns (computed, already cached)."""
+def _fill(source: Any, indices: list[int], cache: SamColourCache, device: str = "cpu") -> tuple[int, int]:
+    """Compute the missing maps for ``indices`` (SAM on ``device``); returns (computed, already cached)."""
     generator, done, cached = None, 0, 0
     for i in indices:
         key, image, _ = source.get(i)
@@ -116,30 +116,44 @@ def _fill(source: Any, indices: list[int], cache: SamColourCache) -> tuple[int, 
             cached += 1
             continue
         if generator is None:
-            generator = cache.settings.generator()
+            generator = cache.settings.generator(device)
         cache.write(image, compute_colour_map(generator, image, key, cache.settings))
         done += 1
     return done, cached
 
 
+def task_resources(settings: SamSettings, cpus_per_task: float, use_gpu: bool) -> dict[str, float]:
+    """Ray resources of one precompute task: a GPU too when training uses GPUs and the maps come
+    from SAM (the ``regions`` source runs on the CPU)."""
+    gpu = use_gpu and settings.proposals == "sam"
+    return {"num_cpus": cpus_per_task, "num_gpus": 1 if gpu else 0}
+
+
 def precompute_colour_maps(source: Any, cache: SamColourCache, use_ray: bool = True,
                            chunks: int | None = None,
-                           cpus_per_task: float = 1.0) -> dict[str, int]:
+                           cpus_per_task: float = 1.0, use_gpu: bool = False) -> dict[str, int]:
     """Fill the cache for every sample of ``source`` (skips existing files).
 
     With ``use_ray`` the samples are split into ``chunks`` Ray tasks (default: one per CPU of
-    the cluster), each building the SAM model once; Ray must be initialised. Returns
-    {"computed": n, "cached": m}.
+    the cluster, or per GPU with ``use_gpu``), each building the SAM model once; Ray must be
+    initialised. ``use_gpu`` (the training's ``run.use_gpu``): SAM runs on a GPU, as training
+    does. Returns {"computed": n, "cached": m}.
     """
     n = len(source)
+    resources = task_resources(cache.settings, cpus_per_task, use_gpu)
+    device = "cuda" if resources["num_gpus"] else "cpu"
     if not use_ray:
-        done, cached = _fill(source, list(range(n)), cache)
+        done, cached = _fill(source, list(range(n)), cache, device)
         return {"computed": done, "cached": cached}
     import ray
 
+    cluster = ray.cluster_resources()
+    if resources["num_gpus"] and cluster.get("GPU", 0) < 1:
+        raise ValueError("run.use_gpu: the SAM colour-map precompute needs a GPU, the Ray cluster has none")
     if chunks is None:
-        chunks = max(1, int(ray.cluster_resources().get("CPU", 1) // max(cpus_per_task, 1e-3)))
+        per = "GPU" if resources["num_gpus"] else "CPU"
+        chunks = max(1, int(cluster.get(per, 1) // max(resources["num_gpus"] or cpus_per_task, 1e-3)))
     parts = [list(range(n))[k::chunks] for k in range(min(chunks, n))]
-    task = ray.remote(num_cpus=cpus_per_task)(_fill)
-    results = ray.get([task.remote(source, p, cache) for p in parts])
+    task = ray.remote(**resources)(_fill)
+    results = ray.get([task.remote(source, p, cache, device) for p in parts])
     return {"computed": sum(r[0] for r in results), "cached": sum(r[1] for r in results)}
