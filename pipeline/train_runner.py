@@ -80,7 +80,7 @@ def _sam_lookup(cfg: TrainJobConfig, source, use_ray: bool):
 
     s = cfg.sam
     cache = SamColourCache(s.cache or cfg.run.checkpoint_dir.rstrip("/") + "/sam_cache", sam_settings(cfg))
-    precompute_colour_maps(source, cache, use_ray=use_ray, use_gpu=cfg.run.use_gpu)  # SAM on the training device
+    precompute_colour_maps(source, cache, use_ray=use_ray, use_gpu=cfg.run.use_gpu)  # the training device
     return cache
 
 
