@@ -81,6 +81,13 @@ _QUIET = {
 }
 
 
+
+def _gpu_env(gpus: float) -> dict:
+    """Ray remote args of a stage's actors: GPU actors start with ``GPU_ACTOR_ENV``."""
+    from pipeline.refine.gpu_memory import GPU_ACTOR_ENV
+
+    return {"runtime_env": {"env_vars": dict(GPU_ACTOR_ENV)}} if gpus > 0 else {}
+
 def quiet_ray_notices() -> None:
     """Silence the notices of `_QUIET` (idempotent); every other Ray message still shows."""
     for name, starts in _QUIET.items():
@@ -188,6 +195,7 @@ def build_dataset(items: list[dict], cfg: RefineJobConfig, plan: StagePlan, stat
             batch_format="numpy",
             num_cpus=plan.actor_cpus,
             num_gpus=plan.sam_gpus,
+            **_gpu_env(plan.sam_gpus),
             compute=rd.ActorPoolStrategy(size=plan.sam_actors, **pool),
             fn_constructor_kwargs=proposal_kwargs(cfg, plan.torch_threads),
         )
@@ -197,6 +205,7 @@ def build_dataset(items: list[dict], cfg: RefineJobConfig, plan: StagePlan, stat
         batch_format="numpy",
         num_cpus=plan.actor_cpus,
         num_gpus=plan.refine_gpus,
+        **_gpu_env(plan.refine_gpus),
         **({"memory": plan.refine_memory} if plan.refine_memory else {}),
         compute=rd.ActorPoolStrategy(size=plan.refine_actors, **pool),
         fn_constructor_kwargs=refiner_kwargs(cfg, plan.torch_threads),
