@@ -142,6 +142,20 @@ def _pipeline(images: int, size: tuple[int, int], model: str, work: str, device:
             "wall_s": s["wall_s"], "gpu_busy": sampler.mean(start, end), "refine_share": busy}
 
 
+def release_cached_memory(device: str) -> int:
+    """Collect garbage and hand the CUDA caching allocator's free blocks back to the driver, so
+    other processes (the Ray actors) can use them; returns the bytes still reserved here."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if not str(device).startswith("cuda"):
+        return 0
+    torch.cuda.empty_cache()
+    return torch.cuda.memory_reserved(torch.device(device))
+
+
 def run(small: bool = False, device: str | None = None, parts: Sequence[str] = ("refiner", "sam", "pipeline"),
         workdir: str | None = None) -> dict[str, Any]:
     """The three parts (module docstring); prints the table and returns the numbers."""
@@ -149,7 +163,9 @@ def run(small: bool = False, device: str | None = None, parts: Sequence[str] = (
 
     spec = SMALL if small else FULL
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    card = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "CPU"
+    from pipeline.bench.device import device_name
+
+    card = device_name(device)
     result: dict[str, Any] = {"device": device, "card": card, "small": small}
     t0 = time.perf_counter()
     if "refiner" in parts:
@@ -157,6 +173,7 @@ def run(small: bool = False, device: str | None = None, parts: Sequence[str] = (
     if "sam" in parts:
         result["sam"] = _sam(spec["sam_model"], spec["sam_points"], spec["sam_size"], device)
     if "pipeline" in parts:
+        release_cached_memory(device)  # SAM's (ViT-H's) cached blocks, before the Ray actors need the card
         work = workdir or tempfile.mkdtemp(prefix="samsr-bg-")
         try:
             result["pipeline"] = _pipeline(spec["images"], spec["image_size"], spec["model"], work, device)
@@ -173,7 +190,7 @@ def _f(value, spec: str, scale: float = 1.0) -> str:
 
 
 def format_report(r: dict[str, Any]) -> str:
-    lines = [f"samsr benchmark gpu on {r['card']} ({r['device']}), {r['total_s']:.0f} s"]
+    lines = [f"samsr benchmark gpu on {r['card']}, {r['total_s']:.0f} s"]
     if "refiner" in r:
         lines += ["", "refiner          config       wall s   peak GB   bf16 vs fp32: max |diff|   agreement"]
         for row in r["refiner"]:

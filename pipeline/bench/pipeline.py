@@ -45,7 +45,8 @@ from typing import Any
 
 import cv2
 
-__all__ = ["run", "main", "write_inputs", "steady_state", "mask_times", "bare_loop", "format_report"]
+__all__ = ["run", "main", "write_inputs", "steady_state", "mask_times", "bare_loop", "bare_device",
+           "format_report"]
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = str(ROOT / "configs" / "demo.yaml")
@@ -117,6 +118,15 @@ def bare_loop(cfg, threads: int) -> tuple[list[dict], float]:
     return rows, t_start
 
 
+def bare_device(requested: str, cuda_visible: bool) -> str:
+    """The device of the Ray run's model actors on this machine, for the bare loop to use too:
+    ``refine.device`` itself, and for ``auto`` cuda when a GPU is visible (the local Ray cluster
+    then has it and the plan gives the actors GPUs; outside Ray ``auto`` would mean cpu)."""
+    if requested == "auto":
+        return "cuda" if cuda_visible else "cpu"
+    return requested
+
+
 def _with(cfg, **sections) -> Any:
     """A copy of the job config with ``section={key: value}`` merged in (validated again)."""
     from pipeline.config import config_from_dict, config_to_dict
@@ -152,6 +162,9 @@ def _masks(rows: list[dict]) -> dict[str, bytes]:
 
 
 def _overhead(cfg, work: str, cores: int, threads: int) -> dict[str, Any]:
+    import torch
+
+    from pipeline.bench.device import device_name, exact_math
     from pipeline.io import read_manifest
     from pipeline.runner.cluster import ray_is_initialized
     from pipeline.runner.refine import run_refine
@@ -160,8 +173,11 @@ def _overhead(cfg, work: str, cores: int, threads: int) -> dict[str, Any]:
         raise RuntimeError("benchmark pipeline starts its own pinned local Ray: run it in a process "
                            "that has not initialised Ray")
     workers = {"refine_actors": 1, "sam_actors": 1, "num_cpus": cores, "progress": False}
+    device = bare_device(cfg.refine.device, torch.cuda.is_available())  # the same device on both sides
+    exact_math()  # the masks are compared byte for byte (the Ray actors keep torch's defaults: TF32 off)
     with _Pinned(cores):
-        bare_cfg = _with(cfg, output={"prefix": os.path.join(work, "out-bare")}, refine={"threads": threads})
+        bare_cfg = _with(cfg, output={"prefix": os.path.join(work, "out-bare")},
+                         refine={"threads": threads, "device": device})
         bare_rows, t0 = bare_loop(bare_cfg, threads)
         bare = steady_state(mask_times(bare_rows), 1, t0)
         ray_cfg = _with(cfg, output={"prefix": os.path.join(work, "out-ray")}, refine={"threads": threads},
@@ -172,7 +188,8 @@ def _overhead(cfg, work: str, cores: int, threads: int) -> dict[str, Any]:
     ray = steady_state(mask_times(ray_rows), 1, t0)
     a, b = _masks(bare_rows), _masks(ray_rows)
     same = sum(a[k] == b.get(k) for k in a)
-    return {"cores": cores, "bare": bare, "ray": ray, "identical_masks": same, "images": len(a),
+    return {"cores": cores, "device": device_name(device), "bare": bare, "ray": ray,
+            "identical_masks": same, "images": len(a),
             "overhead": ray["per_image_s"] / bare["per_image_s"] - 1}
 
 
@@ -261,6 +278,7 @@ def format_report(r: dict[str, Any]) -> str:
     lines = [
         f"samsr benchmark pipeline: {r['images']} synthetic images {r['size']}, method {r['method']} "
         f"({r['model']}), {r['threads']} torch thread(s) per model",
+        f"device (bare loop and Ray actors): {o.get('device', '?')}",
         "",
         f"overhead, both pinned to {o['cores']} core(s)    start-up s   steady s/image   vs bare loop",
         f"  bare loop over the stage functions   {b['startup_s']:9.2f}   {b['per_image_s']:14.3f}   1.000",

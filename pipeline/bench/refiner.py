@@ -23,6 +23,9 @@ such a row says "exceeded". Configurations:
             decoder's coordinate math stays float32); compared with ``exact`` when official is
             not run; not in the default set
 
+Every configuration is timed after an untimed warm-up refine of a small input in the same
+process (CUDA start-up outside the timing), with TF32 off; the table names the device.
+
 Weights are random (seeded, BN statistics calibrated on a small synthetic input, decoder
 bias centred) in the chosen architecture (default crm_r50); inputs are synthetic.
 """
@@ -135,24 +138,19 @@ def _child(spec: dict, results) -> None:
 
     import torch
 
-    from pipeline.refine import prepare_model, refine
+    from pipeline.bench.device import exact_math
+    from pipeline.refine import prepare_model
 
     try:
         if spec["threads"]:
             torch.set_num_threads(spec["threads"])
+        exact_math()  # the table compares outputs with official's
         device = torch.device(spec["device"])
         options = _options(spec["config"])
         model = prepare_model(_calibrated_model(spec["model"], spec["seed"]), options).to(device)
         image, coarse = np.load(spec["image"]), np.load(spec["coarse"])
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        start = time.perf_counter()
-        prob = refine(model, image, coarse, options=options, device=device)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        wall = time.perf_counter() - start
+        prob, wall = timed_refine(model, image, coarse, options, device)
         peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         gpu_peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         np.save(spec["output"], prob)
@@ -161,6 +159,27 @@ def _child(spec: dict, results) -> None:
         )
     except Exception as exc:  # reported as a row, the benchmark goes on
         results.put(dict(status="error", error=f"{type(exc).__name__}: {exc}"))
+
+
+def timed_refine(model, image: np.ndarray, coarse: np.ndarray, options, device,
+                 clock: Callable[[], float] = time.perf_counter) -> tuple[np.ndarray, float]:
+    """(refine's output, its wall seconds) after an untimed warm-up refine of a small synthetic
+    case with the same model and options (CUDA start-up and cuDNN's search stay out of the
+    timing); the GPU's peak-memory counter restarts after the warm-up."""
+    import torch
+
+    from pipeline.bench.device import timed
+    from pipeline.refine import refine
+
+    small_image, small_coarse = synthetic_case(192, 160)
+
+    def warm_up() -> None:
+        refine(model, small_image, small_coarse, options=options, device=device)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+
+    return timed(lambda: refine(model, image, coarse, options=options, device=device), device, warm_up, clock)
 
 
 def _measure(spec: dict, limit_bytes: int, timeout_s: float | None = None) -> dict:
@@ -237,9 +256,12 @@ def run(
 
     for config in configs:
         _options(config)  # validate names before any work
+    from pipeline.bench.device import device_name
+
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     limit = int(memory_limit_gb * GB) if memory_limit_gb else _default_limit()
     rows: list[dict] = []
+    card = device_name(device)
     with tempfile.TemporaryDirectory(prefix="samsr-bench-") as tmp:
         for width, height in sizes:
             image, coarse = synthetic_case(width, height, seed)
@@ -268,6 +290,7 @@ def run(
                     height=height,
                     config=config,
                     device=device,
+                    device_name=card,
                     model=model,
                     status=result["status"],
                     error=result.get("error"),
@@ -348,7 +371,8 @@ def format_table(rows: list[dict]) -> str:
         f"{'size':>10} {'config':<10} {'status':<8} {'wall s':>8} {'peak GB':>8} {'speedup':>8} "
         f"{'mem x':>7} {'agree':>8} {'IoU':>8} {'maxdiff':>9}"
     )
-    lines = [header, "-" * len(header)]
+    names = sorted({r.get("device_name") or r.get("device", "?") for r in rows})
+    lines = [f"device: {', '.join(names)}", header, "-" * len(header)]
     for r in rows:
         mem = _fmt(r.get("memory_ratio"), ".2f")
         if r.get("memory_ratio_at_least") is not None:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from segment_anything import SamAutomaticMaskGenerator
 
+from pipeline.bench.device import device_name, exact_math, synchronize
 from pipeline.sam.build import build_sam
 from pipeline.sam.generator import FastMaskGenerator
 from pipeline.sam.synthetic import make_busy
@@ -83,12 +84,16 @@ def matched(stock: np.ndarray, other: np.ndarray, iou: float = 0.99) -> dict[str
             "min_iou": float(fwd.min()) if len(fwd) else 1.0}
 
 
-def _timed(fn: Any, repeats: int) -> tuple[Any, float, float]:
-    """(last result, min wall s, min process CPU s) over ``repeats`` calls."""
+def _timed(fn: Any, repeats: int, device: Any = "cpu") -> tuple[Any, float, float]:
+    """(last result, min wall s, min process CPU s) over ``repeats`` calls, after one untimed
+    warm-up call (each generator warms its own code paths; CUDA start-up stays out)."""
+    fn()
+    synchronize(device)
     walls, cpus, out = [], [], None
     for _ in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
+        synchronize(device)
         walls.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
     return out, min(walls), min(cpus)
@@ -105,6 +110,7 @@ def run(model_type: str = "vit_b", points_per_side: int = 32, height: int = 768,
     to stock and how its masks match stock's (:func:`matched`, IoU >= 0.99)."""
     if threads:
         torch.set_num_threads(threads)
+    exact_math()  # "identical masks" compares stock and fast outputs
     sam = build_sam(model_type, seed=seed, device=device)
     if busy:
         make_busy(sam, iou_bias=0.9)
@@ -114,12 +120,13 @@ def run(model_type: str = "vit_b", points_per_side: int = 32, height: int = 768,
     stock_gen = SamAutomaticMaskGenerator(sam, **kwargs)
     # wall time, and process CPU time (robust on a shared machine: with one thread it is the
     # time the work would take on an idle core)
-    fast, fast_s, fast_cpu = _timed(lambda: fast_gen.generate(image), repeats)
+    fast, fast_s, fast_cpu = _timed(lambda: fast_gen.generate(image), repeats, device)
     stats = dict(fast_gen.last_stats)
-    stock, stock_s, stock_cpu = _timed(lambda: stock_gen.generate(image), repeats)
+    stock, stock_s, stock_cpu = _timed(lambda: stock_gen.generate(image), repeats, device)
     identical, min_iou = _same(stock, fast.masks)
     result = {
-        "model_type": model_type, "device": str(device), "busy": busy, "image": f"{height}x{width}",
+        "model_type": model_type, "device": str(device), "device_name": device_name(device),
+        "busy": busy, "image": f"{height}x{width}",
         "points": points_per_side ** 2, "threads": torch.get_num_threads(),
         "fast_s": fast_s, "stock_s": stock_s, "speedup": stock_s / fast_s,
         "fast_cpu_s": fast_cpu, "stock_cpu_s": stock_cpu, "speedup_cpu": stock_cpu / fast_cpu,
@@ -130,7 +137,7 @@ def run(model_type: str = "vit_b", points_per_side: int = 32, height: int = 768,
     mode = " + ".join([f"{precision} encoder"] * (precision != "fp32") + ["reassociated"] * reassociate)
     if approx:
         low_gen = FastMaskGenerator(sam, precision=precision, reassociate=reassociate, **kwargs)
-        low, low_s, low_cpu = _timed(lambda: low_gen.generate(image), repeats)
+        low, low_s, low_cpu = _timed(lambda: low_gen.generate(image), repeats, device)
         empty = np.zeros((0, height, width), bool)
         m = matched(np.stack([a["segmentation"] for a in stock]) if stock else empty, low.masks)
         result.update({"precision": precision, "reassociate": reassociate, "low_s": low_s,
@@ -138,7 +145,8 @@ def run(model_type: str = "vit_b", points_per_side: int = 32, height: int = 768,
                        "speedup_low": stock_s / low_s, "speedup_low_cpu": stock_cpu / low_cpu,
                        "masks_low": len(low), "low_recall": m["recall"], "low_precision": m["precision"],
                        "low_min_iou": m["min_iou"]})
-    print(f"SAM {model_type} ({'busy' if busy else 'plain'} random weights) on {device}, image "
+    print(f"SAM {model_type} ({'busy' if busy else 'plain'} random weights) on {result['device_name']}, "
+          "image "
           f"{height}x{width}, {points_per_side}x{points_per_side} points, {result['threads']} threads")
     print(f"  stock SamAutomaticMaskGenerator: {result['stock_s']:8.2f} s/image wall, "
           f"{result['stock_cpu_s']:8.2f} s CPU, {len(stock)} masks")

@@ -21,6 +21,7 @@ __all__ = [
     "CRMNet",
     "Fusion",
     "MLP",
+    "linear_fp32",
     "make_coord",
     "make_input",
     "ENSEMBLE_EPS",
@@ -142,8 +143,19 @@ class Fusion(nn.Module):
         return self.fuse(*self.reduce(x1, x2, x3))
 
 
+def linear_fp32(layer: nn.Linear, x: Tensor) -> Tensor:
+    """``layer(x)``, in float32 even under torch.autocast: the decoder's first layer sees the
+    LIIF coordinates (relative offsets, query coordinates, cells), which bf16 would round to
+    ~0.004 in [-1, 1] (~12 px at 6000 rows). Without autocast this is ``layer(x)`` itself."""
+    if not torch.is_autocast_enabled(x.device.type):
+        return layer(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return layer(x.float())
+
+
 class MLP(nn.Module):
-    """Official `imnet`: Linear/ReLU stack; parameters at `layers.{0,2,4,...}`."""
+    """Official `imnet`: Linear/ReLU stack; parameters at `layers.{0,2,4,...}`. The first layer
+    runs in float32 under autocast (`linear_fp32`), the others in the autocast type."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden: Sequence[int]) -> None:
         super().__init__()
@@ -157,7 +169,8 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape[:-1]
-        return self.layers(x.reshape(-1, x.shape[-1])).reshape(*shape, -1)
+        first, rest = self.layers[0], self.layers[1:]
+        return rest(linear_fp32(first, x.reshape(-1, x.shape[-1]))).reshape(*shape, -1)
 
 
 class CRMNet(nn.Module):

@@ -213,7 +213,7 @@ def refine_detailed(
             total /= len(flips)
             squares /= len(flips)
             spread = np.sqrt(np.maximum(squares - np.square(total), 0, out=squares), out=squares)
-        # the coarse mask in [0, 1], resized to the image as `_to_tensors` resizes it for the model
+        # the coarse mask in [0, 1], resized to the image as `coarse01_tensor` resizes it for the model
         coarse01 = coarse01_tensor(coarse, total.shape, device)[0, 0].cpu().numpy()
         level = 0.5
         if options.threshold != 0.5:
@@ -257,18 +257,42 @@ def _refine(model, image, coarse, sam_colors, options: RefineOptions, device: to
     if options.decode in ("bbox", "contour"):
         roi = roi_mask(mask[0, 0], options.decode, options.roi_margin)
         roi = roi[torch.from_numpy(rows).to(device)][:, torch.from_numpy(cols).to(device)]
-    mask_in = padded_mask(mask, rows, cols)  # (1, 1, Hp, Wp) in [-1, 1]
+    inputs = CascadeInputs.of(image, mask, sam_colors, rows, cols, device)
     del mask
-    colors = None if sam_colors is None else _resized_colors(sam_colors, h, w)
-    base = PaddedImage(image, colors, rows, cols, device)  # (1, 3|6, Hp, Wp): RGB, [colours], lazily
-    prob = None
-    dtype = autocast_dtype(options.precision)
-    for scale in options.scales:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            prob = _scale_probability(model, base, mask_in, scale, roi, options).float()
-        del mask_in
-        mask_in = prob.sub(0.5).mul_(2)[None, None]
-    del base, mask_in
+    prob = _cascade(model, inputs, roi, options)
+    del inputs
     p = options.pad
     prob = prob[p : p + h, p : p + w]
     return prob.clamp_(0, 1).float().cpu().numpy()
+
+
+@dataclass
+class CascadeInputs:
+    """What the cascade starts from: the padded base input (RGB [+ colours], gathered on demand from
+    the uint8 arrays) and the padded mask in [-1, 1]. :func:`_cascade` takes the mask out, so no
+    caller keeps a full-size copy alive through the scales."""
+
+    base: PaddedImage  # (1, 3|6, Hp, Wp)
+    mask_in: Tensor | None  # (1, 1, Hp, Wp)
+
+    @classmethod
+    def of(cls, image: np.ndarray, mask: Tensor, sam_colors: np.ndarray | None, rows: np.ndarray,
+           cols: np.ndarray, device) -> CascadeInputs:
+        h, w = image.shape[:2]
+        colors = None if sam_colors is None else _resized_colors(sam_colors, h, w)
+        base = PaddedImage(image, colors, rows, cols, device)
+        return cls(base, padded_mask(mask, base.rows, base.cols))
+
+
+def _cascade(model, inputs: CascadeInputs, roi: Tensor | None, options: RefineOptions) -> Tensor:
+    """(Hp, Wp) float32 probabilities on the inputs' device after every scale of the cascade,
+    each under autocast in ``options.precision``. Takes ``inputs.mask_in`` (set to None)."""
+    base, mask_in, inputs.mask_in = inputs.base, inputs.mask_in, None
+    prob = None
+    dtype = autocast_dtype(options.precision)
+    for scale in options.scales:
+        with torch.autocast(mask_in.device.type, dtype=dtype, enabled=dtype is not None):
+            prob = _scale_probability(model, base, mask_in, scale, roi, options).float()
+        mask_in = None  # the previous scale's mask is freed before the next one is made
+        mask_in = prob.sub(0.5).mul_(2)[None, None]
+    return prob

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -56,11 +57,10 @@ def axis_table(n_query: int, n_feat: int, device: torch.device | str) -> AxisTab
 def lerp_table(n_out: int, n_in: int, start: int, stop: int, device: torch.device | str):
     """Bilinear (align_corners=True) source indices/weights for outputs start..stop-1 of a
     resize n_in -> n_out along one axis: (i0, i1) int64 and lam float32, each (stop-start,).
-    Uses torch's float32 scale (n_in-1)/(n_out-1) and source index scale * i."""
-    if n_out > 1:
-        scale = torch.tensor(float(n_in - 1), dtype=torch.float32, device=device) / (n_out - 1)
-    else:
-        scale = torch.zeros((), dtype=torch.float32, device=device)
+    Uses torch's float32 scale (n_in-1)/(n_out-1) (a float32 division, as `F.interpolate`
+    computes it) and source index scale * i. The scale is computed on the host and passed as a
+    scalar: nothing is copied to the device (no host-device sync per tile)."""
+    scale = float(np.float32(n_in - 1) / np.float32(n_out - 1)) if n_out > 1 else 0.0
     src = torch.arange(start, stop, device=device, dtype=torch.float32) * scale
     i0 = src.floor().long().clamp_(0, n_in - 1)
     i1 = (i0 + 1).clamp_(max=n_in - 1)

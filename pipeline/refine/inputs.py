@@ -43,27 +43,19 @@ def pad_index(h: int, w: int, pad: int, align: int) -> tuple[np.ndarray, np.ndar
     return rows, cols
 
 
-def padded_base(image: np.ndarray, colors: np.ndarray | None, rows: np.ndarray, cols: np.ndarray,
-                device) -> Tensor:
-    """(1, 3 or 6, Hp, Wp) float32: ImageNet-normalised RGB [+ colours * 2 - 1] of the (H, W)
-    uint8 arrays at the padded positions `rows` x `cols` (colours already at (H, W))."""
-    channels = 3 if colors is None else 6
-    out = torch.empty((1, channels, rows.size, cols.size), dtype=torch.float32, device=device)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=device).view(3, 1, 1)
-    for r0 in range(0, rows.size, _CHUNK_ROWS):
-        index = rows[r0 : r0 + _CHUNK_ROWS]
-        rgb = torch.from_numpy(image[index][:, cols]).to(device).permute(2, 0, 1).float() / 255
-        out[0, :3, r0 : r0 + index.size] = (rgb - mean) / std
-        if colors is not None:
-            part = torch.from_numpy(colors[index][:, cols]).to(device).permute(2, 0, 1).float() / 255
-            out[0, 3:, r0 : r0 + index.size] = part * 2 - 1
-    return out
+def _device_array(a: np.ndarray, device: torch.device) -> Tensor:
+    """``a`` as a tensor on ``device`` (on the CPU the array's own memory when it can be shared)."""
+    if not (a.flags.writeable and a.flags.c_contiguous):
+        a = np.array(a, order="C")
+    return torch.from_numpy(a).to(device)
 
 
 class PaddedImage:
-    """The padded, normalised base input (RGB [+ colours]) without holding it: regions are
-    gathered from the uint8 arrays on demand (`take`), with the values `padded_base` gives.
+    """The padded, normalised base input (RGB [+ colours]) without holding it as float: the uint8
+    arrays and the padding index maps go to the device once, and regions are gathered and
+    normalised there on demand (`take`, `full`), in row chunks, with the values of the whole-image
+    computation (ImageNet-normalised RGB, colours * 2 - 1). No value is read back to the host, so
+    a tiled encoder's regions cost no device-host synchronisation.
 
     image: (H, W, 3) uint8; colors: (H, W, 3) uint8 or None; rows, cols: `pad_index` maps.
     ``shape`` is that of the padded tensor: (1, 3 or 6, Hp, Wp).
@@ -71,19 +63,42 @@ class PaddedImage:
 
     def __init__(self, image: np.ndarray, colors: np.ndarray | None, rows: np.ndarray, cols: np.ndarray,
                  device) -> None:
-        self.image, self.colors, self.rows, self.cols = image, colors, rows, cols
         self.device = torch.device(device)
+        self.image = _device_array(image, self.device)
+        self.colors = None if colors is None else _device_array(colors, self.device)
+        self.rows = torch.from_numpy(rows).to(self.device)
+        self.cols = torch.from_numpy(cols).to(self.device)
+        self.mean, self.std = torch.tensor([IMAGENET_MEAN, IMAGENET_STD], dtype=torch.float32).view(
+            2, 3, 1, 1).to(self.device)
         self.shape = (1, 3 if colors is None else 6, rows.size, cols.size)
 
     def take(self, rows: Tensor, cols: Tensor) -> Tensor:
         """(1, C, len(rows), len(cols)) float32 at padded positions ``rows`` x ``cols`` (int64)."""
-        r, c = self.rows[rows.cpu().numpy()], self.cols[cols.cpu().numpy()]
-        colors = None if self.colors is None else self.colors[r][:, c]
-        return padded_base(self.image[r][:, c], colors, np.arange(r.size), np.arange(c.size), self.device)
+        return self._gather(self.rows[rows], self.cols[cols])
 
     def full(self) -> Tensor:
-        """The whole (1, C, Hp, Wp) float32 tensor (`padded_base`)."""
-        return padded_base(self.image, self.colors, self.rows, self.cols, self.device)
+        """The whole (1, C, Hp, Wp) float32 tensor."""
+        return self._gather(self.rows, self.cols)
+
+    def _gather(self, rows: Tensor, cols: Tensor) -> Tensor:
+        out = torch.empty((1, self.shape[1], rows.shape[0], cols.shape[0]), dtype=torch.float32,
+                          device=self.device)
+        for r0 in range(0, rows.shape[0], _CHUNK_ROWS):
+            index = rows[r0 : r0 + _CHUNK_ROWS]
+            n = index.shape[0]
+            rgb = self.image[index][:, cols].permute(2, 0, 1).float() / 255
+            out[0, :3, r0 : r0 + n] = (rgb - self.mean) / self.std
+            if self.colors is not None:
+                part = self.colors[index][:, cols].permute(2, 0, 1).float() / 255
+                out[0, 3:, r0 : r0 + n] = part * 2 - 1
+        return out
+
+
+def padded_base(image: np.ndarray, colors: np.ndarray | None, rows: np.ndarray, cols: np.ndarray,
+                device) -> Tensor:
+    """(1, 3 or 6, Hp, Wp) float32: ImageNet-normalised RGB [+ colours * 2 - 1] of the (H, W)
+    uint8 arrays at the padded positions `rows` x `cols` (colours already at (H, W))."""
+    return PaddedImage(image, colors, rows, cols, device).full()
 
 
 def coarse01_tensor(coarse: np.ndarray, size: tuple[int, int], device) -> Tensor:
@@ -95,9 +110,10 @@ def coarse01_tensor(coarse: np.ndarray, size: tuple[int, int], device) -> Tensor
     return mask.div_(255)
 
 
-def padded_mask(mask01: Tensor, rows: np.ndarray, cols: np.ndarray) -> Tensor:
-    """(1, 1, Hp, Wp) mask in [-1, 1] at the padded positions of the (1, 1, H, W) mask in [0, 1]."""
-    r = torch.from_numpy(rows).to(mask01.device)
-    c = torch.from_numpy(cols).to(mask01.device)
+def padded_mask(mask01: Tensor, rows: np.ndarray | Tensor, cols: np.ndarray | Tensor) -> Tensor:
+    """(1, 1, Hp, Wp) mask in [-1, 1] at the padded positions of the (1, 1, H, W) mask in [0, 1]
+    (``rows`` / ``cols``: `pad_index` maps, as arrays or as tensors on the mask's device)."""
+    r = rows if isinstance(rows, Tensor) else torch.from_numpy(rows).to(mask01.device)
+    c = cols if isinstance(cols, Tensor) else torch.from_numpy(cols).to(mask01.device)
     out = mask01[:, :, r][:, :, :, c]
     return out.mul_(2).sub_(1)

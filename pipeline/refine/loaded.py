@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.refine.gpu_memory import CacheTrimmer
+
 __all__ = ["resolve_device", "LoadedRefiner", "refine_options", "accept_kwargs"]
 
 
@@ -64,11 +66,13 @@ class LoadedRefiner:
         model = build_model(model_name, checkpoint)  # torch.load(map_location="cpu") inside
         self.model = prepare_model(model, self.options).to(self.device)
         self._refine = refine_detailed
+        self.trimmer = CacheTrimmer(self.device)  # CUDA's cache after a large image
 
     def __call__(self, image, mask, colors):
         from pipeline.refine.trust import Outcome, decide, trust_features
 
         r = self._refine(self.model, image, mask, colors, options=self.options, device=self.device)
+        self.trimmer.after_image(image.shape[0] * image.shape[1])
         info: dict = {"line_level": r.threshold}
         if self.trust_model is None:
             return Outcome(r.prob, info)

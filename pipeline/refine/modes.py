@@ -13,9 +13,11 @@ __all__ = ["strided_decode", "roi_mask", "default_margin"]
 
 
 def _grid_lines(n: int, stride: int, device) -> Tensor:
-    lines = torch.arange(0, n, stride, device=device)
-    if int(lines[-1]) != n - 1:
-        lines = torch.cat([lines, torch.tensor([n - 1], device=device)])
+    """0, stride, 2*stride, ... and n - 1, built on the device from host integers (no sync)."""
+    last = (n - 1) // stride * stride
+    lines = torch.arange(0, last + 1, stride, device=device)
+    if last != n - 1:
+        lines = torch.cat([lines, torch.full((1,), n - 1, dtype=lines.dtype, device=device)])
     return lines
 
 
@@ -50,7 +52,7 @@ def strided_decode(
     corners = torch.stack([out[y0][:, x0], out[y0][:, x1], out[y1][:, x0], out[y1][:, x1]]) > 0.5
     agree = corners.all(dim=0) | (~corners).all(dim=0)
     fill = ~on_grid
-    out[fill] = blend[fill]
+    out = torch.where(fill, blend, out)  # not out[fill] = ...: a boolean index waits on the device
     disagree = fill & ~agree
     if bool(disagree.any()):
         decode(out, disagree)

@@ -100,8 +100,9 @@ class RefineOptions:
 
     Precision (`precision`): "fp32" (default), or "bf16" / "fp16": the encoder, fusion and the
     decoder's MLP run under torch.autocast in that type, while the LIIF coordinate terms (relative
-    offsets, query coordinates, cells: added to the first layer's feature part in float32), the
-    ensemble weights, the mask prior and the sigmoid stay float32. Not exact: see the parity
+    offsets, query coordinates, cells: added to the first layer's feature part in float32; the
+    non-factorised decoders run their whole first layer in float32), the ensemble weights, the
+    mask prior and the sigmoid stay float32. Not exact: see the parity
     tests and `samsr benchmark gpu`.
 
     Test-time augmentation (`tta`, not exact: it changes the result):

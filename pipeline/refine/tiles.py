@@ -10,14 +10,16 @@ the true map border, so tiles reproduce the whole-map result.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.models.crm import CRMNet
+from pipeline.models.crm import CRMNet, linear_fp32
 from pipeline.refine.geometry import AxisTable, axis_table, lerp_table
 
-__all__ = ["StreamFeatures", "FullFeatures", "TileDecoder", "fuse_patched", "tile_cells"]
+__all__ = ["StreamFeatures", "FullFeatures", "TileDecoder", "fuse_patched", "owned_bounds", "tile_cells"]
 
 
 def _upsample_region(
@@ -87,12 +89,13 @@ def fuse_patched(source: StreamFeatures, tile_rows: int, tile_cols: int) -> Tens
     return out
 
 
-def _owned(table: AxisTable, start: int, stop: int) -> tuple[int, int]:
-    """Query range whose offset -1 neighbour lies in cells [start, stop)."""
+def owned_bounds(table: AxisTable, step: int) -> list[int]:
+    """Query bounds of the tiles of `step` cells along one axis: tile k (cells [k*step,
+    (k+1)*step)) owns the queries [bounds[k], bounds[k+1]) whose offset -1 neighbour lies in
+    its cells. Read back to the host once per axis, so the tile loop never waits on the device."""
     low = table.index[0]
-    a = int(torch.searchsorted(low, torch.tensor(start, device=low.device)))
-    b = int(torch.searchsorted(low, torch.tensor(stop, device=low.device)))
-    return a, b
+    edges = torch.arange(0, -(-table.n_feat // step) + 1, device=low.device) * step
+    return torch.searchsorted(low, edges).tolist()
 
 
 class TileDecoder:
@@ -135,6 +138,15 @@ class TileDecoder:
                 k.rel[..., None] * w_rel[:, 1] + k.coord[None, :, None] * w_q[:, 1] + k.cell * w_cell[:, 1]
             )
 
+    @functools.cached_property
+    def row_bounds(self) -> list[int]:
+        """Query rows owned by each row of tiles (`owned_bounds`; read back on first use)."""
+        return owned_bounds(self.rows, self.tile_rows)
+
+    @functools.cached_property
+    def col_bounds(self) -> list[int]:
+        return owned_bounds(self.cols, self.tile_cols)
+
     def _features(self, r0: int, r1: int, c0: int, c1: int) -> Tensor:
         key = (r0, c0)
         if self.cache is not None and key in self.cache:
@@ -149,29 +161,52 @@ class TileDecoder:
     def decode(self, out: Tensor, mask: Tensor | None = None) -> None:
         """Write probabilities of the selected queries into `out` (n_rows, n_cols) float32.
 
-        `mask` (n_rows, n_cols) bool selects queries; None decodes all of them.
+        `mask` (n_rows, n_cols) bool selects queries; None decodes all of them. The tile
+        geometry is known on the host, so the loop over tiles does not wait on the device:
+        a mask costs two reads back per call (its points, and their count per tile).
         """
         h, w = self.source.shape
         tr, tc = self.tile_rows, self.tile_cols
-        for r0 in range(0, h, tr):
-            ya, yb = _owned(self.rows, r0, r0 + tr)
+        points = None if mask is None else self._points_by_tile(mask)
+        for i, r0 in enumerate(range(0, h, tr)):
+            ya, yb = self.row_bounds[i], self.row_bounds[i + 1]
             if ya == yb:
                 continue
-            for c0 in range(0, w, tc):
-                xa, xb = _owned(self.cols, c0, c0 + tc)
+            for j, c0 in enumerate(range(0, w, tc)):
+                xa, xb = self.col_bounds[j], self.col_bounds[j + 1]
                 if xa == xb:
                     continue
                 feat_rows, feat_cols = (r0, min(r0 + tr + 1, h)), (c0, min(c0 + tc + 1, w))
-                if mask is None:
+                if points is None:
                     feat = self._features(*feat_rows, *feat_cols)
                     out[ya:yb, xa:xb] = self._decode_grid(feat, r0, c0, (ya, yb), (xa, xb))
                     continue
-                sub = mask[ya:yb, xa:xb].nonzero()
-                if sub.numel() == 0:
+                iy, ix = points(i, j)
+                if iy is None:
                     continue
-                iy, ix = sub[:, 0] + ya, sub[:, 1] + xa
                 feat = self._features(*feat_rows, *feat_cols)
                 out[iy, ix] = self._decode_points(feat, r0, c0, iy, ix)
+
+    def _points_by_tile(self, mask: Tensor):
+        """A function (row tile i, column tile j) -> (iy, ix) int64 global indices of the
+        selected queries that tile owns, in row-major order, or (None, None) when it owns none."""
+        iy, ix = mask.nonzero().unbind(1)  # row-major
+        n_col_tiles = len(self.col_bounds) - 1
+        row_tile = self.rows.index[0][iy] // self.tile_rows
+        tile = row_tile * n_col_tiles + self.cols.index[0][ix] // self.tile_cols
+        tile, order = torch.sort(tile, stable=True)  # by tile; row-major within a tile
+        iy, ix = iy[order], ix[order]
+        counts = torch.bincount(tile, minlength=(len(self.row_bounds) - 1) * n_col_tiles).tolist()
+        starts = [0]
+        for c in counts:
+            starts.append(starts[-1] + c)
+
+        def points(i: int, j: int):
+            k = i * n_col_tiles + j
+            a, b = starts[k], starts[k + 1]
+            return (None, None) if a == b else (iy[a:b], ix[a:b])
+
+        return points
 
     def _mlp_tail(self, hidden: Tensor) -> Tensor:
         """(4, ...) first-layer pre-activations -> (4, ...) logits of the 4 ensemble members."""
@@ -215,7 +250,7 @@ class TileDecoder:
                         ],
                         dim=-1,
                     )
-                    members.append(self.first(torch.cat([cells, coords], dim=-1)))
+                    members.append(linear_fp32(self.first, torch.cat([cells, coords], dim=-1)))
         preds = self._mlp_tail(torch.stack(members))
         areas = torch.stack(
             [torch.abs(rel_y[vy, :, None] * rel_x[vx, None, :]) + 1e-9 for vy in range(2) for vx in range(2)]
@@ -249,7 +284,7 @@ class TileDecoder:
                         ],
                         dim=1,
                     )
-                    members.append(self.first(torch.cat([cells, coords], dim=1)))
+                    members.append(linear_fp32(self.first, torch.cat([cells, coords], dim=1)))
         preds = self._mlp_tail(torch.stack(members))
         areas = torch.stack([torch.abs(rel_y[vy] * rel_x[vx]) + 1e-9 for vy in range(2) for vx in range(2)])
         prior = None if self.prior is None else self.prior[0] * self.prior[1][iy, ix]

@@ -41,7 +41,7 @@ from pipeline.runner.progress import (
     describe_stall,
 )
 
-__all__ = ["new_run_id", "static_fields", "items_dataset", "stream_rows", "run_on_ray"]
+__all__ = ["new_run_id", "static_fields", "items_dataset", "gpu_env", "stream_rows", "run_on_ray"]
 
 
 def new_run_id() -> str:
@@ -87,6 +87,14 @@ def items_dataset(items: list[dict]):
 
     per_block = max(1, math.ceil(len(items) / 10_000))
     return rd.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / per_block)))
+
+
+def gpu_env(gpus: float) -> dict:
+    """Ray remote args of a stage's actors: GPU actors start with
+    ``pipeline.refine.gpu_memory.GPU_ACTOR_ENV`` (CUDA's expandable segments); others with nothing."""
+    from pipeline.refine.gpu_memory import GPU_ACTOR_ENV
+
+    return {"runtime_env": {"env_vars": dict(GPU_ACTOR_ENV)}} if gpus > 0 else {}
 
 
 def _progress_bar(total: int, enabled: bool, unit: str = "img", desc: str = "refine"):

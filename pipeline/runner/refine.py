@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import RefineJobConfig, with_absolute_paths
-from pipeline.runner.job import items_dataset, new_run_id, run_on_ray, static_fields
+from pipeline.runner.job import gpu_env, items_dataset, new_run_id, run_on_ray, static_fields
 from pipeline.runner.plan import StagePlan, describe_memory
 from pipeline.runner.progress import ManifestWriter
 from pipeline.runner.workers import ProposalWorker, RefinerWorker, proposal_kwargs, refiner_kwargs
@@ -71,6 +71,7 @@ def build_dataset(items: list[dict], cfg: RefineJobConfig, plan: StagePlan, stat
             batch_format="numpy",
             num_cpus=plan.actor_cpus,
             num_gpus=plan.sam_gpus,
+            **gpu_env(plan.sam_gpus),
             compute=rd.ActorPoolStrategy(size=plan.sam_actors, **pool),
             fn_constructor_kwargs=proposal_kwargs(cfg, plan.torch_threads),
         )
@@ -80,6 +81,7 @@ def build_dataset(items: list[dict], cfg: RefineJobConfig, plan: StagePlan, stat
         batch_format="numpy",
         num_cpus=plan.actor_cpus,
         num_gpus=plan.refine_gpus,
+        **gpu_env(plan.refine_gpus),
         **({"memory": plan.refine_memory} if plan.refine_memory else {}),
         compute=rd.ActorPoolStrategy(size=plan.refine_actors, **pool),
         fn_constructor_kwargs=refiner_kwargs(cfg, plan.torch_threads),

@@ -29,7 +29,7 @@ from typing import Any
 from pipeline.config import RefineJobConfig, with_absolute_paths
 from pipeline.relabel.output import object_summary, write_coco_output, write_job_record
 from pipeline.relabel.plan import plan_relabel, stall_timeout
-from pipeline.runner.job import items_dataset, new_run_id, run_on_ray, static_fields
+from pipeline.runner.job import gpu_env, items_dataset, new_run_id, run_on_ray, static_fields
 from pipeline.runner.plan import StagePlan
 from pipeline.runner.progress import ManifestWriter
 from pipeline.runner.workers import ProposalWorker, RelabelWorker, proposal_kwargs, relabel_kwargs
@@ -52,12 +52,14 @@ def build_relabel_dataset(items: list[dict], cfg: RefineJobConfig, plan: StagePl
         ds = ds.map_batches(
             ProposalWorker, batch_size=1, batch_format="numpy", num_cpus=plan.actor_cpus,
             num_gpus=plan.sam_gpus,
+            **gpu_env(plan.sam_gpus),
             compute=rd.ActorPoolStrategy(size=plan.sam_actors, **pool),
             fn_constructor_kwargs=proposal_kwargs(cfg, plan.torch_threads, v1=False),
         )
     return ds.map_batches(
         RelabelWorker, batch_size=1, batch_format="numpy", num_cpus=plan.actor_cpus,
-        num_gpus=plan.refine_gpus, **({"memory": plan.refine_memory} if plan.refine_memory else {}),
+        num_gpus=plan.refine_gpus, **gpu_env(plan.refine_gpus),
+        **({"memory": plan.refine_memory} if plan.refine_memory else {}),
         compute=rd.ActorPoolStrategy(size=plan.refine_actors, **pool),
         fn_constructor_kwargs=relabel_kwargs(cfg, plan.torch_threads, static),
     )

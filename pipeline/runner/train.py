@@ -9,6 +9,7 @@ newest checkpoint in ``run.checkpoint_dir``. What is checked and built before an
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -23,30 +24,37 @@ def _call(fill, part: list[int]) -> tuple[int, int]:
     return fill(part)
 
 
-def _ray_map_parts(fill, parts: list[list[int]], cpus_per_task: float = 1.0) -> list[tuple[int, int]]:
-    """Each part of the colour-map precompute as one Ray task (``num_cpus=cpus_per_task``)."""
+def _ray_map_parts(fill, parts: list[list[int]], resources: dict[str, float]) -> list[tuple[int, int]]:
+    """Each part of the colour-map precompute as one Ray task asking ``resources``."""
     import ray
 
-    task = ray.remote(num_cpus=cpus_per_task)(_call)
+    task = ray.remote(**resources)(_call)
     return ray.get([task.remote(fill, p) for p in parts])
 
 
 def _sam_lookup(cfg: TrainJobConfig, source, use_ray: bool):
-    """For models that take proposals: precompute (Ray tasks, one per CPU of the cluster, or in
-    this process) and return the colour-map cache."""
+    """For models that take proposals: precompute (Ray tasks, one per CPU of the cluster, or per GPU
+    with ``run.use_gpu`` and SAM; or in this process) and return the colour-map cache."""
     from pipeline.models import model_spec
 
     if not model_spec(cfg.model.name).takes_proposals:
         return None
-    from pipeline.train.sam_cache import SamColourCache, precompute_colour_maps
+    from pipeline.train.sam_cache import SamColourCache, precompute_colour_maps, task_resources
 
     s = cfg.sam
     cache = SamColourCache(s.cache or cfg.run.checkpoint_dir.rstrip("/") + "/sam_cache", sam_settings(cfg))
-    if use_ray:
-        parts = max(1, int(cluster_resources().get("CPU", 1)))
-        precompute_colour_maps(source, cache, _ray_map_parts, parts=parts)
-    else:
-        precompute_colour_maps(source, cache)
+    resources = task_resources(cache.settings, 1.0, cfg.run.use_gpu)  # SAM on the training device
+    device = "cuda" if resources["num_gpus"] else "cpu"
+    if not use_ray:
+        precompute_colour_maps(source, cache, device=device)
+        return cache
+    cluster = cluster_resources()
+    if resources["num_gpus"] and cluster.get("GPU", 0) < 1:
+        raise ValueError("run.use_gpu: the SAM colour-map precompute needs a GPU, the Ray cluster has none")
+    per = "GPU" if resources["num_gpus"] else "CPU"
+    parts = max(1, int(cluster.get(per, 1) // max(resources["num_gpus"] or resources["num_cpus"], 1e-3)))
+    precompute_colour_maps(source, cache, functools.partial(_ray_map_parts, resources=resources), parts=parts,
+                           device=device)
     return cache
 
 

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["LossWeights", "sobel", "refine_loss"]
+__all__ = ["LossWeights", "LOSS_PARTS", "sobel", "refine_loss", "refine_loss_terms"]
 
 SOBEL_EPS = 1e-4
+LOSS_PARTS = ("bce", "l1", "mse", "grad", "total")
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,10 @@ def sobel(x: Tensor) -> Tensor:
     return torch.sqrt(g.pow(2).sum(dim=1, keepdim=True) + SOBEL_EPS)
 
 
-def refine_loss(logits: Tensor, gt: Tensor,
-                weights: LossWeights = LossWeights()) -> tuple[Tensor, dict[str, float]]:
-    """Loss of logits (B, 1, H, W) against gt (B, 1, H, W) float in [0, 1].
-
-    Returns (total scalar tensor, {"bce", "l1", "mse", "grad", "total"} as floats).
-    """
+def refine_loss_terms(logits: Tensor, gt: Tensor,
+                      weights: LossWeights = LossWeights()) -> tuple[Tensor, Tensor]:
+    """Loss of logits (B, 1, H, W) against gt (B, 1, H, W) float in [0, 1], on their device:
+    (total scalar tensor, (5,) tensor of the parts in the order of ``LOSS_PARTS``)."""
     if logits.shape != gt.shape:
         raise ValueError(f"refine_loss: logits {tuple(logits.shape)} and gt {tuple(gt.shape)} differ")
     prob = torch.sigmoid(logits)
@@ -66,6 +65,12 @@ def refine_loss(logits: Tensor, gt: Tensor,
         "grad": F.l1_loss(sobel(prob), sobel(gt)),
     }
     total = sum(getattr(weights, k) * v for k, v in parts.items())
-    out = {k: float(v.detach()) for k, v in parts.items()}
-    out["total"] = float(total.detach())
-    return total, out
+    return total, torch.stack([*parts.values(), total]).detach()
+
+
+def refine_loss(logits: Tensor, gt: Tensor,
+                weights: LossWeights = LossWeights()) -> tuple[Tensor, dict[str, float]]:
+    """`refine_loss_terms`, the parts read back to the host at once:
+    (total scalar tensor, {"bce", "l1", "mse", "grad", "total"} as floats)."""
+    total, parts = refine_loss_terms(logits, gt, weights)
+    return total, dict(zip(LOSS_PARTS, parts.tolist()))

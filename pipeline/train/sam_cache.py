@@ -25,7 +25,7 @@ from pipeline.io.fs import open_fs
 from pipeline.sam.regions import RegionGenerator, RegionSettings
 from pipeline.train.data import image_key
 
-__all__ = ["SamSettings", "SamColourCache", "compute_colour_map", "precompute_colour_maps"]
+__all__ = ["SamSettings", "SamColourCache", "compute_colour_map", "precompute_colour_maps", "task_resources"]
 
 
 @dataclass(frozen=True)
@@ -51,15 +51,15 @@ class SamSettings:
         if self.proposals not in ("sam", "regions"):
             raise ValueError(f"proposals: must be 'sam' or 'regions' (got {self.proposals!r})")
 
-    def generator(self) -> Any:
-        """The proposal source: ``RegionGenerator`` or a ``FastMaskGenerator`` (builds the SAM
-        model; CPU)."""
+    def generator(self, device: str = "cpu") -> Any:
+        """The proposal source: ``RegionGenerator`` (CPU) or a ``FastMaskGenerator`` (builds the
+        SAM model on ``device``)."""
         if self.proposals == "regions":
             return RegionGenerator(self.regions)
         from pipeline.sam import FastMaskGenerator, build_sam
 
         sam = build_sam(self.model_type, self.checkpoint, seed=self.seed)  # seed: random weights (tests)
-        return FastMaskGenerator(sam, points_per_side=self.points_per_side,
+        return FastMaskGenerator(sam.to(device), points_per_side=self.points_per_side,
                                  pred_iou_thresh=self.pred_iou_thresh,
                                  stability_score_thresh=self.stability_score_thresh)
 
@@ -109,8 +109,8 @@ class SamColourCache:
         return np.ascontiguousarray(img[..., ::-1])
 
 
-def _fill(source: Any, indices: list[int], *, cache: SamColourCache) -> tuple[int, int]:
-    """Compute the missing maps for ``indices``; returns (computed, already cached)."""
+def _fill(source: Any, indices: list[int], *, cache: SamColourCache, device: str = "cpu") -> tuple[int, int]:
+    """Compute the missing maps for ``indices`` (SAM on ``device``); returns (computed, already cached)."""
     generator, done, cached = None, 0, 0
     for i in indices:
         key, image, _ = source.get(i)
@@ -118,10 +118,17 @@ def _fill(source: Any, indices: list[int], *, cache: SamColourCache) -> tuple[in
             cached += 1
             continue
         if generator is None:
-            generator = cache.settings.generator()
+            generator = cache.settings.generator(device)
         cache.write(image, compute_colour_map(generator, image, key, cache.settings))
         done += 1
     return done, cached
+
+
+def task_resources(settings: SamSettings, cpus_per_task: float, use_gpu: bool) -> dict[str, float]:
+    """Resources of one precompute part (Ray's ``num_cpus`` / ``num_gpus``): a GPU too when training
+    uses GPUs and the maps come from SAM (the ``regions`` source runs on the CPU)."""
+    gpu = use_gpu and settings.proposals == "sam"
+    return {"num_cpus": cpus_per_task, "num_gpus": 1 if gpu else 0}
 
 
 #: runs ``fill(part)`` for every part of the samples' indices, returns the (computed, cached) pairs
@@ -129,16 +136,16 @@ MapParts = Callable[[Callable[[list[int]], tuple[int, int]], list[list[int]]], l
 
 
 def precompute_colour_maps(source: Any, cache: SamColourCache, map_parts: MapParts | None = None,
-                           parts: int = 1) -> dict[str, int]:
-    """Fill the cache for every sample of ``source`` (skips existing files).
+                           parts: int = 1, device: str = "cpu") -> dict[str, int]:
+    """Fill the cache for every sample of ``source`` (skips existing files), SAM on ``device``.
 
     The samples are split into ``parts`` interleaved parts, each filled by one call that builds
     the generator once; ``map_parts(fill, parts)`` runs them (``pipeline.runner.train`` runs them
-    as Ray tasks; default: one after the other in this process). Returns
-    {"computed": n, "cached": m}.
+    as Ray tasks with :func:`task_resources`; default: one after the other in this process).
+    Returns {"computed": n, "cached": m}.
     """
     n = len(source)
     chunks = [list(range(n))[k::parts] for k in range(max(1, min(parts, n)))]
-    fill = functools.partial(_fill, source, cache=cache)
+    fill = functools.partial(_fill, source, cache=cache, device=device)
     results = map_parts(fill, chunks) if map_parts is not None else [fill(c) for c in chunks]
     return {"computed": sum(r[0] for r in results), "cached": sum(r[1] for r in results)}

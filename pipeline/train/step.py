@@ -12,6 +12,8 @@ are computed on those dense windows.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -41,9 +43,10 @@ def patch_origins(gt: Tensor, patch: int, count: int, rng: np.random.Generator,
     edge = torch.zeros_like(g)
     edge[:, 1:] |= g[:, 1:] != g[:, :-1]
     edge[:, :, 1:] |= g[:, :, 1:] != g[:, :, :-1]
+    edge = edge.cpu().numpy()  # one read back per batch, not one per window
     out = np.zeros((b, count, 2), np.int64)
     for i in range(b):
-        ys, xs = torch.nonzero(edge[i], as_tuple=True)
+        ys, xs = np.nonzero(edge[i])
         for k in range(count):
             if len(ys) and rng.random() < p_boundary:
                 j = int(rng.integers(len(ys)))
@@ -92,7 +95,9 @@ def forward_crops(model: nn.Module, batch: dict[str, Tensor], input_scale: float
         prior = torch.stack([torch.cat([mask[i, y:y + patch, c:c + patch].reshape(-1) for y, c in origins[i]])
                              for i in range(b)])
     q = coord.shape[1]
-    cell = torch.tensor([2.0 / h, 2.0 / w], device=image.device).view(1, 1, 2).expand(b, q, 2)
+    cell = torch.full((1, 1, 2), 2.0 / h, device=image.device)  # filled on the device: no copy from the host
+    cell[..., 1] = 2.0 / w
+    cell = cell.expand(b, q, 2)
     logits = model(inp, coord, cell, prior)
     if origins is None:
         return logits.view(b, 1, h, w)
@@ -117,7 +122,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict[s
     else:
         logits = forward_crops(model, batch, input_scale)
     loss, parts = refine_loss(logits, gt, weights)
-    if not torch.isfinite(loss):
+    if not math.isfinite(parts["total"]):
         raise FloatingPointError(f"non-finite training loss {parts}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -68,6 +68,32 @@ def test_coordinate_terms_stay_fp32_under_autocast(random_mnv2, small_case):
     assert ((bf16 > 0.5) == (fp32 > 0.5)).mean() >= 0.99 and np.abs(bf16 - fp32).max() > 0
 
 
+@pytest.mark.parametrize("options", [
+    RefineOptions(scales=(0.5, 1.0), precision="bf16", factorize_decoder=False, tile=48),  # streamed
+    RefineOptions.official(scales=(0.5, 1.0), precision="bf16", query_chunk=2048),  # CRMNet.query
+], ids=["tiles", "official"])
+def test_non_factorised_decoders_keep_the_coordinates_fp32(random_mnv2, small_case, options):
+    """Under bf16 autocast the decoders' first layer (which sees the LIIF coordinates) computes
+    in float32, exactly as without autocast, on the float32 coordinates."""
+    image, coarse = small_case
+    first = random_mnv2.imnet.layers[0]
+    seen = []
+
+    def check(module, args, output):
+        x = args[0]
+        seen.append((x.dtype, output.dtype))
+        if len(seen) <= 3:  # the same numbers as the float32 layer
+            with torch.autocast("cpu", enabled=False):
+                assert torch.equal(output, torch.nn.functional.linear(x.float(), module.weight, module.bias))
+
+    handle = first.register_forward_hook(check)
+    try:
+        refine(random_mnv2, image, coarse, options=options)
+    finally:
+        handle.remove()
+    assert seen and all(dtypes == (torch.float32, torch.float32) for dtypes in seen), set(seen)
+
+
 def test_precision_resolution():
     assert resolve_precision("auto", "cpu") == "fp32"
     assert resolve_precision("bf16", "cpu") == "bf16"

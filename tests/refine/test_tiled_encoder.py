@@ -172,14 +172,20 @@ def test_bad_tile_encoder_values():
 
 @pytest.mark.parametrize("with_colors", [False, True])
 def test_padded_image_gathers_what_the_padded_tensor_holds(with_colors):
-    from pipeline.refine.inputs import PaddedImage, padded_base
+    from pipeline.models.crm import make_input
+    from pipeline.refine.inputs import PaddedImage
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (30, 45, 3), dtype=np.uint8)
     colors = rng.integers(0, 256, (30, 45, 3), dtype=np.uint8) if with_colors else None
     rows, cols = pad_index(30, 45, 32, 8)
     lazy = PaddedImage(image, colors, rows, cols, "cpu")
-    full = padded_base(image, colors, rows, cols, "cpu")
+    # the whole-image computation: make_input on float images, then the padding index maps
+    as_float = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255  # noqa: E731
+    inp = make_input(as_float(image), torch.zeros(1, 1, 30, 45),
+                     None if colors is None else as_float(colors))
+    r, c = torch.from_numpy(rows), torch.from_numpy(cols)
+    full = torch.cat([inp[:, :3], inp[:, 4:]], 1)[:, :, r][:, :, :, c].contiguous()
     assert lazy.shape == tuple(full.shape) == (1, 6 if with_colors else 3, 96, 112)
     assert torch.equal(lazy.full(), full)
     r, c = torch.tensor([0, 5, 95, 40]), torch.tensor([111, 3, 3, 60])

@@ -156,3 +156,34 @@ def test_training_forward_equals_refine_on_the_same_crop() -> None:
     for options in (RefineOptions(scales=(1.0,), pad=0), RefineOptions.official(scales=(1.0,), pad=0)):
         prob = refine(prepare_model(copy.deepcopy(model), options), image, coarse, options=options)
         np.testing.assert_allclose(prob, train_prob, atol=2e-5)
+
+
+def test_training_step_reads_back_a_fixed_number_of_times() -> None:
+    """The patch origins read the boundary map back once per batch, not once per window, and the
+    loss parts come back at once: the host-device syncs of a step do not grow with the windows."""
+    from tests.syncs import SyncCounter
+
+    def syncs(batch_size: int, patches: int) -> tuple[int, str]:
+        torch.manual_seed(0)
+        model = build_model("crm_mnv2")
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        gt = torch.zeros(batch_size, 1, 32, 32)
+        gt[:, :, 8:24, 6:20] = 1
+        batch = {"image": torch.rand(batch_size, 3, 32, 32), "coarse": gt.clone(), "gt": gt}
+        with SyncCounter(scope="/pipeline/") as counter:  # Adam's host-side step counters aside
+            train_step(model, opt, batch, patch=8, patches=patches, rng=np.random.default_rng(0))
+        return counter.count, counter.summary()
+
+    few, where = syncs(1, 1)
+    many, where_many = syncs(3, 6)
+    assert many == few <= 8, f"{where} / {where_many}"
+
+
+def test_patch_origins_follow_the_boundary() -> None:
+    gt = torch.zeros(2, 1, 40, 40)
+    gt[0, :, 10:30, 10:30] = 1  # crop 1 has no boundary: uniform windows
+    origins = patch_origins(gt, 8, 50, np.random.default_rng(1), p_boundary=1.0)
+    assert origins.shape == (2, 50, 2) and origins.min() >= 0 and origins.max() <= 32
+    centres = origins[0] + 4
+    near = (np.abs(centres - 10) <= 6) | (np.abs(centres - 30) <= 6)
+    assert near.any(axis=1).all()  # every window of crop 0 sits on a row or column of the square's edge

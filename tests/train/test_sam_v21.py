@@ -90,3 +90,16 @@ def test_v21_job_end_to_end_with_ray(ray_local, tiny_data: Path, tmp_path: Path)
     state = load_latest(str(ckpt))
     assert state["step"] == 1 and state["model"]["feats.features.0.0.weight"].shape[1] == 7
     assert len(list((ckpt / "sam_cache").glob("*/*.png"))) == 2
+
+
+def test_colour_map_precompute_runs_on_the_training_device() -> None:
+    from pipeline.train.sam_cache import task_resources
+
+    sam_settings = SamSettings(model_type="tiny", points_per_side=4, working_size=128)
+    regions = SamSettings(proposals="regions")
+    assert task_resources(sam_settings, 2.0, use_gpu=True) == {"num_cpus": 2.0, "num_gpus": 1}
+    assert task_resources(sam_settings, 2.0, use_gpu=False) == {"num_cpus": 2.0, "num_gpus": 0}
+    assert task_resources(regions, 1.0, use_gpu=True) == {"num_cpus": 1.0, "num_gpus": 0}  # no model
+    generator = sam_settings.generator("meta")  # the device it is given (cuda with use_gpu)
+    assert {p.device.type for p in generator.sam.parameters()} == {"meta"}
+    assert {p.device.type for p in sam_settings.generator().sam.parameters()} == {"cpu"}
