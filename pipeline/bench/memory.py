@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.bench.sizes import parse_size
+
 __all__ = ["NAMED_SIZES", "run", "main", "format_table", "fit_ask"]
 
 NAMED_SIZES = {"2k": (2000, 1500), "4k": (4000, 3000), "8k": (8000, 6000), "16k": (16000, 12000)}
@@ -229,18 +231,6 @@ def format_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    if text in NAMED_SIZES:
-        return NAMED_SIZES[text]
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"size {text!r}: use WxH or one of {sorted(NAMED_SIZES)}") from exc
-    if width < 1 or height < 1:
-        raise argparse.ArgumentTypeError(f"size {text!r} must be positive")
-    return width, height
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--child"]:  # one case, run by `_measure` in a fresh process
@@ -260,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the rows as JSON to this path")
     args = parser.parse_args(argv)
     try:
-        sizes = [_parse_size(s) for s in args.sizes.split(",") if s]
+        sizes = [parse_size(s, NAMED_SIZES) for s in args.sizes.split(",") if s]
         scales = [float(s) for s in args.scales.split(",") if s]
     except (argparse.ArgumentTypeError, ValueError) as exc:
         parser.error(str(exc))

@@ -45,6 +45,8 @@ from typing import Any
 
 import cv2
 
+from pipeline.bench.sizes import parse_size
+
 __all__ = ["run", "main", "write_inputs", "steady_state", "mask_times", "bare_loop", "bare_device",
            "format_report"]
 
@@ -303,16 +305,6 @@ def _nodes(run: dict[str, Any]) -> str:
     return f"{run['nodes']}/{run['nodes_used']}"
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, got {text!r}") from None
-    if w < 32 or h < 32:
-        raise argparse.ArgumentTypeError(f"size must be at least 32x32, got {text!r}")
-    return w, h
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.config.typed import parse_override
 
@@ -326,7 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="shortcut for --set model.name=...")
     ap.add_argument("--checkpoint", default=None, help="shortcut for --set model.checkpoint=...")
     ap.add_argument("--images", type=int, default=12, help="synthetic images (default 12)")
-    ap.add_argument("--size", type=_parse_size, default=(1024, 768), help="WIDTHxHEIGHT (default 1024x768)")
+    ap.add_argument("--size", type=lambda t: parse_size(t, minimum=32), default=(1024, 768),
+                    help="WIDTHxHEIGHT (default 1024x768)")
     ap.add_argument("--cores", type=int, default=1, help="cores both overhead runs are pinned to (default 1)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per model (default 1)")
     ap.add_argument("--no-scaling", action="store_true", help="skip the two-node scaling run")

@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.bench.sizes import parse_size
+
 __all__ = ["CONFIGS", "DEFAULT_SIZES", "run", "main", "synthetic_case", "synthetic_sample"]
 
 DEFAULT_SIZES: tuple[tuple[int, int], ...] = ((2048, 1536), (4096, 3072), (6000, 4000))  # (W, H)
@@ -386,18 +388,6 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    if text in NAMED_SIZES:
-        return NAMED_SIZES[text]
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"size {text!r}: use WxH or one of {sorted(NAMED_SIZES)}") from exc
-    if width < 1 or height < 1:
-        raise argparse.ArgumentTypeError(f"size {text!r} must be positive")
-    return width, height
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="samsr benchmark refiner", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="2k,4k,6k", help="comma-separated WxH or 2k/4k/6k/8k")
@@ -410,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the rows as JSON to this path")
     args = parser.parse_args(list(argv) if argv is not None else None)
     try:
-        sizes = [_parse_size(s) for s in args.sizes.split(",") if s]
+        sizes = [parse_size(s, NAMED_SIZES) for s in args.sizes.split(",") if s]
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
     configs = [c for c in args.configs.split(",") if c]
