@@ -3,7 +3,7 @@
 Pure arithmetic apart from :class:`CacheTrimmer` (which calls torch). Numbers:
 
 - Refiner: the streamed cascade's peak grows with the image: ~0.28 GiB per megapixel in float32
-  (the CPU refiner's measured activations, 0.28-0.34 GB/MP with crm_r50, `pipeline.plan`; the
+  (the CPU refiner's measured activations, 0.28-0.34 GB/MP with crm_r50, `pipeline.runner.plan`; the
   same tensors live on the card: ~17 GiB at 60 MP), plus the model and CUDA's context. Under
   bf16 / fp16 autocast the encoder's and fusion's activations halve while the decoder's
   coordinate terms and outputs stay float32: ~0.6x. Estimates, not yet measured on a card.
