@@ -5,7 +5,7 @@ applies the rule to a table in memory; ``pipeline.query`` builds its ``latest`` 
 
 from __future__ import annotations
 
-__all__ = ["LATEST_ORDER", "LATEST_SQL", "duckdb_connect", "latest_of_table"]
+__all__ = ["LATEST_ORDER", "LATEST_SQL", "duckdb_connect", "arrow_of", "latest_of_table"]
 
 # The "latest row per key" rule: its newest ok row, else its newest row (later attempts win ties);
 # a reviewer's row (source = 'human', samsr review import) beats every row of the pipeline.
@@ -28,14 +28,20 @@ def duckdb_connect():
     return con
 
 
+def arrow_of(rel):
+    """A DuckDB relation's rows as a pyarrow table (a relation, not a DB-API cursor: DuckDB 2.x
+    warns that a cursor's Arrow output is a copy; ``to_arrow_table`` in 2.x, ``fetch_arrow_table``
+    in 1.x)."""
+    fetch = getattr(rel, "to_arrow_table", None) or rel.fetch_arrow_table
+    return fetch()
+
+
 def latest_of_table(table):
     """:data:`LATEST_SQL` over an in-memory manifest table (pyarrow), rows in key order."""
     con = duckdb_connect()
     try:
         con.register("manifest", table)
         rel = con.sql(f"SELECT * FROM ({LATEST_SQL}) ORDER BY key")
-        # a relation, not a DB-API cursor (DuckDB 2.x warns that a cursor's Arrow output is a copy)
-        fetch = getattr(rel, "to_arrow_table", None) or rel.fetch_arrow_table  # DuckDB 2.x / 1.x
-        return fetch().cast(table.schema)
+        return arrow_of(rel).cast(table.schema)
     finally:
         con.close()

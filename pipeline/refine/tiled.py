@@ -71,12 +71,9 @@ def receptive_radius(encoder: nn.Module) -> tuple[int, int]:
     for name, module in encoder.named_modules():
         if name.split(".")[0] in _NOT_IN_LEVELS:
             continue
-        if isinstance(module, nn.Conv2d):
-            kernel, step, dilation = _pair(module.kernel_size), _pair(module.stride), _pair(module.dilation)
-        elif isinstance(module, nn.MaxPool2d):
-            kernel, step, dilation = _pair(module.kernel_size), _pair(module.stride), _pair(module.dilation)
-        else:
+        if not isinstance(module, (nn.Conv2d, nn.MaxPool2d)):
             continue
+        kernel, step, dilation = _pair(module.kernel_size), _pair(module.stride), _pair(module.dilation)
         if kernel == 1:
             continue
         radius += (kernel - 1) // 2 * dilation * stride

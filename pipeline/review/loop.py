@@ -40,6 +40,7 @@ def manifest_rows(prefix: str, keys) -> tuple[dict[str, dict], dict[str, int], s
     whole): (latest ``ok`` row per key that has one, rows so far per key, the manifest's job ids)."""
     import pyarrow as pa
 
+    from pipeline.io.manifest_sql import arrow_of
     from pipeline.query import connect
 
     from .select import OBJECTS
@@ -51,8 +52,7 @@ def manifest_rows(prefix: str, keys) -> tuple[dict[str, dict], dict[str, int], s
             raise ValueError(f"{prefix}: no manifest (manifest/part-*.parquet): not a samsr job's output")
         con.register("wanted", pa.table({"key": pa.array(sorted(set(keys)), pa.string())}))
         rel = con.sql(f"SELECT * FROM latest WHERE key IN (SELECT key FROM wanted) AND {OBJECTS}")
-        fetch = getattr(rel, "to_arrow_table", None) or rel.fetch_arrow_table  # DuckDB 2.x / 1.x
-        rows = {r["key"]: r for r in fetch().to_pylist()}
+        rows = {r["key"]: r for r in arrow_of(rel).to_pylist()}
         counts = dict(con.execute("SELECT key, count(*) FROM manifest WHERE key IN (SELECT key FROM wanted) "
                                   "GROUP BY key").fetchall())
     finally:
