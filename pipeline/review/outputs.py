@@ -107,13 +107,16 @@ class JobOutputs:
         return read_label_map(read_bytes(uri), row["image_key"]).values
 
     def masks(self, row: dict) -> tuple[np.ndarray, np.ndarray]:
-        """(coarse, refined) of a manifest row, (H, W) bool at the image's full size."""
+        """(coarse, refined) of a manifest row, (H, W) bool at the image's full size. Where the
+        trust policy turned the refined mask down (``accepted = false``: the output holds the coarse
+        mask), refined is the turned-down one (``candidate_uri``): what the refiner proposed."""
         from pipeline.io import decode_mask, read_bytes, resize_mask
 
         h, w = int(row["height"]), int(row["width"])
         if self.kind == "refine":
             coarse = resize_mask(decode_mask(read_bytes(row["mask_uri"]), key=row["key"]), h, w) > 128
-            refined = decode_mask(read_bytes(row["output_uri"]), key=row["key"]) > 128
+            refined_uri = row.get("candidate_uri") or row["output_uri"]
+            refined = decode_mask(read_bytes(refined_uri), key=row["key"]) > 128
         elif self.kind == "coco":
             from pipeline.relabel.coco import annotation_size
             from pipeline.relabel.coco_masks import decode_full

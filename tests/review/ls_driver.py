@@ -40,6 +40,17 @@ def personal_token(url: str, legacy: str) -> str:
         return json.loads(resp.read())["token"]
 
 
+def create_project(ls: LabelStudio, config: str, tasks: str) -> tuple:
+    """(project, the tasks as exported, the tasks as Label Studio holds them): a project with the
+    labeling config file ``config`` and the exported tasks file ``tasks`` imported."""
+    with open(config) as f:
+        project = ls.projects.create(title="samsr review", label_config=f.read())
+    with open(tasks) as f:
+        exported = json.load(f)
+    ls.projects.import_tasks(id=project.id, request=exported)
+    return project, exported, list(ls.tasks.list(project=project.id, fields="all"))
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     for name in ("url", "legacy-token", "config", "tasks", "key", "mask", "export", "decoded"):
@@ -48,12 +59,7 @@ def main() -> int:
     token = personal_token(a.url, a.legacy_token)
     ls = LabelStudio(base_url=a.url, api_key=token)
     me = ls.users.whoami()
-    with open(a.config) as f:
-        project = ls.projects.create(title="samsr review", label_config=f.read())
-    with open(a.tasks) as f:
-        exported = json.load(f)
-    ls.projects.import_tasks(id=project.id, request=exported)
-    tasks = list(ls.tasks.list(project=project.id, fields="all"))
+    project, exported, tasks = create_project(ls, a.config, a.tasks)
     by_key = {t.data["samsr_key"]: t for t in tasks}
     predictions, decoded_equal = [], True
     for n, sent in enumerate(exported):

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import cv2
@@ -24,70 +20,22 @@ from jobs import cli
 from pipeline.io import read_bytes
 from pipeline.query import query
 from pipeline.review.brush_rle import decode_mask
+from tests.review.ls_server import EMAIL, LEGACY_TOKEN, LS_VENV, LabelStudioError, running_label_studio
 from tests.review.outputs import make_coco_job
 
-ROOT = Path(__file__).resolve().parents[2]
-LS_VENV = ROOT / ".venv-labelstudio"
 DRIVER = Path(__file__).with_name("ls_driver.py")
-EMAIL, PASSWORD = "reviewer@example.com", "review-pass-1234"
-LEGACY_TOKEN = "5a3c0d1e9b7f4c2a8e6d0b1f3a5c7e9d2b4f6a8c"  # only to make a personal access token
-START_TIMEOUT_S = 420
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def label_studio(tmp_path_factory):
     """(base URL, seconds it took to answer /health); Label Studio stopped by PID afterwards."""
-    exe = LS_VENV / "bin" / "label-studio"
-    if not exe.exists():
-        pytest.fail(f"{exe} is missing: `make test` creates {LS_VENV.name} (or run `make labelstudio`)")
-    data = tmp_path_factory.mktemp("label-studio")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "DJANGO_"))}
-    env.update(LABEL_STUDIO_BASE_DATA_DIR=str(data), DJANGO_DB="sqlite", LABEL_STUDIO_USERNAME=EMAIL,
-               LABEL_STUDIO_PASSWORD=PASSWORD, LABEL_STUDIO_USER_TOKEN=LEGACY_TOKEN,
-               LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true", LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
-               LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true", LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT="/",
-               SENTRY_DSN="", FRONTEND_SENTRY_DSN="", COLLECT_ANALYTICS="false")
-    log = open(data / "label-studio.log", "wb")
-    t0 = time.monotonic()
-    proc = subprocess.Popen([str(exe), "start", "--no-browser", "--port", str(port), "--internal-host",
-                             "127.0.0.1", "--data-dir", str(data)], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True, cwd=data)
-    url = f"http://127.0.0.1:{port}"
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"label-studio exited with {proc.returncode}: "
-                            f"{(data / 'label-studio.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() - t0 > START_TIMEOUT_S:
-                pytest.fail(f"label-studio did not answer /health in {START_TIMEOUT_S} s: "
-                            f"{(data / 'label-studio.log').read_text()[-3000:]}")
-            time.sleep(2)
-        yield url, time.monotonic() - t0
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-        except ProcessLookupError:
-            pass
-        log.close()
+        with running_label_studio(tmp_path_factory.mktemp("label-studio")) as started:
+            yield started
+    except LabelStudioError as e:
+        pytest.fail(str(e))
 
 
 def _driver(*args: str) -> dict:

@@ -75,6 +75,11 @@ def _refine_job(root: str) -> str:
                      "image_uri": img_uri, "mask_uri": mask_uri, "output_uri": uri, "soft_output_uri": soft,
                      "width": 60, "height": 40, "coarse_width": 30, "coarse_height": 20, "trust_score": trust,
                      "change_iou": 0.5})
+    # img2's refined mask was turned down by the trust policy: the output holds the coarse one
+    coarse2 = decode_mask(read_bytes(rows[2]["mask_uri"]))
+    rows[2]["candidate_uri"] = put(f"{out}/candidates/img2.png", read_bytes(rows[2]["output_uri"]))
+    rows[2]["output_uri"], _ = write_masks(out, "img2", cv2.resize(coarse2, (60, 40)), None)
+    rows[2]["accepted"] = False
     write_manifest_part(rows, out, "r1")
     return out
 
@@ -125,6 +130,16 @@ def test_refine_outputs_ranked_by_trust_and_corrected(refine_job, tmp_path, caps
     # reviewed objects leave the trust ranking (their rows have no score)
     assert [t["data"]["samsr_key"] for t in _export(refine_job, str(tmp_path / "t2"), "--worst", "2")] == \
         ["img2", "img0"]
+
+
+def test_turned_down_refinement_is_the_refined_pre_annotation(refine_job, tmp_path):
+    """accepted = false: the output holds the coarse mask; the reviewer is shown the refiner's
+    turned-down mask (candidates/) beside it, not the coarse mask twice."""
+    task = _export(refine_job, str(tmp_path / "t"), "--where", "key = 'img2'")[0]
+    coarse, refined = (decode_rle(p["result"][0]["value"]["rle"], 40, 60) for p in task["predictions"])
+    candidate = decode_mask(read_bytes(f"{refine_job}/candidates/img2.png")) > 128
+    assert np.array_equal(refined, candidate) and (refined != coarse).sum() > 100
+    assert np.array_equal(decode_mask(read_bytes(f"{refine_job}/masks/img2.png")) > 128, coarse)
 
 
 def test_label_maps_ranked_by_gain_and_corrected(tmp_path, capsys):
