@@ -3,12 +3,14 @@
     samsr review export OUT --to label-studio --worst 50 --dest review/
     samsr review export OUT --to label-studio --sample 200 --seed 1 --dest review/
     samsr review export OUT --to label-studio --where "category_id = 3" --dest review/
+    samsr review export OUT --to fiftyone --worst 200 --dest review-fo/
     samsr review import OUT --from label-studio review/export.json
     LABEL_STUDIO_API_KEY=... samsr review import OUT --from label-studio \\
         http://localhost:8080/api/projects/1/export?exportType=JSON
 
 ``export`` writes DEST/tasks.json (one task per object: the image URL, the coarse and refined
-masks as pre-annotations, the manifest keys) and DEST/config.xml (the labeling config).
+masks as pre-annotations, the manifest keys) and DEST/config.xml (the labeling config), or with
+``--to fiftyone`` a FiftyOne dataset directory (samples.json, metadata.json, masks/).
 ``import`` replaces the refined masks by the reviewers' (masks, COCO annotations, label maps)
 and appends manifest rows with source = human; a bad task is named and the others go on
 (exit status 1 when any task failed).
@@ -25,14 +27,19 @@ __all__ = ["main", "build_parser"]
 
 def build_parser(prog: str = "samsr review") -> argparse.ArgumentParser:
     from pipeline.query import WORST_BY
+    from pipeline.review.loop import TOOLS
 
     p = argparse.ArgumentParser(prog=prog, description="Send the least-trusted masks of a finished job to "
                                 "Label Studio and bring the reviewers' corrections back.")
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    e = sub.add_parser("export", help="write Label Studio tasks (and the labeling config) for chosen objects")
+    e = sub.add_parser("export", help="write Label Studio tasks (and the labeling config) or a FiftyOne "
+                       "dataset for chosen objects")
     e.add_argument("prefix", metavar="OUT", help="the job's output prefix (samsr refine or samsr relabel)")
-    e.add_argument("--to", choices=["label-studio"], required=True, help="the annotation tool")
-    e.add_argument("--dest", required=True, metavar="DIR", help="where to write tasks.json and config.xml")
+    e.add_argument("--to", choices=list(TOOLS), required=True,
+                   help="label-studio: tasks with pre-annotations; fiftyone: a dataset to sort and filter "
+                   "in its app")
+    e.add_argument("--dest", required=True, metavar="DIR",
+                   help="where to write tasks.json and config.xml (label-studio) or the dataset (fiftyone)")
     g = e.add_mutually_exclusive_group(required=True)
     g.add_argument("--worst", type=int, metavar="N", help="the N worst objects (see --by)")
     g.add_argument("--sample", type=int, metavar="N", help="N objects drawn at random (see --seed)")
@@ -64,12 +71,13 @@ def main(argv: list[str] | None = None, prog: str = "samsr review") -> int:
 
     try:
         if args.action == "export":
-            res = export_review(args.prefix, args.dest, worst=args.worst, by=args.by, sample=args.sample,
-                                seed=args.seed, where=args.where, local_root=args.local_root,
-                                presign_seconds=args.presign)
+            res = export_review(args.prefix, args.dest, to=args.to, worst=args.worst, by=args.by,
+                                sample=args.sample, seed=args.seed, where=args.where,
+                                local_root=args.local_root, presign_seconds=args.presign)
             for line in res.skipped:
                 print(f"{prog}: left out {line}", file=sys.stderr)
-            print(f"{res.tasks} tasks ({res.chosen}) -> {res.tasks_uri}\nlabeling config -> {res.config_uri}")
+            items, extra = ("samples", "metadata") if args.to == "fiftyone" else ("tasks", "labeling config")
+            print(f"{res.tasks} {items} ({res.chosen}) -> {res.items_uri}\n{extra} -> {res.config_uri}")
             return 0
         res = import_review(args.prefix, args.export, api_key=os.environ.get("LABEL_STUDIO_API_KEY"),
                             reviewer=args.reviewer)

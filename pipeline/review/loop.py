@@ -1,6 +1,7 @@
 """The review loop over a finished job's output: export tasks, import the reviewers' masks.
 
     export_review(OUT, DEST, worst=50)      # DEST/tasks.json + DEST/config.xml (Label Studio)
+    export_review(OUT, DEST, to="fiftyone", worst=50)   # DEST/samples.json, metadata.json, masks/
     import_review(OUT, "export.json")       # or http(s)://host/api/projects/ID/export?exportType=JSON
 
 Import order: outputs first (:class:`pipeline.review.outputs.JobOutputs`), then one manifest part
@@ -19,7 +20,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["export_review", "import_review", "ExportResult", "ImportResult", "fetch_export", "manifest_rows"]
+__all__ = ["export_review", "import_review", "ExportResult", "ImportResult", "fetch_export", "manifest_rows",
+           "TOOLS"]
 
 #: fields a human row copies from the row it corrects (what the object is and where it came from)
 _IDENTITY = ("job_id", "key", "row_kind", "image_key", "image_id", "annotation_id", "category_id", "shard",
@@ -62,8 +64,8 @@ def manifest_rows(prefix: str, keys) -> tuple[dict[str, dict], dict[str, int], s
 
 @dataclass
 class ExportResult:
-    tasks_uri: str
-    config_uri: str
+    items_uri: str  # tasks.json (Label Studio) or samples.json (FiftyOne)
+    config_uri: str  # config.xml (Label Studio) or metadata.json (FiftyOne)
     chosen: str
     tasks: int
     skipped: list[str] = field(default_factory=list)
@@ -79,38 +81,113 @@ def _presigner(seconds: int):
     return sign
 
 
-def export_review(prefix: str, dest: str, *, worst: int | None = None, by: str = "auto",
-                  sample: int | None = None, seed: int = 0, where: str | None = None, local_root: str = "/",
-                  presign_seconds: int | None = None) -> ExportResult:
-    """Write ``dest/tasks.json`` (Label Studio tasks: image URL, coarse and refined masks as
-    predictions, manifest keys) and ``dest/config.xml`` (the labeling config) for the chosen
-    objects of the job under ``prefix``. An object whose task cannot be built (an image Label
-    Studio cannot open, an unreadable mask) is left out and named in ``skipped``."""
-    from pipeline.io import join_uri, write_bytes
+#: the tools ``export_review`` writes for
+TOOLS = ("label-studio", "fiftyone")
+
+
+def export_review(prefix: str, dest: str, *, to: str = "label-studio", worst: int | None = None,
+                  by: str = "auto", sample: int | None = None, seed: int = 0, where: str | None = None,
+                  local_root: str = "/", presign_seconds: int | None = None) -> ExportResult:
+    """Write the chosen objects of the job under ``prefix`` for review in ``to``:
+
+    - ``label-studio``: ``dest/tasks.json`` (tasks: image URL, coarse and refined masks as
+      predictions, manifest keys) and ``dest/config.xml`` (the labeling config);
+    - ``fiftyone``: a FiftyOne dataset directory (:mod:`pipeline.review.fo_dataset`:
+      ``samples.json``, ``metadata.json``, ``masks/``); local ``dest`` and local images only.
+
+    An object that cannot be written (an image the tool cannot open, an unreadable mask) is left
+    out and named in ``skipped``."""
+    from pipeline.io import is_local
 
     from .outputs import JobOutputs
     from .select import select_keys
-    from .tasks import build_task, image_url, labeling_config
 
+    if to not in TOOLS:
+        raise ValueError(f"--to: {to!r} is not one of {', '.join(TOOLS)}")
+    if to == "fiftyone" and not is_local(dest):
+        raise ValueError(f"--dest {dest!r}: FiftyOne reads a local dataset directory")
     prefix = _absolute(prefix)
     keys, chosen = select_keys(prefix, worst=worst, by=by, sample=sample, seed=seed, where=where)
     rows, _, _ = manifest_rows(prefix, keys)
     outputs = JobOutputs(prefix)
-    presign = _presigner(presign_seconds) if presign_seconds else None
-    tasks, skipped = [], []
+    if to == "fiftyone":
+        build = _fiftyone_builder(outputs, _absolute(dest))
+    else:
+        build = _label_studio_builder(outputs, local_root,
+                                      _presigner(presign_seconds) if presign_seconds else None)
+    items, skipped = [], []
     for key in keys:
         row = rows.get(key)
         try:
             if row is None:
                 raise ValueError("no ok row")
-            url = image_url(row["image_uri"], local_root=local_root, presign=presign)
-            coarse, refined = outputs.masks(row)
-            tasks.append(build_task(row, url, coarse, refined))
+            items.append(build(row))
         except Exception as e:  # noqa: BLE001 - one object's problem: named, the others go on
             skipped.append(f"{key}: {type(e).__name__}: {e}")
-    tasks_uri = write_bytes(join_uri(dest, "tasks.json"), json.dumps(tasks).encode())
+    return _write_export(to, dest, items, chosen, skipped)
+
+
+def _label_studio_builder(outputs, local_root: str, presign):
+    from .tasks import build_task, image_url
+
+    def build(row: dict) -> dict:
+        url = image_url(row["image_uri"], local_root=local_root, presign=presign)
+        coarse, refined = outputs.masks(row)
+        return build_task(row, url, coarse, refined)
+
+    return build
+
+
+def _fiftyone_builder(outputs, dest: str):
+    """Row -> FiftyOne sample dict; writes the sample's masks (0 / 255 PNG) under ``dest/masks/``."""
+    import numpy as np
+
+    from pipeline.io import (
+        decode_mask,
+        encode_png,
+        is_local,
+        join_uri,
+        read_bytes,
+        resize_mask,
+        safe_key,
+        write_bytes,
+    )
+
+    from .fo_dataset import build_sample
+
+    def build(row: dict) -> dict:
+        uri = row["image_uri"]
+        if not is_local(uri) or ("#" in uri and ".tar" in uri.split("#", 1)[0]):
+            raise ValueError(f"image {uri!r}: FiftyOne opens local image files only")
+        path = os.path.abspath(uri[len("file://"):] if uri.startswith("file://") else uri)
+        h, w = int(row["height"]), int(row["width"])
+        coarse, refined = outputs.masks(row)
+        masks = {"coarse": coarse, "refined": refined}
+        if row.get("gt_uri"):
+            gt = decode_mask(read_bytes(row["gt_uri"]), key=row["key"], what="gt")
+            masks["ground_truth"] = resize_mask(gt, h, w) > 128
+        paths = {}
+        for name, mask in masks.items():
+            paths[name] = join_uri(dest, "masks", f"{safe_key(row['key'])}.{name}.png")
+            write_bytes(paths[name], encode_png(mask.astype(np.uint8) * 255))
+        return build_sample(row, path, paths)
+
+    return build
+
+
+def _write_export(to: str, dest: str, items: list, chosen: str, skipped: list[str]) -> ExportResult:
+    from pipeline.io import join_uri, write_bytes
+
+    from .fo_dataset import METADATA
+    from .tasks import labeling_config
+
+    if to == "fiftyone":
+        samples_uri = write_bytes(join_uri(dest, "samples.json"), json.dumps({"samples": items}).encode())
+        meta_uri = write_bytes(join_uri(dest, "metadata.json"), json.dumps(METADATA).encode())
+        return ExportResult(samples_uri, meta_uri, chosen, len(items), skipped)
+    tasks_uri = write_bytes(join_uri(dest, "tasks.json"), json.dumps(items).encode())
     config_uri = write_bytes(join_uri(dest, "config.xml"), labeling_config().encode())
-    return ExportResult(tasks_uri, config_uri, chosen, len(tasks), skipped)
+    return ExportResult(tasks_uri, config_uri, chosen, len(items), skipped)
 
 
 @dataclass

@@ -27,9 +27,8 @@ from label_studio_sdk import LabelStudio
 from ls_driver import create_project, personal_token
 from playwright.sync_api import sync_playwright
 
-# as the machine notes say: without the background-networking flags Chromium keeps trying the
-# closed network
 LOCAL_FILES = "/data/local-files/?d="
+# without the background-networking flags Chromium keeps trying the closed network
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 

@@ -45,7 +45,8 @@ def running_label_studio(data: Path, timeout_s: float = START_TIMEOUT_S) -> Iter
     ``label-studio.log``) lives in ``data``; stopped by its process group on exit."""
     exe = LS_VENV / "bin" / "label-studio"
     if not exe.exists():
-        raise LabelStudioError(f"{exe} is missing: `make test` creates {LS_VENV.name} (or run `make labelstudio`)")
+        raise LabelStudioError(f"{exe} is missing: `make test` creates {LS_VENV.name} "
+                               "(or run `make labelstudio`)")
     data.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "DJANGO_"))}

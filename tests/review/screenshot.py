@@ -1,6 +1,6 @@
 """The README's screenshot of a Label Studio review task, made from the demo's output:
 
-    make review-screenshot          # = make demo, then:
+    make review-screenshot          # playwright into .venv-labelstudio, make demo, then:
     .venv/bin/python -m tests.review.screenshot --demo out/demo --out docs/review_label_studio.png
 
 ``samsr review export`` of the demo's least-trusted object -> a real Label Studio from
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "docs" / "review_label_studio.png"))
     p.add_argument("--chromium", default="/usr/bin/chromium")
     a = p.parse_args(argv)
+    # SIGTERM ends this process through SystemExit, so Label Studio is stopped on the way out too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if not Path(a.chromium).exists():
+        p.error(f"{a.chromium} is missing: `apt-get install -y chromium` (Debian's)")
     demo = Path(a.demo).resolve()
     if not (demo / "manifest").is_dir():
         p.error(f"{demo} holds no manifest: run `make demo` first")
