@@ -111,7 +111,7 @@ def export_review(prefix: str, dest: str, *, to: str = "label-studio", worst: in
     rows, _, _ = manifest_rows(prefix, keys)
     outputs = JobOutputs(prefix)
     if to == "fiftyone":
-        build = _fiftyone_builder(outputs, _absolute(dest))
+        build = _fiftyone_builder(outputs, os.path.abspath(dest.removeprefix("file://")))
     else:
         build = _label_studio_builder(outputs, local_root,
                                       _presigner(presign_seconds) if presign_seconds else None)
