@@ -162,7 +162,8 @@ class SyncCounter(TorchFunctionMode):
             return out
         moved = self._to_device(name, args, kwargs)
         if moved and not inputs_on_device and (name in ("to", "cuda") or name in _FROM_HOST):
-            self._record(f"{name}(device)" if name in ("to", "cuda") else f"{name}(device=)")  # host data over
+            # host data copied over
+            self._record(f"{name}(device)" if name in ("to", "cuda") else f"{name}(device=)")
         elif name in _MASK_INDEXING and _has_bool_index(args) and inputs_on_device:
             self._record(f"{name}[bool mask]")
         elif name in ("__setitem__", "copy_") and source is not None and not self._is_on_device(source) \

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 from pipeline.refine.options import encoder_tile_pixels
 
-__all__ = ["GIB", "GPU_ACTOR_ENV", "HEADROOM", "REFINER_GIB_PER_MEGAPIXEL", "TILED_GIB_PER_MEGAPIXEL", "SAM_GIB",
-           "GpuShares", "CacheTrimmer", "refiner_gpu_bytes", "sam_gpu_bytes", "gpu_shares",
+__all__ = ["GIB", "GPU_ACTOR_ENV", "HEADROOM", "REFINER_GIB_PER_MEGAPIXEL", "TILED_GIB_PER_MEGAPIXEL",
+           "SAM_GIB", "GpuShares", "CacheTrimmer", "refiner_gpu_bytes", "sam_gpu_bytes", "gpu_shares",
            "card_memory_bytes"]
 
 GIB = 1024**3
@@ -121,9 +121,9 @@ def gpu_shares(card_bytes: int, max_pixels: int, precision: str, sam_model: str 
         k = max(1, math.floor(1 / per_actor + 1e-9))
         need = max(refine, sam)
         if k * need > usable:
-            raise ValueError(f"ray.gpus_per_actor: {per_actor:g} lets {k} actors share a card, each needing up "
-                             f"to ~{need / GIB:.1f} GiB; {card} holds {int(usable // need)}. Ask a larger "
-                             "share (or leave it unset)")
+            raise ValueError(f"ray.gpus_per_actor: {per_actor:g} lets {k} actors share a card, each "
+                             f"needing up to ~{need / GIB:.1f} GiB; {card} holds {int(usable // need)}. Ask "
+                             "a larger share (or leave it unset)")
         return GpuShares(per_actor, per_actor if sam_model else 0.0, refine, sam, card_bytes)
     if not sam_model:
         return GpuShares(1.0, 0.0, refine, 0, card_bytes)

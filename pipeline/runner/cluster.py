@@ -115,8 +115,9 @@ def gpu_card_bytes(timeout_s: float = 120.0) -> int | None:
     from pipeline.refine.gpu_memory import card_memory_bytes
 
     probe = ray.remote(num_cpus=0, max_retries=0)(card_memory_bytes)
-    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
-            for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU", 0) > 0]
+    pinned = [NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+              for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU", 0) > 0]
+    refs = [probe.options(scheduling_strategy=where).remote() for where in pinned]
     if not refs:
         return None
     try:

@@ -192,7 +192,8 @@ def run_on_ray(
     try:
         nodes = alive_nodes()
         resources = cluster_resources()
-        reads_cards = cfg.ray.gpu_memory_gb is None and cfg.refine.device != "cpu" and resources.get("GPU", 0) > 0
+        on_gpus = cfg.refine.device != "cpu" and resources.get("GPU", 0) > 0
+        reads_cards = on_gpus and cfg.ray.gpu_memory_gb is None
         plan = plan_job(cfg, resources, nodes, gpu_card_bytes() if reads_cards else None)
         configure_data_context(cfg.ray.actor_start_timeout_s)
         ds = build(items, cfg, plan)

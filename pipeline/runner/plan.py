@@ -42,8 +42,8 @@ from pipeline.config import RayConfig, RefineJobConfig
 from pipeline.refine.gpu_memory import TILED_GIB_PER_MEGAPIXEL, GpuShares, gpu_shares
 from pipeline.refine.options import encoder_tile_pixels
 
-__all__ = ["TASK_CPUS", "StagePlan", "plan_stages", "plan_job", "gpu_plan", "describe_memory", "refiner_memory",
-           "CPU_GIB_PER_MEGAPIXEL", "TILED_GIB_PER_MEGAPIXEL"]
+__all__ = ["TASK_CPUS", "StagePlan", "plan_stages", "plan_job", "gpu_plan", "describe_memory",
+           "refiner_memory", "CPU_GIB_PER_MEGAPIXEL", "TILED_GIB_PER_MEGAPIXEL"]
 
 TASK_CPUS = 0.25  # logical CPUs per decode / finish task (fractional: no 2-CPU deadlock)
 GIB = 1024**3
@@ -256,8 +256,9 @@ def gpu_plan(cfg: RefineJobConfig, gpus: float, card_bytes: float | None, backbo
     if cfg.ray.gpu_memory_gb is not None:
         card_bytes = cfg.ray.gpu_memory_gb * GIB
     if not card_bytes:
-        raise ValueError("ray.gpu_memory_gb: the memory of the cluster's GPUs could not be read (no nvidia-smi "
-                         "on the GPU nodes?); set it to the smallest card's memory in GiB, e.g. 80")
+        raise ValueError("ray.gpu_memory_gb: the memory of the cluster's GPUs could not be read (no "
+                         "nvidia-smi on the GPU nodes?); set it to the smallest card's memory in GiB, "
+                         "e.g. 80")
     precision = cfg.refine.precision if cfg.refine.precision != "auto" else "bf16"
     sam_model = cfg.sam.model_type if cfg.uses_sam and cfg.sam.proposals == "sam" else None
     return gpu_shares(int(card_bytes), cfg.input.max_pixels, precision, sam_model, backbone=backbone,

@@ -221,7 +221,8 @@ def embed_points(sam: Sam, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     GPU), here they are slices, the same additions. Returns (sparse (B, 2, C), dense (B, C, h, w))."""
     enc = sam.prompt_encoder
     b = coords.shape[0]
-    points = torch.cat([coords + 0.5, torch.zeros((b, 1, 2), device=coords.device)], dim=1)  # + the padding point
+    padding = torch.zeros((b, 1, 2), device=coords.device)  # the padding point (no box prompt)
+    points = torch.cat([coords + 0.5, padding], dim=1)
     pe = enc.pe_layer.forward_with_coords(points, enc.input_image_size)
     sparse = torch.cat([pe[:, :1] + enc.point_embeddings[1].weight,  # label 1
                         torch.zeros_like(pe[:, 1:]) + enc.not_a_point_embed.weight], dim=1)  # label -1

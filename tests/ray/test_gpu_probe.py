@@ -56,4 +56,5 @@ def test_a_refine_job_on_gpu_nodes_plans_with_the_card_it_read(gpu_ray, tmp_path
     result = run_refine(cfg)
     assert result.ok == 2 and result.plan.refine_gpus == 1.0 and result.plan.gpu.card_bytes == 24 * GIB
     # host: 1 + 0.05 GiB/MP x 60 MP; card: auto = bf16, crm_mnv2 tiled above 16 MP: 1 + 0.17 x 4.2 + 0.07 x 60
-    assert "refiner actors          1 x 4.0 GiB memory, 1 GPU each (~5.9 GiB of a 24 GiB card)" in format_run(result)
+    line = "refiner actors          1 x 4.0 GiB memory, 1 GPU each (~5.9 GiB of a 24 GiB card)"
+    assert line in format_run(result)

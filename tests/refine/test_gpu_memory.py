@@ -19,9 +19,10 @@ def test_refiner_ask_follows_the_tiled_encoder():
     """Tiled (``tile_encoder: auto`` above 16 MP, as the refine path does on any device): the
     precision's rate for one 2048 px tile plus the backbone's full-size rate of the image."""
     tile_mp = 2048**2 / 1e6
-    assert refiner_gpu_bytes(60_000_000, "fp32", "r50", "auto") / GIB == pytest.approx(1 + 0.28 * tile_mp + 0.13 * 60)
-    assert refiner_gpu_bytes(60_000_000, "bf16", "mnv2", "auto") / GIB == pytest.approx(1 + 0.17 * tile_mp + 0.07 * 60)
-    assert refiner_gpu_bytes(12_000_000, "fp32", "r50", "auto") == refiner_gpu_bytes(12_000_000, "fp32")  # untiled
+    gib = lambda *a: refiner_gpu_bytes(*a) / GIB  # noqa: E731
+    assert gib(60_000_000, "fp32", "r50", "auto") == pytest.approx(1 + 0.28 * tile_mp + 0.13 * 60)
+    assert gib(60_000_000, "bf16", "mnv2", "auto") == pytest.approx(1 + 0.17 * tile_mp + 0.07 * 60)
+    assert gib(12_000_000, "fp32", "r50", "auto") == gib(12_000_000, "fp32")  # 12 MP: untiled
     assert refiner_gpu_bytes(24_000_000, "fp32", "r50", 1024) / GIB == pytest.approx(1 + 0.28 * 1024**2 / 1e6
                                                                                     + 0.13 * 24)
     # 192 MP (16000x12000): ~55 GiB untiled, ~27 tiled: an 80 GiB card holds it beside ViT-H only tiled

@@ -11,12 +11,15 @@ import torch
 
 from pipeline.sam import FastMaskGenerator
 from pipeline.sam.decoder import embed_points
-from pipeline.sam.postprocess import pack_masks
+from pipeline.sam.postprocess import pack_masks, shift_pack
 from tests.syncs import SyncCounter
 
 
 def _run(sam, image, monkeypatch, **settings) -> tuple[int, int, int, str, int]:
     """(syncs, prompt batches, post-processing chunks, where the syncs are, masks) of one generate."""
+    import pipeline.sam.generator as generator
+
+    monkeypatch.setattr(generator, "pack_masks", shift_pack)  # what a GPU runs (numpy packs on CPU)
     gen = FastMaskGenerator(sam, **settings)
     batches, chunks = [], []
     decode, post = gen._decode, gen._postprocess
@@ -73,5 +76,7 @@ def test_embed_points_equals_the_stock_prompt_encoder(sam_small):
 def test_pack_masks_equals_numpy_packbits(k, h, w):
     masks = torch.rand(k, h, w, generator=torch.Generator().manual_seed(h * w)) > 0.5
     expected = np.packbits(masks.flatten(1).numpy(), axis=1)
-    packed = pack_masks(masks).numpy()
-    assert packed.dtype == np.uint8 and packed.shape == expected.shape and np.array_equal(packed, expected)
+    for pack in (pack_masks, shift_pack):  # numpy on CPU; the torch ops a GPU runs
+        packed = pack(masks).numpy()
+        assert packed.dtype == np.uint8 and packed.shape == expected.shape
+        assert np.array_equal(packed, expected)
