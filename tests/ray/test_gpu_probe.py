@@ -8,19 +8,32 @@ import pytest
 GIB = 1024**3
 
 
-@pytest.fixture
-def gpu_ray(tmp_path, monkeypatch):
+GOOD = "#!/bin/sh\nprintf '24576\\n'\n"  # one 24 GiB card, in MiB like nvidia-smi
+
+
+@pytest.fixture(scope="module")
+def _ray_with_a_gpu(tmp_path_factory):
+    """A local Ray with one logical GPU whose workers find a fake ``nvidia-smi`` on their PATH."""
+    import os
+
     import ray
 
-    smi = tmp_path / "nvidia-smi"
-    smi.write_text("#!/bin/sh\nprintf '24576\\n'\n")  # one 24 GiB card, in MiB like nvidia-smi
-    smi.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{tmp_path}:{__import__('os').environ['PATH']}")
-    if ray.is_initialized():
+    bin_dir = tmp_path_factory.mktemp("bin")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+        if ray.is_initialized():
+            ray.shutdown()
+        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, object_store_memory=200 * 2**20)
+        yield bin_dir / "nvidia-smi"
         ray.shutdown()
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, object_store_memory=200 * 2**20)
-    yield smi
-    ray.shutdown()
+
+
+@pytest.fixture
+def gpu_ray(_ray_with_a_gpu):
+    """The module's Ray, its fake ``nvidia-smi`` reporting a 24 GiB card."""
+    _ray_with_a_gpu.write_text(GOOD)
+    _ray_with_a_gpu.chmod(0o755)
+    return _ray_with_a_gpu
 
 
 def test_card_memory_is_read_on_the_gpu_nodes_and_planned(gpu_ray):
@@ -58,3 +71,22 @@ def test_a_refine_job_on_gpu_nodes_plans_with_the_card_it_read(gpu_ray, tmp_path
     # host: 1 + 0.05 GiB/MP x 60 MP; card: auto = bf16, crm_mnv2 tiled above 16 MP: 1 + 0.17 x 4.2 + 0.07 x 60
     line = "refiner actors          1 x 4.0 GiB memory, 1 GPU each (~5.9 GiB of a 24 GiB card)"
     assert line in format_run(result)
+
+
+def test_gpu_actors_start_with_expandable_segments(gpu_ray):
+    """The remote args every GPU stage gets (``gpu_env``) start its workers with CUDA's expandable
+    segments; CPU stages get none."""
+    import os
+
+    import ray
+
+    from pipeline.runner.job import gpu_env
+
+    @ray.remote(num_cpus=0)
+    class Probe:
+        def env(self) -> str | None:
+            return os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
+
+    gpu_actor = Probe.options(num_gpus=0.5, **gpu_env(0.5)).remote()
+    assert ray.get(gpu_actor.env.remote(), timeout=120) == "expandable_segments:True"
+    assert gpu_env(0.0) == {}
