@@ -120,7 +120,7 @@ def plan_stages(
     Tasks ask for TASK_CPUS each; model actors share what the task pools leave. Without
     GPUs a model actor asks for ``cfg.cpus_per_actor`` (default 1, 2 on >= 8 CPUs), shrunk to
     a fraction when the pools would not otherwise fit (2 CPUs with SAM: 0.75 each). With
-    GPUs each refiner actor gets a GPU (half a GPU each for SAM and refiner actors).
+    GPUs each model actor gets its share of a card (``gpu``, below).
     ``nodes``: (CPUs, GPUs) of each alive node; with two or more, the CPU asks fit the cluster
     minus its largest node (module docstring), and the plan says ``survives_node_loss``.
     ``sam_on_gpu=False`` (the ``regions`` proposals, CPU only): proposal actors take no GPU and
@@ -240,7 +240,7 @@ def plan_job(
         wanted = set_gb * GIB
     else:
         wanted = refiner_memory(cfg.input.max_pixels, on_gpu, backbone, tile_encoder)
-    gpu = gpu_plan(cfg, gpus, card_bytes, backbone) if on_gpu else None
+    gpu = gpu_plan(cfg, gpus, card_bytes, backbone, tile_encoder) if on_gpu else None
     return plan_stages(
         resources.get("CPU", 0.0), gpus, cfg.uses_sam, cfg.ray, cfg.refine.threads, nodes=nodes,
         sam_on_gpu=cfg.sam.proposals == "sam", memory=resources.get("memory", 0.0), actor_memory=wanted,
@@ -248,10 +248,11 @@ def plan_job(
     )
 
 
-def gpu_plan(cfg: RefineJobConfig, gpus: float, card_bytes: float | None, backbone: str) -> GpuShares:
+def gpu_plan(cfg: RefineJobConfig, gpus: float, card_bytes: float | None, backbone: str,
+             tile_encoder: int | str) -> GpuShares:
     """The GPU shares of a job's actors on ``gpus`` cards of ``ray.gpu_memory_gb`` (else
-    ``card_bytes``): the refiner for ``input.max_pixels`` at ``refine.precision`` (``auto`` on a
-    card is bf16 or fp16, both counted at the half-precision rate) with the job's
+    ``card_bytes``): the refiner (``backbone``) for ``input.max_pixels`` at ``refine.precision``
+    (``auto`` on a card is bf16 or fp16, both counted at the half-precision rate) with
     ``tile_encoder``; SAM's ``sam.model_type`` when the proposals are SAM's."""
     if cfg.ray.gpu_memory_gb is not None:
         card_bytes = cfg.ray.gpu_memory_gb * GIB
@@ -262,7 +263,7 @@ def gpu_plan(cfg: RefineJobConfig, gpus: float, card_bytes: float | None, backbo
     precision = cfg.refine.precision if cfg.refine.precision != "auto" else "bf16"
     sam_model = cfg.sam.model_type if cfg.uses_sam and cfg.sam.proposals == "sam" else None
     return gpu_shares(int(card_bytes), cfg.input.max_pixels, precision, sam_model, backbone=backbone,
-                      tile_encoder=cfg.refine.options.get("tile_encoder", "auto"), cards=gpus,
+                      tile_encoder=tile_encoder, cards=gpus,
                       per_actor=cfg.ray.gpus_per_actor or None)
 
 
