@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["run", "main", "GpuSampler", "format_report"]
+__all__ = ["run", "main", "GpuSampler", "format_report", "pipeline_config", "FULL", "SMALL"]
 
 FULL = dict(sizes=((2048, 1536), (4096, 3072), (6000, 4000)), model="crm_r50", sam_model="vit_h",
             sam_points=32, sam_size=(1024, 768), images=24, image_size=(4096, 3072))
@@ -109,12 +109,24 @@ def _sam(model_type: str, points: int, size: tuple[int, int], device: str) -> di
                               "masks_fast", "identical")}
 
 
+def pipeline_config(uri: str, out: str, model: str, checkpoint: str, gpus: int):
+    """The pipeline part's job: ``configs/default.yaml``, crm with ``model``, on a local Ray with
+    ``gpus`` GPUs (``refine.device: cuda``; none: ``cpu``)."""
+    from pipeline.bench.pipeline import ROOT
+    from pipeline.config import load_config
+
+    overrides = [(["input", "uri"], uri), (["output", "prefix"], out),
+                 (["method"], "crm"), (["model", "name"], model), (["model", "checkpoint"], checkpoint),
+                 (["refine", "device"], "cuda" if gpus else "cpu"), (["ray", "num_gpus"], gpus),
+                 (["ray", "progress"], False)]
+    return load_config(str(ROOT / "configs" / "default.yaml"), overrides)
+
+
 def _pipeline(images: int, size: tuple[int, int], model: str, work: str, device: str) -> dict[str, Any]:
     import torch
 
-    from pipeline.bench.pipeline import ROOT, mask_times, steady_state, write_inputs
+    from pipeline.bench.pipeline import mask_times, steady_state, write_inputs
     from pipeline.bench.refiner import _calibrated_model
-    from pipeline.config import load_config
     from pipeline.io import read_manifest
     from pipeline.io.weights import save_checkpoint
     from pipeline.runner.refine import run_refine
@@ -123,11 +135,7 @@ def _pipeline(images: int, size: tuple[int, int], model: str, work: str, device:
     save_checkpoint(_calibrated_model(model, 0), checkpoint)
     uri = write_inputs(os.path.join(work, "in"), images, *size)
     gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
-    overrides = [(["input", "uri"], uri), (["output", "prefix"], os.path.join(work, "out")),
-                 (["method"], "crm"), (["model", "name"], model), (["model", "checkpoint"], checkpoint),
-                 (["refine", "device"], "cuda" if gpus else "cpu"), (["ray", "num_gpus"], gpus),
-                 (["ray", "progress"], False)]
-    cfg = load_config(str(ROOT / "configs" / "default.yaml"), overrides)
+    cfg = pipeline_config(uri, os.path.join(work, "out"), model, checkpoint, gpus)
     t0 = time.time()
     with GpuSampler() as sampler:
         result = run_refine(cfg)

@@ -164,7 +164,10 @@ class RayConfig:
     sam_actors: int | None = _f(None, _positive)
     decode_tasks: int | None = _f(None, _positive)  # decode tasks in flight
     cpus_per_actor: float | None = _f(None, _positive)
-    gpus_per_actor: float | None = _f(None, _non_negative)
+    gpus_per_actor: float | None = _f(None, _non_negative)  # None: from the actors' GPU memory needs
+    # memory of one GPU card (the smallest); None: read from the GPU nodes (nvidia-smi) when the job
+    # runs on GPUs (pipeline.runner.plan: the GPU actors' shares must fit it)
+    gpu_memory_gb: float | None = _f(None, _positive)
     # Ray memory asked per refiner actor; None: from input.max_pixels (pipeline.runner.plan.refiner_memory)
     refine_actor_memory_gb: float | None = _f(None, _positive)
     actor_start_timeout_s: float = _f(600.0, _positive)  # wait this long for the model actors to start

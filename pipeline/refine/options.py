@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 __all__ = ["RefineOptions", "DECODE_MODES", "MIN_ENCODER_TILE", "AUTO_PIXELS", "AUTO_TILE",
            "TTA_MODES", "TTA_FLIPS", "PRECISIONS",
-           "resolve_precision", "autocast_dtype", "options_for_device"]
+           "resolve_precision", "autocast_dtype", "options_for_device", "encoder_tile_pixels"]
 
 DECODE_MODES = ("full", "strided", "bbox", "contour")
 # Flips per test-time augmentation mode: (flip rows, flip columns) for each pass.
@@ -20,6 +20,17 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 MIN_ENCODER_TILE = 64  # smallest `tile_encoder` side in px
 AUTO_PIXELS = 16_000_000  # `tile_encoder: auto` tiles an encoder input above this many pixels
 AUTO_TILE = 2048  # ... with owned tiles of this side (px of the encoder input)
+
+
+def encoder_tile_pixels(tile_encoder: int | str | bool, max_pixels: int) -> int | None:
+    """Pixels of one encoder tile when an image of ``max_pixels`` pixels is encoded in tiles
+    (``tile_encoder``: ``auto`` tiles above AUTO_PIXELS with AUTO_TILE-px tiles; an int is the
+    tile side), else None. What the memory plans count (CPU RAM and GPU memory alike)."""
+    if tile_encoder in ("off", False):
+        return None
+    if tile_encoder == "auto":
+        return AUTO_TILE**2 if max_pixels > AUTO_PIXELS else None
+    return min(int(tile_encoder) ** 2, max_pixels)
 
 
 def resolve_precision(precision: str, device) -> str:

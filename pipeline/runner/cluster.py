@@ -11,7 +11,7 @@ import os
 from pipeline.config import RayConfig
 
 __all__ = ["init_ray", "shutdown_ray", "quiet_ray_notices", "alive_nodes", "cluster_resources",
-           "configure_data_context", "ray_node_id", "ray_gpu_ids", "ray_is_initialized"]
+           "configure_data_context", "ray_node_id", "ray_gpu_ids", "ray_is_initialized", "gpu_card_bytes"]
 
 
 class _DropNotices(logging.Filter):
@@ -103,6 +103,28 @@ def alive_nodes() -> list[tuple[float, float]]:
 
     return [(float(n["Resources"].get("CPU", 0.0)), float(n["Resources"].get("GPU", 0.0)))
             for n in ray.nodes() if n.get("Alive")]
+
+
+def gpu_card_bytes(timeout_s: float = 120.0) -> int | None:
+    """The memory of the smallest GPU on the alive GPU nodes: ``nvidia-smi`` on each, in a
+    0-CPU task pinned to the node (no CUDA context is created anywhere). None when there is no
+    GPU node or one of them cannot tell within ``timeout_s``."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from pipeline.refine.gpu_memory import card_memory_bytes
+
+    probe = ray.remote(num_cpus=0, max_retries=0)(card_memory_bytes)
+    pinned = [NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+              for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU", 0) > 0]
+    refs = [probe.options(scheduling_strategy=where).remote() for where in pinned]
+    if not refs:
+        return None
+    try:
+        found = ray.get(refs, timeout=timeout_s)
+    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError):
+        return None
+    return None if None in found else min(found)
 
 
 def configure_data_context(actor_start_timeout_s: float) -> None:

@@ -28,6 +28,7 @@ from pipeline.runner.cluster import (
     alive_nodes,
     cluster_resources,
     configure_data_context,
+    gpu_card_bytes,
     init_ray,
     shutdown_ray,
 )
@@ -180,7 +181,8 @@ def run_on_ray(
     writer: ManifestWriter,
     **stream_kwargs: Any,
 ) -> tuple[Counter, StagePlan | None]:
-    """Start or join Ray, plan the stages for the cluster as it is, build the job's dataset
+    """Start or join Ray, plan the stages for the cluster as it is (on GPUs with the smallest card's
+    memory, ``ray.gpu_memory_gb`` or read from the GPU nodes), build the job's dataset
     (``build(items, cfg, plan)``), stream its rows to ``writer`` (:func:`stream_rows` with
     ``stream_kwargs``) and shut down what this call started. No items: Ray is not touched.
     Returns the status counts and the stage plan."""
@@ -189,7 +191,10 @@ def run_on_ray(
     started = init_ray(cfg.ray)
     try:
         nodes = alive_nodes()
-        plan = plan_job(cfg, cluster_resources(), nodes)
+        resources = cluster_resources()
+        on_gpus = cfg.refine.device != "cpu" and resources.get("GPU", 0) > 0
+        reads_cards = on_gpus and cfg.ray.gpu_memory_gb is None
+        plan = plan_job(cfg, resources, nodes, gpu_card_bytes() if reads_cards else None)
         configure_data_context(cfg.ray.actor_start_timeout_s)
         ds = build(items, cfg, plan)
         counts = stream_rows(ds, cfg, plan, nodes, writer, len(items), **stream_kwargs)

@@ -21,6 +21,15 @@ capped so that all refiner actors fit in 80% of the cluster's ``memory`` resourc
 left without the largest node, counted in proportion to CPUs, on two or more nodes). A capped
 plan says so (``memory_capped``): an image near ``input.max_pixels`` may then need more than
 its actor asked for.
+
+GPU memory: on GPUs each model actor's ``num_gpus`` comes from what it needs of a card
+(``pipeline.refine.gpu_memory.gpu_shares``: the refiner for an image of ``input.max_pixels`` at
+``refine.precision``, following ``refine.options.tile_encoder`` as on the CPU; SAM by
+``sam.model_type``), for cards of ``ray.gpu_memory_gb`` (unset: read from the GPU nodes by the
+runner). Ray packs fractional GPU asks freely (two SAM actors may share a card while two
+refiners share another), so half a card each is given only when any two actors fit one card;
+otherwise a whole card each, or, on a one-card cluster, shares in proportion to the needs. A
+job that cannot fit is a ValueError naming the key before any work starts.
 """
 
 from __future__ import annotations
@@ -30,9 +39,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipeline.config import RayConfig, RefineJobConfig
+from pipeline.refine.gpu_memory import TILED_GIB_PER_MEGAPIXEL, GpuShares, gpu_shares
+from pipeline.refine.options import encoder_tile_pixels
 
-__all__ = ["TASK_CPUS", "StagePlan", "plan_stages", "plan_job", "describe_memory", "refiner_memory",
-           "CPU_GIB_PER_MEGAPIXEL", "TILED_GIB_PER_MEGAPIXEL"]
+__all__ = ["TASK_CPUS", "StagePlan", "plan_stages", "plan_job", "gpu_plan", "describe_memory",
+           "refiner_memory", "CPU_GIB_PER_MEGAPIXEL", "TILED_GIB_PER_MEGAPIXEL"]
 
 TASK_CPUS = 0.25  # logical CPUs per decode / finish task (fractional: no 2-CPU deadlock)
 GIB = 1024**3
@@ -41,28 +52,10 @@ GIB = 1024**3
 #: less ~0.95 GB for Python, torch and the model: 0.29 / 0.34 / 0.28 GB per MP); crm_mnv2 refiner
 #: actors 6.4-6.9 GiB on 6000x4000 images (0.27-0.29 GiB per MP with the actor's buffers).
 CPU_GIB_PER_MEGAPIXEL = 0.35
-#: With the encoder tiled (``refine.options.tile_encoder``; ``auto`` above AUTO_PIXELS) the encoder
-#: works on one tile at a time; what grows with the image is the full-size data: measured for a
-#: tiled crm_mnv2 refinement 1.8 GiB + 34 bytes per pixel (samsr benchmark memory, 12-48 MP); the
-#: stitched levels are 22 B/px for the light encoders, 88 B/px for ResNet-50. Counted here with
-#: ~40 B/px more for the actor (test-time augmentation sums, trust features, the decoded image, masks
-#: and output), in GiB per megapixel of input, by backbone:
-TILED_GIB_PER_MEGAPIXEL = {"mnv2": 0.07, "r50": 0.13}
 #: On a GPU the activations live on the card; the actor's host memory holds the decoded image,
 #: masks and output (~25 bytes per pixel), counted generously.
 GPU_HOST_GIB_PER_MEGAPIXEL = 0.05
 BASE_GIB = 1.0  # Python, torch, the model, Ray's worker
-
-
-def _tile_pixels(tile_encoder: int | str, max_pixels: int) -> int | None:
-    """Pixels of one encoder tile when an image of ``max_pixels`` is encoded in tiles, else None."""
-    from pipeline.refine.options import AUTO_PIXELS, AUTO_TILE
-
-    if tile_encoder in ("off", False):
-        return None
-    if tile_encoder == "auto":
-        return AUTO_TILE**2 if max_pixels > AUTO_PIXELS else None
-    return min(int(tile_encoder) ** 2, max_pixels)
 
 
 def refiner_memory(max_pixels: int, on_gpu: bool, backbone: str = "r50",
@@ -73,7 +66,7 @@ def refiner_memory(max_pixels: int, on_gpu: bool, backbone: str = "r50",
     mp = max_pixels / 1e6
     if on_gpu:
         return (BASE_GIB + GPU_HOST_GIB_PER_MEGAPIXEL * mp) * GIB
-    tile = _tile_pixels(tile_encoder, max_pixels)
+    tile = encoder_tile_pixels(tile_encoder, max_pixels)
     if tile is None:
         return (BASE_GIB + CPU_GIB_PER_MEGAPIXEL * mp) * GIB
     per = TILED_GIB_PER_MEGAPIXEL.get(backbone, max(TILED_GIB_PER_MEGAPIXEL.values()))
@@ -97,6 +90,7 @@ class StagePlan:
     survives_node_loss: bool = False  # sized to fit the cluster minus its largest node
     refine_memory: float = 0.0  # bytes of Ray's memory resource per refiner actor (0: none asked)
     memory_wanted: float = 0.0  # bytes an image of input.max_pixels needs (or ray.refine_actor_memory_gb)
+    gpu: GpuShares | None = None  # GPU memory of a card and what each GPU actor needs of it (on GPUs)
 
     @property
     def memory_capped(self) -> bool:
@@ -119,13 +113,14 @@ def plan_stages(
     memory: float = 0.0,
     actor_memory: float = 0.0,
     memory_set: bool = False,
+    gpu: GpuShares | None = None,
 ) -> StagePlan:
     """Size the stages from the cluster's CPUs/GPUs so that everything fits at once.
 
     Tasks ask for TASK_CPUS each; model actors share what the task pools leave. Without
     GPUs a model actor asks for ``cfg.cpus_per_actor`` (default 1, 2 on >= 8 CPUs), shrunk to
     a fraction when the pools would not otherwise fit (2 CPUs with SAM: 0.75 each). With
-    GPUs each refiner actor gets a GPU (half a GPU each for SAM and refiner actors).
+    GPUs each model actor gets its share of a card (``gpu``, below).
     ``nodes``: (CPUs, GPUs) of each alive node; with two or more, the CPU asks fit the cluster
     minus its largest node (module docstring), and the plan says ``survives_node_loss``.
     ``sam_on_gpu=False`` (the ``regions`` proposals, CPU only): proposal actors take no GPU and
@@ -134,6 +129,10 @@ def plan_stages(
     ``actor_memory``: bytes a refiner actor wants (:func:`refiner_memory`), capped to fit
     (module docstring); with ``memory_set`` (``ray.refine_actor_memory_gb`` given) it is asked
     as is, and a plan whose refiner actors cannot fit is an error naming that key.
+    ``gpu``: the GPU shares of the actors by their memory needs (:func:`plan_job`); None: half a
+    GPU each for SAM and refiner actors, a GPU per refiner without SAM (``cfg.gpus_per_actor``
+    overrides both). The GPU asks must fit the cluster's GPUs at once, or it is an error naming
+    ``ray.refine_actors``.
     """
     if cpus <= 0:
         raise ValueError(f"cluster has no CPUs ({cpus})")
@@ -148,16 +147,28 @@ def plan_stages(
     sam_gpus = refine_gpus = 0.0
     if gpus > 0:
         gpu_sam = uses_sam and sam_on_gpu
-        per = cfg.gpus_per_actor or (0.5 if gpu_sam else 1.0)
-        slots = max(1, int(gpus / per + 1e-9)) if per > 0 else 1
-        if gpu_sam:
-            sam = cfg.sam_actors or max(1, slots // 2)
-            refine = cfg.refine_actors or max(1, slots - sam)
+        if gpu is not None:
+            refine_gpus, sam_gpus = gpu.refine, gpu.sam if gpu_sam else 0.0
         else:
-            refine = cfg.refine_actors or slots
-            sam = (cfg.sam_actors or refine) if uses_sam else 0
-        sam_gpus = per if gpu_sam else 0.0
-        refine_gpus = per
+            refine_gpus = cfg.gpus_per_actor or (0.5 if gpu_sam else 1.0)
+            sam_gpus = refine_gpus if gpu_sam else 0.0
+        if gpu_sam and sam_gpus != refine_gpus:  # unequal shares: a SAM and a refiner per card
+            pairs = max(1, int(gpus / (sam_gpus + refine_gpus) + 1e-9))
+            sam, refine = cfg.sam_actors or pairs, cfg.refine_actors or pairs
+        else:
+            slots = max(1, int(gpus / refine_gpus + 1e-9))
+            if gpu_sam:
+                sam = cfg.sam_actors or max(1, slots // 2)
+                refine = cfg.refine_actors or max(1, slots - sam)
+            else:
+                refine = cfg.refine_actors or slots
+                sam = (cfg.sam_actors or refine) if uses_sam else 0
+        asked = refine * refine_gpus + sam * sam_gpus
+        if asked > gpus + 1e-9:
+            with_sam = f" and {sam} SAM actors x {sam_gpus:g}" if sam_gpus else ""
+            raise ValueError(f"ray.refine_actors: {refine} refiner actors x {refine_gpus:g} GPU{with_sam} "
+                             f"do not fit in the cluster's {gpus:g} GPUs; use fewer (ray.refine_actors, "
+                             "ray.sam_actors)")
         want = cfg.cpus_per_actor or 1.0
     else:
         want = cfg.cpus_per_actor or (2.0 if cpus >= 8 else 1.0)
@@ -195,16 +206,21 @@ def plan_stages(
         survives_node_loss=tolerant,
         refine_memory=refine_memory,
         memory_wanted=actor_memory if refine_memory else 0.0,
+        gpu=gpu if gpus > 0 else None,
     )
 
 
 def plan_job(
-    cfg: RefineJobConfig, resources: dict[str, float], nodes: Sequence[tuple[float, float]]
+    cfg: RefineJobConfig, resources: dict[str, float], nodes: Sequence[tuple[float, float]],
+    card_bytes: float | None = None,
 ) -> StagePlan:
     """The plan of a refine / relabel job on a cluster with ``resources`` (``ray.cluster_resources()``)
     and alive ``nodes``: :func:`plan_stages` with the job's proposals, threads, actor memory and
     ``refine.device``: ``cpu`` plans CPU actors even where the cluster has GPUs (none reserved);
-    ``cuda`` on a cluster without GPUs is a ValueError naming the key; ``auto`` uses GPUs if any."""
+    ``cuda`` on a cluster without GPUs is a ValueError naming the key; ``auto`` uses GPUs if any.
+    On GPUs the actors' GPU shares follow their memory needs (:func:`gpu_plan`) on cards of
+    ``ray.gpu_memory_gb``, else ``card_bytes`` (the smallest card, read by the runner; None:
+    unknown, a ValueError naming ``ray.gpu_memory_gb``)."""
     gpus = resources.get("GPU", 0.0)
     device = cfg.refine.device
     if device == "cuda" and gpus <= 0:
@@ -214,28 +230,56 @@ def plan_job(
         gpus = 0.0
         nodes = [(c, 0.0) for c, _ in nodes]
     on_gpu = gpus > 0
+    from pipeline.models.registry import SPECS
+
+    spec = SPECS.get(cfg.model.name)
+    backbone = spec.backbone if spec else "r50"
+    tile_encoder = cfg.refine.options.get("tile_encoder", "auto")
     set_gb = cfg.ray.refine_actor_memory_gb
     if set_gb is not None:
         wanted = set_gb * GIB
     else:
-        from pipeline.models.registry import SPECS
-
-        spec = SPECS.get(cfg.model.name)
-        wanted = refiner_memory(cfg.input.max_pixels, on_gpu, spec.backbone if spec else "r50",
-                                cfg.refine.options.get("tile_encoder", "auto"))
+        wanted = refiner_memory(cfg.input.max_pixels, on_gpu, backbone, tile_encoder)
+    gpu = gpu_plan(cfg, gpus, card_bytes, backbone, tile_encoder) if on_gpu else None
     return plan_stages(
         resources.get("CPU", 0.0), gpus, cfg.uses_sam, cfg.ray, cfg.refine.threads, nodes=nodes,
         sam_on_gpu=cfg.sam.proposals == "sam", memory=resources.get("memory", 0.0), actor_memory=wanted,
-        memory_set=set_gb is not None,
+        memory_set=set_gb is not None, gpu=gpu,
     )
 
 
+def gpu_plan(cfg: RefineJobConfig, gpus: float, card_bytes: float | None, backbone: str,
+             tile_encoder: int | str) -> GpuShares:
+    """The GPU shares of a job's actors on ``gpus`` cards of ``ray.gpu_memory_gb`` (else
+    ``card_bytes``): the refiner (``backbone``) for ``input.max_pixels`` at ``refine.precision``
+    (``auto`` on a card is bf16 or fp16, both counted at the half-precision rate) with
+    ``tile_encoder``; SAM's ``sam.model_type`` when the proposals are SAM's."""
+    if cfg.ray.gpu_memory_gb is not None:
+        card_bytes = cfg.ray.gpu_memory_gb * GIB
+    if not card_bytes:
+        raise ValueError("ray.gpu_memory_gb: the memory of the cluster's GPUs could not be read (no "
+                         "nvidia-smi on the GPU nodes?); set it to the smallest card's memory in GiB, "
+                         "e.g. 80")
+    precision = cfg.refine.precision if cfg.refine.precision != "auto" else "bf16"
+    sam_model = cfg.sam.model_type if cfg.uses_sam and cfg.sam.proposals == "sam" else None
+    return gpu_shares(int(card_bytes), cfg.input.max_pixels, precision, sam_model, backbone=backbone,
+                      tile_encoder=tile_encoder, cards=gpus,
+                      per_actor=cfg.ray.gpus_per_actor or None)
+
+
 def describe_memory(plan: StagePlan, max_pixels: int) -> str:
-    """The refiner actors' memory ask for the run summary (says when it is capped)."""
+    """The refiner actors' memory ask for the run summary (says when it is capped), and on GPUs
+    their GPU share and what they need of a card."""
     if not plan.refine_memory:
-        return f"{plan.refine_actors} (no memory asked: the cluster reports none)"
-    text = f"{plan.refine_actors} x {plan.refine_memory / GIB:.1f} GiB memory"
-    if plan.memory_capped:
-        text += (f" (all that fits; an image near input.max_pixels = {max_pixels / 1e6:g} MP may need "
-                 f"{plan.memory_wanted / GIB:.1f} GiB)")
+        text = f"{plan.refine_actors} (no memory asked: the cluster reports none)"
+    else:
+        text = f"{plan.refine_actors} x {plan.refine_memory / GIB:.1f} GiB memory"
+        if plan.memory_capped:
+            text += (f" (all that fits; an image near input.max_pixels = {max_pixels / 1e6:g} MP may need "
+                     f"{plan.memory_wanted / GIB:.1f} GiB)")
+    if plan.gpu is not None:
+        g = plan.gpu
+        text += (f", {plan.refine_gpus:g} GPU each (~{g.refine_bytes / GIB:.1f} GiB of a "
+                 f"{g.card_bytes / GIB:.0f} GiB card")
+        text += f"; SAM actors {plan.sam_gpus:g} GPU, ~{g.sam_bytes / GIB:.1f} GiB)" if plan.sam_gpus else ")"
     return text

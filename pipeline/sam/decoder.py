@@ -37,7 +37,7 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.modeling.transformer import Attention
 
-__all__ = ["DecodedTokens", "decode_points", "decode_tokens", "upscale_masks"]
+__all__ = ["DecodedTokens", "decode_points", "decode_tokens", "upscale_masks", "embed_points"]
 
 
 def _heads(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -212,3 +212,19 @@ def decode_points(sam: Sam, image_embeddings: torch.Tensor, image_pe: torch.Tens
     """
     decoded = decode_tokens(sam, image_embeddings, image_pe, sparse, dense, reassociate=reassociate)
     return upscale_masks(sam, decoded), decoded.iou_pred
+
+
+def embed_points(sam: Sam, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sam.prompt_encoder(points=(coords, ones), boxes=None, masks=None)`` for B single
+    foreground points (B, 1, 2), on the coordinates' device with no host-device sync: the stock
+    encoder marks its padding and foreground points by boolean-mask assignments (a sync each on a
+    GPU), here they are slices, the same additions. Returns (sparse (B, 2, C), dense (B, C, h, w))."""
+    enc = sam.prompt_encoder
+    b = coords.shape[0]
+    padding = torch.zeros((b, 1, 2), device=coords.device)  # the padding point (no box prompt)
+    points = torch.cat([coords + 0.5, padding], dim=1)
+    pe = enc.pe_layer.forward_with_coords(points, enc.input_image_size)
+    sparse = torch.cat([pe[:, :1] + enc.point_embeddings[1].weight,  # label 1
+                        torch.zeros_like(pe[:, 1:]) + enc.not_a_point_embed.weight], dim=1)  # label -1
+    dense = enc.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(b, -1, *enc.image_embedding_size)
+    return sparse, dense

@@ -59,8 +59,8 @@ from segment_anything.utils.amg import (
 from torchvision.ops.boxes import batched_nms, box_area
 
 from pipeline.refine.options import autocast_dtype
-from pipeline.sam.decoder import decode_tokens, upscale_masks
-from pipeline.sam.postprocess import mask_boxes, upscale_logits
+from pipeline.sam.decoder import decode_tokens, embed_points, upscale_masks
+from pipeline.sam.postprocess import mask_boxes, pack_masks, upscale_logits
 
 __all__ = ["FastMaskGenerator", "SamMasks", "mask_boxes", "upscale_logits"]
 
@@ -282,21 +282,19 @@ class FastMaskGenerator:
         points_for_image = self.point_grids[layer_idx] * np.array(im_size)[None, ::-1]
         orig_box = [0, 0, orig_size[1], orig_size[0]]
         out: list[_Found] = []
+        # every prompt of the crop goes to the device at once (one copy, not one per batch)
+        all_points = torch.as_tensor(self.predictor.transform.apply_coords(points_for_image, im_size),
+                                     device=sam.device)
         for start in range(0, len(points_for_image), self.points_per_batch):
             points = points_for_image[start:start + self.points_per_batch]
-            in_points = torch.as_tensor(self.predictor.transform.apply_coords(points, im_size),
-                                        device=sam.device)
-            in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=sam.device)
-            sparse, dense = sam.prompt_encoder(points=(in_points[:, None, :], in_labels[:, None]),
-                                               boxes=None, masks=None)
+            sparse, dense = embed_points(sam, all_points[start:start + self.points_per_batch, None, :])
             low_res, iou_preds, idx, rows = self._decode(features, dense_pe, sparse, dense)
             self.last_stats["prompts"] += len(points)
             self.last_stats["masks_passing_iou"] += len(idx)
             pts = torch.as_tensor(points.repeat(3, axis=0))
             for c in range(0, len(idx), self.postprocess_chunk):
                 sel, rsel = idx[c:c + self.postprocess_chunk], rows[c:c + self.postprocess_chunk]
-                ok, packed, boxes, stability = self._postprocess(low_res[rsel.to(low_res.device)],
-                                                                 input_size, im_size)
+                ok, packed, boxes, stability = self._postprocess(low_res[rsel], input_size, im_size)
                 sel = sel[ok]
                 found = _Found(packed, boxes, iou_preds[sel], stability, pts[sel])
                 edge = is_box_near_crop_edge(found.boxes, crop_box, orig_box)
@@ -326,9 +324,10 @@ class FastMaskGenerator:
         """Decode one batch of B prompts and apply the predicted-IoU filter.
 
         Returns low-res logits (R, 256, 256), all B * 3 predicted IoUs (CPU), the flat indices
-        (prompt * 3 + output) of the masks that pass the filter, increasing, and for each of
-        them its row in the logits. With the shared decoder only the prompts with a passing
-        mask are upscaled (the filter needs the IoU token only), so R <= B * 3.
+        (prompt * 3 + output) of the masks that pass the filter, increasing (CPU), and for each
+        of them its row in the logits (on the logits' device). With the shared decoder only the
+        prompts with a passing mask are upscaled (the filter needs the IoU token only), so
+        R <= B * 3. Host-device syncs: the IoUs' read-back and at most one index copy.
         """
         sam = self.sam
         if self.shared_decoder:
@@ -346,14 +345,18 @@ class FastMaskGenerator:
             idx = torch.arange(len(iou_preds))
         if not self.shared_decoder:
             self.last_stats["prompts_upscaled"] += low_res.shape[0]
-            return low_res.flatten(0, 1), iou_preds, idx, idx
+            return low_res.flatten(0, 1), iou_preds, idx, idx.to(low_res.device)
         n_out = decoded.iou_pred.shape[1]
         prompts = torch.unique(idx // n_out)  # sorted
         self.last_stats["prompts_upscaled"] += len(prompts)
-        every = len(prompts) == decoded.iou_pred.shape[0]  # nothing to skip: no index copy
-        low_res = upscale_masks(sam, decoded, None if every else prompts.to(features.device)).flatten(0, 1)
         rows = torch.searchsorted(prompts, idx // n_out) * n_out + idx % n_out
-        return low_res, iou_preds, idx, rows
+        if len(prompts) == decoded.iou_pred.shape[0]:  # nothing to skip: no index copy
+            low_res = upscale_masks(sam, decoded).flatten(0, 1)
+            return low_res, iou_preds, idx, rows.to(low_res.device)
+        # the upscaled prompts and the logit rows of the passing masks go over in one copy
+        index = torch.cat([prompts, rows]).to(features.device)
+        low_res = upscale_masks(sam, decoded, index[:len(prompts)]).flatten(0, 1)
+        return low_res, iou_preds, idx, index[len(prompts):]
 
     def _postprocess(self, low_res: torch.Tensor, input_size: tuple[int, int], im_size: tuple[int, int]
                      ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, torch.Tensor]:
@@ -362,18 +365,27 @@ class FastMaskGenerator:
 
         low_res: (K, 256, 256) float logits. Returns the indices kept (into the chunk), the
         kept masks bit-packed ((K', ceil(h * w / 8)) uint8), their (K', 4) int64 XYXY boxes and
-        their (K',) stability scores, all on CPU."""
+        their (K',) stability scores, all on CPU. Host-device syncs: the stability scores'
+        read-back, at most one index copy, and one read-back of everything kept."""
         sam = self.sam
         logits = upscale_logits(low_res[:, None], sam.image_encoder.img_size, input_size, im_size)[:, 0]
         stability = calculate_stability_score(logits, sam.mask_threshold, self.stability_score_offset)
         idx = torch.arange(len(logits))
         if self.stability_score_thresh > 0.0:
-            ok = (stability >= self.stability_score_thresh).cpu()
-            logits, stability, idx = logits[ok.to(logits.device)], stability[ok.to(logits.device)], idx[ok]
+            host = stability.cpu()
+            ok = host >= self.stability_score_thresh
+            idx = idx[ok]
+            if len(idx) < len(logits):  # keep the stable ones (an index copy, not a boolean mask)
+                kept = idx.to(logits.device)
+                logits, stability = logits[kept], stability[kept]
         masks = logits > sam.mask_threshold
-        boxes = mask_boxes(masks).cpu()
-        packed = np.packbits(masks.flatten(1).cpu().numpy(), axis=1)
-        return idx, packed, boxes, stability.cpu()
+        # boxes, stability and the bit-packed masks come back in one copy
+        k, p = len(masks), -(-im_size[0] * im_size[1] // 8)
+        both = torch.cat([pack_masks(masks), mask_boxes(masks).view(torch.uint8),
+                          stability.float().reshape(k, 1).view(torch.uint8)], dim=1).cpu()
+        boxes = both[:, p:p + 32].reshape(-1).view(torch.int64).reshape(k, 4)
+        stability = both[:, p + 32:].reshape(-1).view(torch.float32)
+        return idx, both[:, :p].numpy(), boxes, stability
 
     def _remove_small_regions(self, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`SamAutomaticMaskGenerator.postprocess_small_regions` on binary masks (no RLE)."""

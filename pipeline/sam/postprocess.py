@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["mask_boxes", "upscale_logits"]
+__all__ = ["mask_boxes", "upscale_logits", "pack_masks", "shift_pack"]
 
 
 def upscale_logits(low_res: torch.Tensor, img_size: int, input_size: tuple[int, int],
@@ -53,3 +54,23 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     left = torch.where(cols, ar_w, w).amin(1)
     out = torch.stack([left, top, right, bottom], dim=1)
     return torch.where(rows.any(1)[:, None], out, torch.zeros_like(out))
+
+
+def pack_masks(masks: torch.Tensor) -> torch.Tensor:
+    """``np.packbits(masks.flatten(1), axis=1)`` on the masks' device: (K, h, w) bool -> (K,
+    ceil(h * w / 8)) uint8, the first pixel in the top bit, the last byte padded with zeros. On a
+    GPU the masks then come back to the host at an eighth of their bool size (shifts and a sum
+    there; numpy on CPU)."""
+    if masks.device.type == "cpu":  # numpy's packbits is the faster there, same bytes
+        return torch.from_numpy(np.packbits(masks.flatten(1).numpy(), axis=1))
+    return shift_pack(masks)
+
+
+def shift_pack(masks: torch.Tensor) -> torch.Tensor:
+    """:func:`pack_masks` by torch ops on the masks' device (bit shifts and a uint8 sum)."""
+    flat = masks.flatten(1).to(torch.uint8)
+    pad = -flat.shape[1] % 8
+    if pad:
+        flat = torch.nn.functional.pad(flat, (0, pad))
+    shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=flat.device)  # made there: no copy over
+    return (flat.view(flat.shape[0], flat.shape[1] // 8, 8) << shifts).sum(-1, dtype=torch.uint8)

@@ -52,3 +52,21 @@ def test_gpu_sampler_reads_the_gpus_this_process_sees(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert not any(a.startswith("--id") for a in GpuSampler().cmd)  # every GPU, not GPU 0 only
     assert "--id=1" in GpuSampler(["1"]).cmd
+
+
+def test_the_full_runs_pipeline_job_plans_on_one_card():
+    """What the full ``samsr benchmark gpu`` asks of a card before any of it runs there: the
+    pipeline part's job (default config, crm_r50, refine.device cuda) plans one refiner actor on
+    one 80 GiB card (H100) and on a 16 GiB one, and its SAM model is a known size."""
+    from pipeline.bench.gpu import FULL, pipeline_config
+    from pipeline.refine.gpu_memory import SAM_GIB
+    from pipeline.runner.plan import plan_job
+
+    gib = 1024**3
+    cfg = pipeline_config("/in", "/out", FULL["model"], "/w/crm_r50_random.pt", gpus=1)
+    assert cfg.refine.device == "cuda" and cfg.ray.num_gpus == 1 and cfg.model.name == "crm_r50"
+    for card in (80, 16):
+        p = plan_job(cfg, {"CPU": 16.0, "GPU": 1.0, "memory": 100.0 * gib}, [(16.0, 1.0)], card * gib)
+        assert (p.refine_actors, p.refine_gpus, p.sam_actors) == (1, 1.0, 0)
+        assert p.gpu.refine_bytes < 0.9 * card * gib
+    assert FULL["sam_model"] in SAM_GIB

@@ -112,7 +112,7 @@ def test_refiner_actors_ask_memory_for_the_largest_image():
     off = _job(input={"uri": "/data", "max_pixels": 24_000_000}, refine={"options": {"tile_encoder": "off"}})
     assert plan_job(off, {"CPU": 16.0, "memory": 200.0 * GIB}, [(16.0, 0.0)]).refine_memory == \
         pytest.approx(refiner_memory(24_000_000, False))
-    gpu = plan_job(job, {"CPU": 16.0, "GPU": 2.0, "memory": 200.0 * GIB}, [(16.0, 2.0)])
+    gpu = plan_job(job, {"CPU": 16.0, "GPU": 2.0, "memory": 200.0 * GIB}, [(16.0, 2.0)], 80 * GIB)
     assert gpu.refine_memory == pytest.approx(refiner_memory(24_000_000, True))
     # a Ray that reports no memory resource: nothing asked
     assert plan_job(job, {"CPU": 16.0}, [(16.0, 0.0)]).refine_memory == 0
@@ -161,8 +161,107 @@ def test_the_plan_follows_refine_device():
     cpu = plan_job(_job(refine={"device": "cpu"}), res, nodes)
     assert cpu.refine_gpus == 0 and cpu.sam_gpus == 0 and cpu.refine_actors >= 3 and cpu.torch_threads >= 2
     assert cpu.refine_memory == pytest.approx(refiner_memory(_job().input.max_pixels, False, "mnv2", "auto"))
-    auto = plan_job(_job(), res, nodes)
+    auto = plan_job(_job(), res, nodes, 80 * GIB)
     assert auto.refine_gpus == 1.0 and auto.refine_actors == 1
-    assert plan_job(_job(refine={"device": "cuda"}), res, nodes).refine_gpus == 1.0
+    assert plan_job(_job(refine={"device": "cuda"}), res, nodes, 80 * GIB).refine_gpus == 1.0
     with pytest.raises(ValueError, match="refine.device: 'cuda' but the Ray cluster has no GPUs"):
         plan_job(_job(refine={"device": "cuda"}), {"CPU": 16.0}, [(16.0, 0.0)])
+
+
+def _sam_job(precision: str, max_pixels: int = 60_000_000, tile_encoder="off", **ray):
+    return _job(method="samsr-v2.1", model={"name": "samsr_v21_r50"},
+                sam={"proposals": "sam", "checkpoint": "/w/sam_vit_h.pth", "model_type": "vit_h"},
+                input={"uri": "/data", "max_pixels": max_pixels},
+                refine={"precision": precision, "options": {"tile_encoder": tile_encoder}}, ray=ray)
+
+
+ONE_CARD = {"CPU": 16.0, "GPU": 1.0, "memory": 100.0 * GIB}, [(16.0, 1.0)]
+
+
+def test_sam_and_refiner_gpu_asks_fit_one_card_by_precision():
+    """60 MP untiled beside ViT-H (8 GiB) on a 24 GiB card (21.6 usable): fp32 (17.8 GiB) cannot fit,
+    a config error naming the key and the way out; bf16 (11.2 GiB) fits beside SAM, in shares of the
+    one card in proportion to the needs (two bf16 refiners would not fit, so no half card each)."""
+    from pipeline.runner.plan import describe_memory, plan_job
+
+    with pytest.raises(ValueError, match=r"^input.max_pixels: .*60 MP needs ~17.8 GiB .* in fp32 beside SAM "
+                                         r"vit_h .*24.0 GiB .*ray.gpu_memory_gb.*refine.precision: bf16"):
+        plan_job(_sam_job("fp32"), *ONE_CARD, 24 * GIB)
+    p = plan_job(_sam_job("bf16"), *ONE_CARD, 24 * GIB)
+    assert (p.sam_actors, p.refine_actors, p.refine_gpus, p.sam_gpus) == (1, 1, 0.58, 0.42)
+    assert p.gpu.refine_bytes / GIB == pytest.approx(11.2, abs=0.01) and p.gpu.sam_bytes == 8 * GIB
+    assert p.gpu.refine_bytes + p.gpu.sam_bytes <= 0.9 * 24 * GIB
+    assert describe_memory(p, 60_000_000).endswith(
+        "0.58 GPU each (~11.2 GiB of a 24 GiB card; SAM actors 0.42 GPU, ~8.0 GiB)")
+    # refine.precision auto on a card is bf16 or fp16: both counted at the half-precision rate
+    assert plan_job(_sam_job("auto"), *ONE_CARD, 24 * GIB).gpu == p.gpu
+    # on an 80 GiB card any two actors fit: half a card each, fp32 asks more memory than bf16
+    fp32, bf16 = (plan_job(_sam_job(x), *ONE_CARD, 80 * GIB) for x in ("fp32", "bf16"))
+    assert (fp32.refine_gpus, fp32.sam_gpus) == (bf16.refine_gpus, bf16.sam_gpus) == (0.5, 0.5)
+    assert fp32.gpu.refine_bytes / bf16.gpu.refine_bytes == pytest.approx(17.8 / 11.2, abs=0.01)
+
+
+def test_gpu_bound_follows_the_tiled_encoder():
+    """The refine path tiles the encoder on a GPU too (tile_encoder auto above 16 MP): the same 60 MP
+    fp32 job that cannot fit a 24 GiB card untiled fits tiled (~10 GiB), half a card each."""
+    from pipeline.runner.plan import plan_job
+
+    p = plan_job(_sam_job("fp32", tile_encoder="auto"), *ONE_CARD, 24 * GIB)
+    assert (p.refine_gpus, p.sam_gpus) == (0.5, 0.5)
+    assert p.gpu.refine_bytes / GIB == pytest.approx(9.97, abs=0.01)
+
+
+def test_cards_too_small_fail_naming_the_key():
+    from pipeline.runner.plan import plan_job
+
+    crm = _job(input={"uri": "/data", "max_pixels": 60_000_000}, model={"name": "crm_r50"},
+               refine={"precision": "fp32", "options": {"tile_encoder": "off"}})
+    with pytest.raises(ValueError, match=r"^input.max_pixels: .*17.8 GiB .*16.0 GiB .*ray.gpu_memory_gb"):
+        plan_job(crm, *ONE_CARD, 16 * GIB)
+    # ray.gpu_memory_gb wins over what was read, both ways
+    with pytest.raises(ValueError, match=r"^input.max_pixels: .*a card of 16.0 GiB"):
+        plan_job(_with_ray(crm, gpu_memory_gb=16), *ONE_CARD, 80 * GIB)
+    assert plan_job(_with_ray(crm, gpu_memory_gb=80), *ONE_CARD, 16 * GIB).gpu.card_bytes == 80 * GIB
+    with pytest.raises(ValueError, match=r"^sam.model_type: SAM vit_h needs ~8.0 GiB.*a card of 8.0 GiB"):
+        plan_job(_sam_job("bf16", max_pixels=1_000_000, gpu_memory_gb=8), *ONE_CARD)
+    with pytest.raises(ValueError, match=r"^ray.gpu_memory_gb: the memory of the cluster's GPUs could not"):
+        plan_job(crm, *ONE_CARD, None)
+    # CPU plans never need the card
+    assert plan_job(_with_refine(crm, device="cpu"), *ONE_CARD, None).gpu is None
+
+
+def _with_ray(cfg, **changes):
+    import dataclasses
+
+    return dataclasses.replace(cfg, ray=dataclasses.replace(cfg.ray, **changes))
+
+
+def _with_refine(cfg, **changes):
+    import dataclasses
+
+    return dataclasses.replace(cfg, refine=dataclasses.replace(cfg.refine, **changes))
+
+
+def test_many_small_cards_give_sam_and_refiner_a_card_each():
+    """16 GiB cards: two ViT-H (16 GiB) do not fit one card's 14.4 usable and Ray may pair two SAM
+    actors, so with several cards every actor asks a whole card (4 SAM + 4 refiners on 8 cards)."""
+    from pipeline.runner.plan import plan_job
+
+    res, nodes = {"CPU": 64.0, "GPU": 8.0, "memory": 400.0 * GIB}, [(32.0, 4.0), (32.0, 4.0)]
+    p = plan_job(_sam_job("bf16", max_pixels=24_000_000, tile_encoder="auto"), res, nodes, 16 * GIB)
+    assert (p.sam_actors, p.refine_actors, p.sam_gpus, p.refine_gpus) == (4, 4, 1.0, 1.0)
+    # the same job on one such card: the pair shares it in proportion (4.8 + 8 GiB fit 14.4)
+    one = plan_job(_sam_job("bf16", max_pixels=24_000_000, tile_encoder="auto"), *ONE_CARD, 16 * GIB)
+    assert (one.refine_gpus, one.sam_gpus) == (0.37, 0.63) and (one.sam_actors, one.refine_actors) == (1, 1)
+
+
+def test_explicit_gpu_shares_and_actor_counts_must_fit():
+    from pipeline.runner.plan import plan_job
+
+    with pytest.raises(ValueError, match=r"^ray.gpus_per_actor: 0.25 lets 4 actors share a card"):
+        plan_job(_sam_job("bf16", gpus_per_actor=0.25), *ONE_CARD, 24 * GIB)
+    p = plan_job(_sam_job("bf16", gpus_per_actor=0.25), *ONE_CARD, 80 * GIB)
+    assert (p.sam_actors, p.refine_actors, p.sam_gpus, p.refine_gpus) == (2, 2, 0.25, 0.25)
+    with pytest.raises(ValueError, match=r"^ray.refine_actors: 3 refiner actors x 1 GPU do not fit in the "
+                                         r"cluster's 2 GPUs"):
+        plan_job(_job(ray={"refine_actors": 3}), {"CPU": 16.0, "GPU": 2.0}, [(16.0, 2.0)], 80 * GIB)
