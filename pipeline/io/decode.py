@@ -17,9 +17,11 @@ Masks (coarse and gt) -> (h, w) uint8 in 0..255 (EXIF orientation applied too):
   - RGBA/LA/PA: if the colour channels are one constant value and alpha varies, alpha is the
     mask (cut-out style); otherwise alpha is ignored and the colour rule applies.
 Guards:
-  - ``max_pixels`` (default 100 MP) is checked from the header, BEFORE pixel data is decoded:
+  - ``max_pixels`` (default 192 MP: 16000x12000) is checked from the header, BEFORE pixel data is decoded:
     a decompression-bomb PNG is ``too_large``, not an out-of-memory kill. Pillow's own bomb
-    limit (2 x ``Image.MAX_IMAGE_PIXELS``, ~179 MP) also maps to ``too_large``.
+    limit (2 x ``Image.MAX_IMAGE_PIXELS``, ~179 MP by default) would refuse a 16000x12000 image
+    that ``max_pixels`` admits, so it is raised (never lowered) to ``max_pixels`` before a header
+    is read: ``max_pixels`` is the guard; Pillow's (then 2 x max_pixels) also maps to ``too_large``.
   - truncated/corrupt/non-image bytes, zero-size images -> ``decode_error``;
   - coarse mask aspect ratio: with image (H, W) and mask (h, w), the mask height expected from
     its width is ``w * H / W``; a difference above ``max(1 px, aspect_tolerance * expected)``
@@ -51,12 +53,13 @@ __all__ = [
     "decode_image",
     "decode_mask",
     "open_checked",
+    "allow_pixels",
     "resize_mask",
     "DEFAULT_MAX_PIXELS",
     "ASPECT_TOLERANCE",
 ]
 
-DEFAULT_MAX_PIXELS = 100_000_000
+DEFAULT_MAX_PIXELS = 192_000_000  # 16000x12000: measured through the pipeline (issue 32); = input.max_pixels
 ASPECT_TOLERANCE = 0.02
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -87,11 +90,22 @@ class Sample:
         return int(self.image.shape[1])
 
 
+def allow_pixels(max_pixels: int) -> None:
+    """Raise Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``: a warning above it, an
+    error above twice it) to ``max_pixels`` where it is lower; never lowers it (other callers in
+    the process may have asked for more). Our own header check against ``max_pixels`` stays the
+    guard."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and limit < max_pixels:
+        Image.MAX_IMAGE_PIXELS = int(max_pixels)
+
+
 def open_checked(data: bytes, key: str, what: str, max_pixels: int) -> Image.Image:
     """Open ``data`` and check its header (empty, unreadable, zero-size, over ``max_pixels``)
     BEFORE any pixel is decoded; SampleError(key, ...) names ``what``. Not loaded yet."""
     if not data:
         raise SampleError(key, "decode_error", f"{what}: empty file (0 bytes)")
+    allow_pixels(max_pixels)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:

@@ -11,6 +11,8 @@ from torch import Tensor
 
 __all__ = ["strided_decode", "roi_mask", "default_margin"]
 
+_CHUNK_ROWS = 256  # rows blended at a time by strided decoding
+
 
 def _grid_lines(n: int, stride: int, device) -> Tensor:
     """0, stride, 2*stride, ... and n - 1, built on the device from host integers (no sync)."""
@@ -46,14 +48,23 @@ def strided_decode(
     decode(out, on_grid)
     y0, y1, wy = _brackets(h, rows)
     x0, x1, wx = _brackets(w, cols)
-    top = out[y0][:, x0] + (out[y0][:, x1] - out[y0][:, x0]) * wx
-    bottom = out[y1][:, x0] + (out[y1][:, x1] - out[y1][:, x0]) * wx
-    blend = top + (bottom - top) * wy[:, None]
-    corners = torch.stack([out[y0][:, x0], out[y0][:, x1], out[y1][:, x0], out[y1][:, x1]]) > 0.5
-    agree = corners.all(dim=0) | (~corners).all(dim=0)
-    fill = ~on_grid
-    out = torch.where(fill, blend, out)  # not out[fill] = ...: a boolean index waits on the device
-    disagree = fill & ~agree
+    disagree = torch.empty((h, w), dtype=torch.bool, device=device)
+    # in row chunks (whole-image temporaries: ~50 B/px); the blend reads only grid points, which
+    # it never writes, so `out` is filled in place with the values of the whole-image computation
+    for r0 in range(0, h, _CHUNK_ROWS):
+        r1 = min(h, r0 + _CHUNK_ROWS)
+        a, b = out[y0[r0:r1]], out[y1[r0:r1]]
+        a0, a1, b0, b1 = a[:, x0], a[:, x1], b[:, x0], b[:, x1]
+        top = a0 + (a1 - a0) * wx
+        bottom = b0 + (b1 - b0) * wx
+        blend = top + (bottom - top) * wy[r0:r1, None]
+        corners = torch.stack([a0, a1, b0, b1]) > 0.5
+        agree = corners.all(dim=0) | (~corners).all(dim=0)
+        fill = ~on_grid[r0:r1]
+        # not out[fill] = ...: a boolean index waits on the device
+        out[r0:r1] = torch.where(fill, blend, out[r0:r1])
+        disagree[r0:r1] = fill & ~agree
+    del on_grid
     if bool(disagree.any()):
         decode(out, disagree)
     return out
