@@ -56,11 +56,14 @@ def _hwm(pid: int) -> int:
 def _name(proc) -> str:
     """``ray::RefineActor.__call__``-style titles as they are; else the command line, shortened."""
     try:
-        cmd = proc.cmdline()
-    except Exception:  # noqa: BLE001 - gone or not ours
-        return "?"
+        cmd = [part for part in proc.cmdline() if part]
+    except Exception:  # noqa: BLE001 - gone, a zombie, or not ours
+        cmd = []
     if not cmd:
-        return proc.name()
+        try:
+            return proc.name()
+        except Exception:  # noqa: BLE001
+            return "?"
     if cmd[0].startswith("ray::"):
         return cmd[0]
     text = " ".join(part.rsplit("/", 1)[-1] if i == 0 or part.startswith("/") else part

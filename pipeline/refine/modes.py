@@ -48,18 +48,24 @@ def strided_decode(
     decode(out, on_grid)
     y0, y1, wy = _brackets(h, rows)
     x0, x1, wx = _brackets(w, cols)
+    # Every blended value comes from the grid rows blended along the columns first (`across`: the
+    # `top` / `bottom` of the rows between two grid rows, computed once per grid row), then along
+    # the rows in chunks (whole-image temporaries would take ~50 B/px). The blend reads only grid
+    # points, which it never writes, so `out` is filled in place.
+    grid = out[rows]  # (grid rows, W): the decoded grid points (and zeros between them)
+    g0, g1 = grid[:, x0], grid[:, x1]
+    across = g0 + (g1 - g0) * wx
+    up0, up1 = g0 > 0.5, g1 > 0.5
+    high, low = up0 & up1, ~up0 & ~up1  # both neighbours on one side of 0.5
+    del grid, g0, g1, up0, up1
+    i0, i1 = torch.searchsorted(rows, y0), torch.searchsorted(rows, y1)  # y0, y1 as grid row numbers
     disagree = torch.empty((h, w), dtype=torch.bool, device=device)
-    # in row chunks (whole-image temporaries: ~50 B/px); the blend reads only grid points, which
-    # it never writes, so `out` is filled in place with the values of the whole-image computation
     for r0 in range(0, h, _CHUNK_ROWS):
         r1 = min(h, r0 + _CHUNK_ROWS)
-        a, b = out[y0[r0:r1]], out[y1[r0:r1]]
-        a0, a1, b0, b1 = a[:, x0], a[:, x1], b[:, x0], b[:, x1]
-        top = a0 + (a1 - a0) * wx
-        bottom = b0 + (b1 - b0) * wx
+        a, b = i0[r0:r1], i1[r0:r1]
+        top, bottom = across[a], across[b]
         blend = top + (bottom - top) * wy[r0:r1, None]
-        corners = torch.stack([a0, a1, b0, b1]) > 0.5
-        agree = corners.all(dim=0) | (~corners).all(dim=0)
+        agree = (high[a] & high[b]) | (low[a] & low[b])  # all 4 corners on one side of 0.5
         fill = ~on_grid[r0:r1]
         # not out[fill] = ...: a boolean index waits on the device
         out[r0:r1] = torch.where(fill, blend, out[r0:r1])
