@@ -42,11 +42,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.bench.sizes import parse_size
+from pipeline.bench.sizes import LARGE_SIZES, parse_size
 
 __all__ = ["NAMED_SIZES", "run", "main", "format_table", "fit_ask"]
 
-NAMED_SIZES = {"2k": (2000, 1500), "4k": (4000, 3000), "8k": (8000, 6000), "16k": (16000, 12000)}
+NAMED_SIZES = LARGE_SIZES
 GIB = 1024**3
 _POLL_S = 0.2
 

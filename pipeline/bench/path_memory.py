@@ -13,7 +13,8 @@ tiled at 512 px: the refiner's full-size buffers, not its encoder, which ``samsr
 memory`` measures), edge check, trust features, binary + soft masks, metrics (IoU, mBA, BIoU of
 coarse and refined against the truth, change metrics), PNG encoding of both masks.
 
-Per stage: freed heap memory is given back to the OS (``malloc_trim``), then the process's peak RSS is reset (``/proc/self/clear_refs``, Linux) before the stage
+Per stage: freed heap memory is given back to the OS (``malloc_trim``), then the process's peak
+RSS is reset (``/proc/self/clear_refs``, Linux) before the stage
 and read after it (VmHWM); ``extra`` is that peak less the RSS before the stage, also in bytes per
 image pixel (a full-size uint8 plane is 1 B/px, float32 4 B/px); ``kept`` is what the stage's
 results add to the RSS afterwards.
@@ -76,8 +77,8 @@ def run_stages(width: int, height: int, threads: int = 1, seed: int = 0,
     import torch
 
     from pipeline.bench.refiner import _calibrated_model
-    from pipeline.memory import release_memory
     from pipeline.io import decode_image, decode_mask, encode_png, resize_mask, to_binary_u8, to_soft_u8
+    from pipeline.memory import release_memory
     from pipeline.metrics import change_metrics, image_metrics
     from pipeline.refine import RefineOptions, prepare_model
     from pipeline.refine.cascade import refine_detailed
@@ -87,14 +88,16 @@ def run_stages(width: int, height: int, threads: int = 1, seed: int = 0,
     torch.set_num_threads(threads)
     pixels = width * height
     image, gt = synthetic_photo(width, height, seed)
-    jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
     gt_png = encode_png(gt)
     coarse_png = encode_png(cv2.resize(gt, (width // 8, height // 8), interpolation=cv2.INTER_AREA))
-    del image, gt
+    del image, gt, bgr
     options = RefineOptions(scales=(0.125,), align=8, decode="strided", stride=16, tile_encoder=512)
     model = prepare_model(_calibrated_model("crm_mnv2", seed), options)
     out(f"[stages] {width}x{height} ({pixels / 1e6:.0f} MP): JPEG {len(jpeg) / 1e6:.1f} MB, truth PNG "
-        f"{len(gt_png) / 1e6:.1f} MB, coarse PNG {len(coarse_png) / 1e6:.2f} MB; RSS {_status('VmRSS') / GIB:.2f} GiB")
+        f"{len(gt_png) / 1e6:.1f} MB, coarse PNG {len(coarse_png) / 1e6:.2f} MB; "
+        f"RSS {_status('VmRSS') / GIB:.2f} GiB")
     state: dict = {}
     rows = []
 
@@ -136,14 +139,14 @@ def run_stages(width: int, height: int, threads: int = 1, seed: int = 0,
     stage("metrics (coarse, refined)", metrics)
     stage("PNG encode (binary, soft)", lambda: (encode_png(state["refined"]), encode_png(state["soft"])))
     held = {k: v.nbytes for k, v in state.items() if isinstance(v, np.ndarray)}
+    total = sum(held.values()) / pixels
     out("[stages] full-size arrays held at the end: " + ", ".join(
-        f"{k} {v / pixels:.0f} B/px" for k, v in held.items()) + f" (total {sum(held.values()) / pixels:.0f} B/px)")
+        f"{k} {v / pixels:.0f} B/px" for k, v in held.items()) + f" (total {total:.0f} B/px)")
     return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipeline.bench.memory import NAMED_SIZES
-    from pipeline.bench.sizes import parse_size
+    from pipeline.bench.sizes import LARGE_SIZES, parse_size
 
     parser = argparse.ArgumentParser(prog="samsr benchmark memory --stages",
                                      description=__doc__.split("\n\n")[0])
@@ -151,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        width, height = parse_size(args.size, NAMED_SIZES)
+        width, height = parse_size(args.size, LARGE_SIZES)
     except (argparse.ArgumentTypeError, ValueError) as exc:
         parser.error(str(exc))
     run_stages(width, height, threads=args.threads)

@@ -136,7 +136,8 @@ def test_memory_ask_is_capped_to_fit_and_says_so():
     roomy = plan_job(_job(refine=untiled, input=sixty), {"CPU": 2.0, "memory": 400.0 * GIB}, [(2.0, 0.0)])
     assert describe_memory(roomy, 60_000_000) == f"{roomy.refine_actors} x 22.0 GiB memory"
     # with the encoder tiled (the default above 16 MP) the same job fits without a cap
-    v21 = _job(method="samsr-v2.1", model={"name": "samsr_v21_mnv2"}, sam={"proposals": "regions"}, input=sixty)
+    v21 = _job(method="samsr-v2.1", model={"name": "samsr_v21_mnv2"}, sam={"proposals": "regions"},
+               input=sixty)
     tiled = plan_job(v21, {"CPU": 2.0, "memory": 14.0 * GIB}, [(2.0, 0.0)])
     assert not tiled.memory_capped and describe_memory(tiled, 60_000_000) == "1 x 6.7 GiB memory"
     # two nodes: the refiner actors must also fit without the largest node (in proportion to CPUs)
