@@ -79,11 +79,14 @@ def line_contrast(mask: np.ndarray, image: np.ndarray) -> tuple[np.ndarray, np.n
     return _credit(horizontal, vertical, mask[:, 1:] != mask[:, :-1], mask[1:] != mask[:-1])
 
 
-def _region_means(region: np.ndarray, n: int, total: np.ndarray, count: np.ndarray
+def _region_means(region: np.ndarray, where: np.ndarray, n: int, total: np.ndarray, count: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray]:
-    flat = region.ravel()
-    s = np.bincount(flat, weights=total.ravel(), minlength=n)
-    c = np.bincount(flat, weights=count.ravel(), minlength=n)
+    """Mean contrast and count per region label 1..n-1 over the flat positions ``where`` (those of
+    every labelled pixel, in order: the same sums as over the whole box, without its background's
+    8-byte index and weight copies); label 0's entries are not meaningful."""
+    flat = region.ravel()[where]
+    s = np.bincount(flat, weights=total.ravel()[where], minlength=n)
+    c = np.bincount(flat, weights=count.ravel()[where], minlength=n)
     return s / np.maximum(c, 1), c
 
 
@@ -122,9 +125,11 @@ def edge_check(prob: np.ndarray, coarse: np.ndarray, image: np.ndarray, margin: 
         region = _grown_labels(labels, n, kernel)  # a nearby label
         inside = labels > 0
         region[inside] = labels[inside]
-        old_mean, old_n = _region_means(region, n, *old)
-        new_mean, new_n = _region_means(region, n, *new)
-        any_mean, _ = _region_means(region, n, *every)
+        where = np.flatnonzero(region)
+        old_mean, old_n = _region_means(region, where, n, *old)
+        new_mean, new_n = _region_means(region, where, n, *new)
+        any_mean, _ = _region_means(region, where, n, *every)
+        del where
         # ties (a flat region: every contrast 0) keep the change
         keep = np.where((old_n > 0) & (new_n > 0), new_mean >= old_mean * (1 + margin),
                         np.where(new_n > 0, new_mean >= any_mean * (1 + margin),
