@@ -77,3 +77,16 @@ def test_a_16000x12000_image_goes_through_the_pipeline(big_input, tmp_path):
     written = cv2.imread(row["output_uri"], cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(written, mask)
     assert cv2.imread(row["soft_output_uri"], cv2.IMREAD_UNCHANGED).shape == (H, W)
+
+
+def test_the_report_reads_a_16000x12000_jpeg_at_thumbnail_size(big_input, monkeypatch):
+    """The report's overlays decode the input JPEG at 1/8 (Pillow's draft), past Pillow's own
+    pixel limit (89 MP by default, an error over 179 MP) that a 192 MP input exceeds."""
+    from PIL import Image
+
+    from pipeline.report.overlay import _open_image
+
+    root, _ = big_input
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)  # Pillow's default
+    thumb = _open_image((root / "big_im.jpg").read_bytes(), 1024)
+    assert thumb.size == (W // 8, H // 8) and thumb.mode == "RGB"
