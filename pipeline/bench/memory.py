@@ -2,6 +2,8 @@
 
     samsr benchmark memory                                # 2k, 4k, 8k; crm_mnv2 and crm_r50
     samsr benchmark memory --sizes 2k,4k --models crm_mnv2 --threads 2
+    samsr benchmark memory --watch [--limit-gb 5] -- samsr refine --config configs/demo.yaml
+    samsr benchmark memory --stages [--size 16k]          # each stage of one sample's path
     python -m pipeline.bench.memory --help
 
 Each case (size, model, mode) runs `refine` in a fresh subprocess, whose peak resident set
@@ -18,6 +20,11 @@ random (seeded, BN statistics calibrated: `pipeline.bench.refiner`), images synt
 2000x1500, 4k = 4000x3000, 8k = 8000x6000, 16k = 16000x12000). Refine options: one scale (1.0),
 ``align: 8``, every exact optimisation; ``--scales`` changes the scales. A last line fits
 ``peak = a + b * pixels`` per model over the tiled rows: the per-actor memory ask.
+
+``--watch -- CMD ...`` instead runs CMD and reports the sampled peak RSS of every process of its
+tree (driver, Ray's GCS and raylet, workers): :mod:`pipeline.bench.proctree`. ``--stages``
+measures each stage of one sample's path (decode, upsample, refine's buffers, edge check, trust
+features, masks, metrics, PNG) at 16000x12000: :mod:`pipeline.bench.path_memory`.
 """
 
 from __future__ import annotations
@@ -35,11 +42,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.bench.sizes import parse_size
+from pipeline.bench.sizes import LARGE_SIZES, parse_size
 
 __all__ = ["NAMED_SIZES", "run", "main", "format_table", "fit_ask"]
 
-NAMED_SIZES = {"2k": (2000, 1500), "4k": (4000, 3000), "8k": (8000, 6000), "16k": (16000, 12000)}
+NAMED_SIZES = LARGE_SIZES
 GIB = 1024**3
 _POLL_S = 0.2
 
@@ -236,6 +243,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["--child"]:  # one case, run by `_measure` in a fresh process
         print(json.dumps(_child(json.loads(argv[1]))), flush=True)
         return 0
+    if argv[:1] == ["--watch"]:  # a whole command's process tree (pipeline.bench.proctree)
+        from pipeline.bench.proctree import main as watch_main
+
+        return watch_main(argv[1:])
+    if argv[:1] == ["--stages"]:  # one sample's path, stage by stage (pipeline.bench.path_memory)
+        from pipeline.bench.path_memory import main as stages_main
+
+        return stages_main(argv[1:])
     parser = argparse.ArgumentParser(prog="samsr benchmark memory", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="2k,4k,8k", help="comma-separated WxH or 2k/4k/8k/16k")
     parser.add_argument("--models", default="crm_mnv2,crm_r50", help="registry names (random weights)")

@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 
-__all__ = ["parse_size"]
+__all__ = ["parse_size", "LARGE_SIZES"]
+
+#: The memory benchmarks' sizes (``samsr benchmark memory``, its ``--stages``): 4:3 images of 3 to
+#: 192 MP (16k = 16000x12000, the default ``input.max_pixels``).
+LARGE_SIZES = {"2k": (2000, 1500), "4k": (4000, 3000), "8k": (8000, 6000), "16k": (16000, 12000)}
 
 
 def parse_size(text: str, named: Mapping[str, tuple[int, int]] | None = None, minimum: int = 1

@@ -60,7 +60,7 @@ class InputConfig:
     image_suffix: str | None = None  # None: the layout's default (prefix: "_im.jpg", wds: "jpg")
     mask_suffix: str | None = None
     gt_suffix: str | None = None
-    max_pixels: int = _f(60_000_000, _positive)  # per image; larger decodes become error rows
+    max_pixels: int = _f(192_000_000, _positive)  # per image (16000x12000); larger decodes become error rows
     limit: int | None = _f(None, _positive)  # process only the first N listed samples
 
 

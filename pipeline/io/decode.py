@@ -17,9 +17,11 @@ Masks (coarse and gt) -> (h, w) uint8 in 0..255 (EXIF orientation applied too):
   - RGBA/LA/PA: if the colour channels are one constant value and alpha varies, alpha is the
     mask (cut-out style); otherwise alpha is ignored and the colour rule applies.
 Guards:
-  - ``max_pixels`` (default 100 MP) is checked from the header, BEFORE pixel data is decoded:
+  - ``max_pixels`` (default 192 MP: 16000x12000) is checked from the header, BEFORE pixel data is decoded:
     a decompression-bomb PNG is ``too_large``, not an out-of-memory kill. Pillow's own bomb
-    limit (2 x ``Image.MAX_IMAGE_PIXELS``, ~179 MP) also maps to ``too_large``.
+    limit (2 x ``Image.MAX_IMAGE_PIXELS``, ~179 MP by default) would refuse a 16000x12000 image
+    that ``max_pixels`` admits, so it is raised (never lowered) to ``max_pixels`` before a header
+    is read: ``max_pixels`` is the guard; Pillow's (then 2 x max_pixels) also maps to ``too_large``.
   - truncated/corrupt/non-image bytes, zero-size images -> ``decode_error``;
   - coarse mask aspect ratio: with image (H, W) and mask (h, w), the mask height expected from
     its width is ``w * H / W``; a difference above ``max(1 px, aspect_tolerance * expected)``
@@ -51,12 +53,13 @@ __all__ = [
     "decode_image",
     "decode_mask",
     "open_checked",
+    "allow_pixels",
     "resize_mask",
     "DEFAULT_MAX_PIXELS",
     "ASPECT_TOLERANCE",
 ]
 
-DEFAULT_MAX_PIXELS = 100_000_000
+DEFAULT_MAX_PIXELS = 192_000_000  # 16000x12000: measured through the pipeline (issue 32); = input.max_pixels
 ASPECT_TOLERANCE = 0.02
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -87,11 +90,22 @@ class Sample:
         return int(self.image.shape[1])
 
 
+def allow_pixels(max_pixels: int) -> None:
+    """Raise Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``: a warning above it, an
+    error above twice it) to ``max_pixels`` where it is lower; never lowers it (other callers in
+    the process may have asked for more). Our own header check against ``max_pixels`` stays the
+    guard."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and limit < max_pixels:
+        Image.MAX_IMAGE_PIXELS = int(max_pixels)
+
+
 def open_checked(data: bytes, key: str, what: str, max_pixels: int) -> Image.Image:
     """Open ``data`` and check its header (empty, unreadable, zero-size, over ``max_pixels``)
     BEFORE any pixel is decoded; SampleError(key, ...) names ``what``. Not loaded yet."""
     if not data:
         raise SampleError(key, "decode_error", f"{what}: empty file (0 bytes)")
+    allow_pixels(max_pixels)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
@@ -151,7 +165,7 @@ def decode_image(
     im = _open(data, key, f"image {source!r}" if source else "image", max_pixels)
     try:
         if im.mode == "RGB":
-            arr = np.asarray(im)
+            return _rgb_array(im)
         elif im.mode in _SIXTEEN_BIT or im.mode == "F":
             a = np.asarray(im)
             grey = _float_to_u8(a) if im.mode == "F" else _sixteen_to_u8(a)
@@ -162,6 +176,21 @@ def decode_image(
         message = f"image{f' {source!r}' if source else ''}: unsupported pixel format {im.mode!r} ({exc})"
         raise SampleError(key, "decode_error", message) from exc
     return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
+_STRIP_BYTES = 1 << 24  # bytes of RGB rows converted at a time
+
+
+def _rgb_array(im: Image.Image) -> np.ndarray:
+    """A decoded RGB image -> (H, W, 3) uint8, in row strips: ``np.asarray`` of the whole image
+    holds Pillow's 4-byte-per-pixel buffer, a 3-byte copy of it and the array at once (10 B/px);
+    strips peak at 7 B/px."""
+    w, h = im.size
+    out = np.empty((h, w, 3), np.uint8)
+    step = max(1, _STRIP_BYTES // (3 * w))
+    for r0 in range(0, h, step):
+        out[r0 : r0 + step] = np.asarray(im.crop((0, r0, w, min(h, r0 + step))))
+    return out
 
 
 COLOUR_FOREGROUND_MIN = 32

@@ -41,10 +41,21 @@ def to_binary_u8(mask: np.ndarray) -> np.ndarray:
     elif mask.dtype == np.uint8:
         fg = mask > 128
     elif np.issubdtype(mask.dtype, np.floating):
-        fg = mask * 255.0 > 128
+        return _by_rows(mask, lambda m: (m * 255.0 > 128).astype(np.uint8) * 255)
     else:
         raise ValueError(f"mask dtype must be bool, uint8 or float, got {mask.dtype}")
     return fg.astype(np.uint8) * 255
+
+
+_CHUNK_ROWS = 256  # rows of a float mask converted at a time (whole-image float temporaries: 12 B/px)
+
+
+def _by_rows(mask: np.ndarray, fn) -> np.ndarray:
+    """(H, W) uint8: the elementwise ``fn`` (float rows -> uint8 rows) applied in row chunks."""
+    out = np.empty(mask.shape, np.uint8)
+    for r0 in range(0, mask.shape[0], _CHUNK_ROWS):
+        out[r0 : r0 + _CHUNK_ROWS] = fn(mask[r0 : r0 + _CHUNK_ROWS])
+    return out
 
 
 def to_soft_u8(mask: np.ndarray) -> np.ndarray:
@@ -57,7 +68,7 @@ def to_soft_u8(mask: np.ndarray) -> np.ndarray:
     if mask.dtype == bool:
         return mask.astype(np.uint8) * 255
     if np.issubdtype(mask.dtype, np.floating):
-        return np.clip(np.rint(np.nan_to_num(mask) * 255.0), 0, 255).astype(np.uint8)
+        return _by_rows(mask, lambda m: np.clip(np.rint(np.nan_to_num(m) * 255.0), 0, 255).astype(np.uint8))
     raise ValueError(f"mask dtype must be bool, uint8 or float, got {mask.dtype}")
 
 

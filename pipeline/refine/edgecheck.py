@@ -28,25 +28,44 @@ import numpy as np
 __all__ = ["line_contrast", "edge_check"]
 
 
+_CHUNK_ROWS = 512  # rows of the image converted to float at a time (whole-image floats: 12 B/px)
+
+
 def _pair_contrast(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W-1) contrast of each horizontal pair, (H-1, W) of each vertical pair (float32)."""
-    f = image.astype(np.float32)
-    horizontal = np.sqrt(np.square(f[:, 1:] - f[:, :-1]).sum(-1))
-    vertical = np.sqrt(np.square(f[1:] - f[:-1]).sum(-1))
+    """(H, W-1) contrast of each horizontal pair, (H-1, W) of each vertical pair (float32),
+    computed in row chunks (the same elementwise float32 operations as over the whole image)."""
+    h, w = image.shape[:2]
+    horizontal = np.empty((h, w - 1), np.float32)
+    vertical = np.empty((max(h - 1, 0), w), np.float32)
+    for r0 in range(0, h, _CHUNK_ROWS):
+        r1 = min(h, r0 + _CHUNK_ROWS)
+        f = image[r0 : r1 + 1].astype(np.float32)  # one row more: the vertical pairs across chunks
+        horizontal[r0:r1] = np.sqrt(np.square(f[: r1 - r0, 1:] - f[: r1 - r0, :-1]).sum(-1))
+        vertical[r0 : min(r1, h - 1)] = np.sqrt(np.square(f[1:] - f[:-1]).sum(-1))
     return horizontal, vertical
+
+
+def _grown_labels(labels: np.ndarray, n: int, kernel: np.ndarray) -> np.ndarray:
+    """The largest label within ``kernel`` of each pixel (a grey dilation of the (H, W) int32 label
+    map), dilated in the smallest type OpenCV dilates that holds every label exactly."""
+    if n < 2**16:
+        return cv2.dilate(labels.astype(np.uint16), kernel)
+    if n < 2**24:
+        return cv2.dilate(labels.astype(np.float32), kernel).astype(np.int32)
+    return cv2.dilate(labels.astype(np.float64), kernel).astype(np.int64)
 
 
 def _credit(horizontal: np.ndarray, vertical: np.ndarray, cross_h: np.ndarray | None,
             cross_v: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Per pixel: sum and count of the contrasts of the pairs (all, or those where ``cross_*`` is
-    True) that touch it."""
+    """Per pixel: sum (float32) and count (uint8, at most 4) of the contrasts of the pairs (all, or
+    those where ``cross_*`` is True) that touch it."""
     h, w = vertical.shape[0] + 1, horizontal.shape[1] + 1
     total = np.zeros((h, w), np.float32)  # sums of <= 4 contrasts of <= 441.7: float32 is plenty
-    count = np.zeros((h, w), np.float32)
+    count = np.zeros((h, w), np.uint8)
     for c, sel, a, b in ((horizontal, cross_h, (slice(None), slice(1, None)), (slice(None), slice(None, -1))),
                          (vertical, cross_v, (slice(1, None), slice(None)), (slice(None, -1), slice(None)))):
         value = c if sel is None else c * sel
-        n = 1.0 if sel is None else sel
+        n = 1 if sel is None else sel
         for side in (a, b):
             total[side] += value
             count[side] += n
@@ -60,11 +79,14 @@ def line_contrast(mask: np.ndarray, image: np.ndarray) -> tuple[np.ndarray, np.n
     return _credit(horizontal, vertical, mask[:, 1:] != mask[:, :-1], mask[1:] != mask[:-1])
 
 
-def _region_means(region: np.ndarray, n: int, total: np.ndarray, count: np.ndarray
+def _region_means(region: np.ndarray, where: np.ndarray, n: int, total: np.ndarray, count: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray]:
-    flat = region.ravel()
-    s = np.bincount(flat, weights=total.ravel(), minlength=n)
-    c = np.bincount(flat, weights=count.ravel(), minlength=n)
+    """Mean contrast and count per region label 1..n-1 over the flat positions ``where`` (those of
+    every labelled pixel, in order: the same sums as over the whole box, without its background's
+    8-byte index and weight copies); label 0's entries are not meaningful."""
+    flat = region.ravel()[where]
+    s = np.bincount(flat, weights=total.ravel()[where], minlength=n)
+    c = np.bincount(flat, weights=count.ravel()[where], minlength=n)
     return s / np.maximum(c, 1), c
 
 
@@ -93,18 +115,21 @@ def edge_check(prob: np.ndarray, coarse: np.ndarray, image: np.ndarray, margin: 
     old = _credit(horizontal, vertical, b[:, 1:] != b[:, :-1], b[1:] != b[:-1])
     new = _credit(horizontal, vertical, a[:, 1:] != a[:, :-1], a[1:] != a[:-1])
     every = _credit(horizontal, vertical, None, None)
+    del horizontal, vertical, img
     kernel = np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)
     undone = 0
     for part in (a & ~b, b & ~a):
         n, labels = cv2.connectedComponents(part.astype(np.uint8), connectivity=8)
         if n <= 1:
             continue
-        region = cv2.dilate(labels.astype(np.float64), kernel).astype(np.int64)  # a nearby label
+        region = _grown_labels(labels, n, kernel)  # a nearby label
         inside = labels > 0
         region[inside] = labels[inside]
-        old_mean, old_n = _region_means(region, n, *old)
-        new_mean, new_n = _region_means(region, n, *new)
-        any_mean, _ = _region_means(region, n, *every)
+        where = np.flatnonzero(region)
+        old_mean, old_n = _region_means(region, where, n, *old)
+        new_mean, new_n = _region_means(region, where, n, *new)
+        any_mean, _ = _region_means(region, where, n, *every)
+        del where
         # ties (a flat region: every contrast 0) keep the change
         keep = np.where((old_n > 0) & (new_n > 0), new_mean >= old_mean * (1 + margin),
                         np.where(new_n > 0, new_mean >= any_mean * (1 + margin),

@@ -82,6 +82,11 @@ def _encode(model, base, mask_in: Tensor, size: tuple[int, int], options: Refine
     halo, stride = encoder_geometry(model.feats)
     tile = resolve_tile(options.tile_encoder, size, stride)
     if tile is None:
+        source = tuple(mask_in.shape[-2:])
+        if tuple(size) != source and resolve_tile(options.tile_encoder, source, stride) is not None:
+            # a reduced scale of an image that itself would be tiled: gather the input at its size
+            # (as one tile) rather than resize it from the full-size float input (~28 B/px)
+            return levels_of(lambda: scaled_region(base, mask_in, size, (0, size[0]), (0, size[1])))
         return levels_of(lambda: _scaled_input(base, mask_in, size))
     def region(rows, cols):
         return scaled_region(base, mask_in, size, rows, cols)

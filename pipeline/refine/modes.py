@@ -11,6 +11,8 @@ from torch import Tensor
 
 __all__ = ["strided_decode", "roi_mask", "default_margin"]
 
+_CHUNK_ROWS = 256  # rows blended at a time by strided decoding
+
 
 def _grid_lines(n: int, stride: int, device) -> Tensor:
     """0, stride, 2*stride, ... and n - 1, built on the device from host integers (no sync)."""
@@ -46,14 +48,29 @@ def strided_decode(
     decode(out, on_grid)
     y0, y1, wy = _brackets(h, rows)
     x0, x1, wx = _brackets(w, cols)
-    top = out[y0][:, x0] + (out[y0][:, x1] - out[y0][:, x0]) * wx
-    bottom = out[y1][:, x0] + (out[y1][:, x1] - out[y1][:, x0]) * wx
-    blend = top + (bottom - top) * wy[:, None]
-    corners = torch.stack([out[y0][:, x0], out[y0][:, x1], out[y1][:, x0], out[y1][:, x1]]) > 0.5
-    agree = corners.all(dim=0) | (~corners).all(dim=0)
-    fill = ~on_grid
-    out = torch.where(fill, blend, out)  # not out[fill] = ...: a boolean index waits on the device
-    disagree = fill & ~agree
+    # Every blended value comes from the grid rows blended along the columns first (`across`: the
+    # `top` / `bottom` of the rows between two grid rows, computed once per grid row), then along
+    # the rows in chunks (whole-image temporaries would take ~50 B/px). The blend reads only grid
+    # points, which it never writes, so `out` is filled in place.
+    grid = out[rows]  # (grid rows, W): the decoded grid points (and zeros between them)
+    g0, g1 = grid[:, x0], grid[:, x1]
+    across = g0 + (g1 - g0) * wx
+    up0, up1 = g0 > 0.5, g1 > 0.5
+    high, low = up0 & up1, ~up0 & ~up1  # both neighbours on one side of 0.5
+    del grid, g0, g1, up0, up1
+    i0, i1 = torch.searchsorted(rows, y0), torch.searchsorted(rows, y1)  # y0, y1 as grid row numbers
+    disagree = torch.empty((h, w), dtype=torch.bool, device=device)
+    for r0 in range(0, h, _CHUNK_ROWS):
+        r1 = min(h, r0 + _CHUNK_ROWS)
+        a, b = i0[r0:r1], i1[r0:r1]
+        top, bottom = across[a], across[b]
+        blend = top + (bottom - top) * wy[r0:r1, None]
+        agree = (high[a] & high[b]) | (low[a] & low[b])  # all 4 corners on one side of 0.5
+        fill = ~on_grid[r0:r1]
+        # not out[fill] = ...: a boolean index waits on the device
+        out[r0:r1] = torch.where(fill, blend, out[r0:r1])
+        disagree[r0:r1] = fill & ~agree
+    del on_grid
     if bool(disagree.any()):
         decode(out, disagree)
     return out

@@ -148,9 +148,10 @@ def trust_features(prob: np.ndarray, coarse01: np.ndarray, image: np.ndarray,
         # has no pixel farther than 1 from an unchanged one
         dist = cv2.distanceTransform(changed.astype(np.uint8), cv2.DIST_C, 3)
         n, labels = cv2.connectedComponents(changed.astype(np.uint8), connectivity=8)
+        where = np.flatnonzero(changed)  # the labelled pixels (label 0, the rest, is not used)
         thickest = np.zeros(n, np.float32)
-        np.maximum.at(thickest, labels.ravel(), dist.ravel())
-        sizes = np.bincount(labels.ravel(), minlength=n)
+        np.maximum.at(thickest, labels.ravel()[where], dist.ravel()[where])
+        sizes = np.bincount(labels.ravel()[where], minlength=n)
         thin = (thickest <= 1.0)
         thin[0] = False
         out["thin_share"] = float(sizes[thin].sum()) / n_changed

@@ -61,7 +61,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ..io.decode import open_checked
+from ..io.decode import DEFAULT_MAX_PIXELS, open_checked
 from ..io.keys import SampleError
 from ..refine.trust import split_outcome
 from .crops import CropRule, box_of, crop_box, upsample_window
@@ -80,8 +80,6 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "CLAIM_THRESHOLD",
 ]
-
-DEFAULT_MAX_PIXELS = 100_000_000
 
 #: A refined probability >= this claims the pixel for its class.
 CLAIM_THRESHOLD = 0.5

@@ -41,6 +41,9 @@ def read_any(uri: str) -> bytes:
 
 
 def _open_image(data: bytes, reduce_to: int | None) -> Image.Image:
+    from pipeline.io.decode import DEFAULT_MAX_PIXELS, allow_pixels
+
+    allow_pixels(DEFAULT_MAX_PIXELS)  # an input the job took (16000x12000 is over Pillow's own limit)
     im = Image.open(io.BytesIO(data))
     if reduce_to:
         im.draft("RGB", (reduce_to, reduce_to))  # JPEG: decode at 1/2, 1/4 or 1/8 scale

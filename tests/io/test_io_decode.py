@@ -171,14 +171,31 @@ def test_decompression_bomb_rejected_from_header_before_decoding(monkeypatch):
         raise AssertionError("pixel data must not be decoded")
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decode)
-    big = bomb_png(20000, 20000)  # 400 MP: above Pillow's hard limit too
+    big = bomb_png(20000, 20000)  # 400 MP: above Pillow's hard limit too (2 x max_pixels)
     assert len(big) < 200_000
     err = _error(big)
     assert err.error_type == "too_large"
     assert "400000000 pixels, over max_pixels=" in err.message and "178956970" not in err.message, err.message
     medium = bomb_png(12000, 9000)  # 108 MP: under Pillow's limit, over ours
-    assert _error(medium, kind="mask").error_type == "too_large"
+    assert _error(medium, kind="mask", max_pixels=100_000_000).error_type == "too_large"
+    over = _error(bomb_png(14000, 14000))  # 196 MP: over the default (192 MP), under 2 x it
+    assert over.error_type == "too_large" and "14000x14000 = 196000000 pixels exceeds max_pixels=192000000" \
+        in over.message, over.message
     assert "max_pixels" in _error(encode_image(_quadrants(), "png"), max_pixels=1000).message
+
+
+def test_the_default_admits_16000x12000_past_pillows_own_limit(monkeypatch):
+    """Pillow refuses a header over 2 x Image.MAX_IMAGE_PIXELS (~179 MP by default) before any
+    guard of ours: input.max_pixels (default 192 MP = 16000x12000) raises that limit to itself."""
+    from pipeline.config.schema import InputConfig
+    from pipeline.io.decode import DEFAULT_MAX_PIXELS, open_checked
+
+    assert InputConfig(uri="/x").max_pixels == DEFAULT_MAX_PIXELS == 16000 * 12000
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)  # Pillow's default
+    im = open_checked(bomb_png(16000, 12000), "k", "image", DEFAULT_MAX_PIXELS)  # header only
+    assert im.size == (16000, 12000) and Image.MAX_IMAGE_PIXELS == DEFAULT_MAX_PIXELS
+    open_checked(bomb_png(100, 100), "k", "image", 20_000)  # a smaller ask never lowers it
+    assert Image.MAX_IMAGE_PIXELS == DEFAULT_MAX_PIXELS
 
 
 @pytest.mark.parametrize("layout", ["prefix", "webdataset", "list"])
@@ -188,7 +205,7 @@ def test_load_sample_corrupt_inputs_become_typed_errors(storage_root, layout):
     cases = {
         "truncated_image": ({"image_bytes": png[:200]}, "decode_error"),
         "text_mask": ({"mask_bytes": b"not a png"}, "decode_error"),
-        "bomb_mask": ({"mask_bytes": bomb_png(12000, 9000)}, "too_large"),
+        "bomb_mask": ({"mask_bytes": bomb_png(15000, 13000)}, "too_large"),
         "wrong_aspect": ({"coarse": np.zeros((40, 40), np.uint8)}, "aspect_mismatch"),
         "small_gt": ({"gt": np.zeros((20, 30), np.uint8)}, "gt_size_mismatch"),
         "no_mask": ({"mask": False}, "missing_mask"),

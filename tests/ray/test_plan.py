@@ -119,27 +119,54 @@ def test_refiner_actors_ask_memory_for_the_largest_image():
 
 
 def test_memory_ask_is_capped_to_fit_and_says_so():
-    """The default max_pixels (60 MP) on a 24 GiB, 2-CPU machine: the ask shrinks so every refiner
-    actor fits in 80% of Ray's memory (else Ray could never start them), and the plan says so."""
+    """60 MP images on a 24 GiB, 2-CPU machine (Ray's memory 14 GiB) with the encoder untiled: the
+    ask shrinks so every refiner actor fits in 80% of Ray's memory (else Ray could never start
+    them), and the plan says so."""
     from pipeline.runner.plan import describe_memory, plan_job
 
     untiled = {"options": {"tile_encoder": "off"}}
+    sixty = {"uri": "/data", "max_pixels": 60_000_000}
     job = _job(method="samsr-v2.1", model={"name": "samsr_v21_mnv2"}, sam={"proposals": "regions"},
-               refine=untiled)
+               refine=untiled, input=sixty)
     p = plan_job(job, {"CPU": 2.0, "memory": 14.0 * GIB}, [(2.0, 0.0)])
     assert p.memory_capped and p.refine_actors * p.refine_memory <= 0.8 * 14.0 * GIB + 1
     assert p.refine_memory == pytest.approx(0.8 * 14.0 * GIB / p.refine_actors)
     notice = describe_memory(p, job.input.max_pixels)
     assert "60 MP may need 22.0 GiB" in notice and f"1 x {p.refine_memory / GIB:.1f} GiB memory" in notice
-    roomy = plan_job(_job(refine=untiled), {"CPU": 2.0, "memory": 400.0 * GIB}, [(2.0, 0.0)])
+    roomy = plan_job(_job(refine=untiled, input=sixty), {"CPU": 2.0, "memory": 400.0 * GIB}, [(2.0, 0.0)])
     assert describe_memory(roomy, 60_000_000) == f"{roomy.refine_actors} x 22.0 GiB memory"
     # with the encoder tiled (the default above 16 MP) the same job fits without a cap
-    v21 = _job(method="samsr-v2.1", model={"name": "samsr_v21_mnv2"}, sam={"proposals": "regions"})
+    v21 = _job(method="samsr-v2.1", model={"name": "samsr_v21_mnv2"}, sam={"proposals": "regions"},
+               input=sixty)
     tiled = plan_job(v21, {"CPU": 2.0, "memory": 14.0 * GIB}, [(2.0, 0.0)])
     assert not tiled.memory_capped and describe_memory(tiled, 60_000_000) == "1 x 6.7 GiB memory"
     # two nodes: the refiner actors must also fit without the largest node (in proportion to CPUs)
     two = plan_job(_job(refine=untiled), {"CPU": 8.0, "memory": 32.0 * GIB}, [(4.0, 0.0), (4.0, 0.0)])
     assert two.survives_node_loss and two.refine_actors * two.refine_memory <= 0.8 * 16.0 * GIB + 1
+
+
+def test_the_default_max_pixels_still_places_several_actors_per_24_gib_node():
+    """input.max_pixels defaults to 192 MP (16000x12000): a tiled light actor wants 1 GiB + one
+    2048 px tile + 0.07 GiB/MP = 15.9 GiB (measured: 7.47 GiB for the refinement alone at
+    192 MP, docs/benchmarks.md). On 24 GiB nodes (Ray's memory ~14 GiB) the ask is capped so that
+    every actor the CPUs allow is placed, and the run summary says an image near the limit may
+    need more; untiled the same image would want 68 GiB."""
+    from pipeline.runner.plan import describe_memory, plan_job, refiner_memory
+
+    job = _job()  # crm_mnv2, tile_encoder auto, input.max_pixels default
+    assert job.input.max_pixels == 192_000_000
+    wanted = refiner_memory(192_000_000, False, "mnv2", "auto")
+    assert wanted == pytest.approx((1 + 0.35 * 2048**2 / 1e6 + 0.07 * 192) * GIB)
+    assert refiner_memory(192_000_000, False) > 4 * wanted
+    for cpus, actors in ((2.0, 1), (8.0, 3), (16.0, 6)):
+        p = plan_job(job, {"CPU": cpus, "memory": 14.0 * GIB}, [(cpus, 0.0)])
+        assert p.refine_actors == actors and p.refine_actors * p.refine_memory <= 0.8 * 14.0 * GIB + 1
+        assert p.memory_capped and p.memory_wanted == pytest.approx(wanted)
+        assert "192 MP may need 15.9 GiB" in describe_memory(p, job.input.max_pixels)
+    # a node with room for them: the whole ask, not capped
+    roomy = plan_job(job, {"CPU": 8.0, "memory": 64.0 * GIB}, [(8.0, 0.0)])
+    assert roomy.refine_actors == 3 and not roomy.memory_capped
+    assert describe_memory(roomy, job.input.max_pixels) == "3 x 15.9 GiB memory"
 
 
 def test_explicit_actor_memory_is_asked_as_is_or_fails_naming_the_key():

@@ -162,6 +162,27 @@ def test_tiled_refine_agrees_with_untiled_resnet50():
     assert np.array_equal(tiled > 0.5, untiled > 0.5)
 
 
+def test_a_scale_below_one_tile_of_a_tiled_image_is_gathered_not_resized_from_full_floats(monkeypatch):
+    """200x260 padded to 264x328 with tiles of 256 px is tiled, its 1/8 scale (32x40) is not: that
+    input is gathered from the uint8 image at its own size (the whole-image float input, ~28 B/px,
+    is never built) and agrees with untiled; with tile_encoder off it is the official resize."""
+    import pipeline.refine.encoder as encoder
+
+    model = _random("crm_mnv2", 6)
+    image, coarse = _textured(200, 260, 7), _blob(200, 260)[::4, ::4].copy()
+    opts = dict(scales=(0.125, 1.0), align=8)
+    untiled = refine(model, image, coarse, options=RefineOptions(tile_encoder="off", **opts))
+    full_size = []
+    whole = encoder._scaled_input
+    monkeypatch.setattr(encoder, "_scaled_input", lambda *a: full_size.append(a[2]) or whole(*a))
+    tiled = refine(model, image, coarse, options=RefineOptions(tile_encoder=256, **opts))
+    assert full_size == []
+    np.testing.assert_allclose(tiled, untiled, atol=1e-5)
+    assert np.array_equal(tiled > 0.5, untiled > 0.5)
+    refine(model, image, coarse, options=RefineOptions(tile_encoder="off", **opts))
+    assert full_size == [(32, 40), (264, 328)]  # untiled: the official resize at every scale
+
+
 def test_bad_tile_encoder_values():
     for bad in ("big", 32, True, 1.5, None):
         with pytest.raises(ValueError, match="RefineOptions.tile_encoder"):
