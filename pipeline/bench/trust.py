@@ -19,7 +19,8 @@ folder and kind it prints:
 
 ``--policy regions`` (the default when the config's ``refine.accept`` is ``regions``) measures the
 per-change policy of :mod:`pipeline.refine.regions_trust` instead: the accepted output keeps the
-changes the region model accepts, and ``accepted`` is the mean share of the changed pixels kept.
+changes the region model accepts, and ``accepted`` is the mean share of the changed pixels kept
+(over the outputs that changed).
 Rows hold its outcome (``mba_regions``...), computed while refining: ``--from-rows`` reports it as
 saved and cannot rescore it with another region model.
 
@@ -180,7 +181,7 @@ def evaluate(refiner, refs: Sequence[Any], kinds: Sequence[str] = TRUST_KINDS, *
     holds the ``regions`` policy's output metrics (``mba_regions``, ``iou_regions``,
     ``offset_regions``), the share of changed pixels it kept (``regions_share``) and its seconds;
     ``min_score``: the image-level threshold it applies first (None: the trust model's)."""
-    from pipeline.bench.quality import _shrink, make_coarse
+    from pipeline.bench.quality import _shrink, binary_mask, make_coarse
     from pipeline.io import load_sample
     from pipeline.metrics import image_metrics
     from pipeline.refine.cascade import refine_detailed
@@ -221,7 +222,9 @@ def evaluate(refiner, refs: Sequence[Any], kinds: Sequence[str] = TRUST_KINDS, *
                                                refiner.trust_model, region_model, min_score)
                 t4 = time.perf_counter()
                 mo = image_metrics(out, truth)
-                row.update(mba_regions=mo["mba"], iou_regions=mo["iou"], regions_share=share,
+                changed = bool(np.any(binary_mask(r.prob) != binary_mask(r.coarse01)))
+                row.update(mba_regions=mo["mba"], iou_regions=mo["iou"],
+                           regions_share=share if changed else None,
                            offset_regions=_edge_offset(image, out), regions_s=t4 - t3)
             rows.append(row)
             if log:
@@ -257,7 +260,8 @@ def summarise(rows: Sequence[Mapping[str, Any]], min_score: float, policy: str =
             if any(r.get("mba_regions") is None for r in rr):
                 raise ValueError("policy regions: rows without mba_regions (refine with a region model)")
             kept = np.array([r["mba_regions"] for r in rr]) - c
-            take = np.array([r["regions_share"] for r in rr])
+            shares = [r["regions_share"] for r in rr if r.get("regions_share") is not None]
+            accepted = 100 * float(np.mean(shares)) if shares else None
             offsets = [r.get("offset_regions") for r in rr]
             trust_s = [r.get("trust_s", 0.0) + r.get("regions_s", 0.0) for r in rr]
         else:
@@ -265,13 +269,14 @@ def summarise(rows: Sequence[Mapping[str, Any]], min_score: float, policy: str =
             kept = np.where(take, g, 0.0)
             offsets = [r.get("offset_refined") if t else r.get("offset_coarse") for r, t in zip(rr, take)]
             trust_s = [r.get("trust_s") for r in rr]
+            accepted = 100 * take.mean()
         out[kind] = {
             "n": len(rr), "spearman": spearman(s, g) if has else None,
             "auc_worse": roc_auc(-s, g < 0) if has else None,
             "mba_coarse": 100 * c.mean(), "mba_refined": 100 * (c + g).mean(),
             "mba_accepted": 100 * (c + kept).mean(),
             "worse_refined": 100 * (g < 0).mean(), "worse_accepted": 100 * (kept < 0).mean(),
-            "accepted": 100 * take.mean(),
+            "accepted": accepted,
             "gain_kept": None if g.mean() <= 0 else 100 * kept.mean() / g.mean(),
             "offset_truth": _mean([r.get("offset_truth") for r in rr]),
             "offset_coarse": _mean([r.get("offset_coarse") for r in rr]),
@@ -297,7 +302,7 @@ def format_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
         lines.append(
             f"| {kind} | {k['n']} | {_f(k['spearman'], '+.3f')} | {_f(k['auc_worse'], '.3f')} | "
             f"{k['mba_coarse']:.2f} -> {k['mba_refined']:.2f} -> {k['mba_accepted']:.2f} | "
-            f"{k['worse_refined']:.0f}% / {k['worse_accepted']:.0f}% | {k['accepted']:.0f}% | "
+            f"{k['worse_refined']:.0f}% / {k['worse_accepted']:.0f}% | {_f(k['accepted'], '.0f')}% | "
             f"{_f(k['gain_kept'], '.0f')}{'' if k['gain_kept'] is None else '%'} | "
             f"{_f(k['offset_coarse'], '+.2f')} / {_f(k['offset_refined'], '+.2f')} / "
             f"{_f(k['offset_accepted'], '+.2f')} ({_f(k['offset_truth'], '+.2f')}) | "

@@ -79,7 +79,7 @@ def test_min_score_meets_the_do_no_harm_targets_on_every_kind():
 
 def test_summarise_regions_reads_each_rows_per_change_outcome():
     rows = _rows(n=4, seed=3)
-    for r, (mba, share) in zip(rows, [(0.69, 0.5), (0.72, 1.0), (0.71, 0.25), (0.70, 0.0)]):
+    for r, (mba, share) in zip(rows, [(0.69, 0.5), (0.72, 1.0), (0.71, 0.25), (0.70, None)]):
         r.update(score=0.1, mba_regions=mba, regions_share=share, offset_regions=0.3, regions_s=0.02)
     good = summarise(rows, 0.5, "regions")["good"]  # rows 0 and 2
     assert good["mba_accepted"] == pytest.approx(70.0) and good["worse_accepted"] == 50
