@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import math
 import os
 import pickle
@@ -43,6 +44,8 @@ from pipeline.bench.trust import TRUST_KINDS
 __all__ = ["INTERACTIONS", "main"]
 
 GAIN_KINDS = ("lowres16", "blocky8", "perturbed")
+#: the thresholds searched (1.01: never)
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 1.01)
 IMAGE_INPUTS = (
     "log_coarse_detail1",
     "log_coarse_detail",
@@ -309,21 +312,20 @@ def out_of_fold(d: dict[str, np.ndarray], l2: float, folds: int = 4) -> np.ndarr
 # the policy's outcome
 
 
-def policy_masks(
-    o: dict[str, Any], change_scores: np.ndarray, min_score: float, image_min: float
-) -> np.ndarray:
-    """(n,) bool: which changes of output ``o`` the regions policy keeps (all of them when the
-    image-level policy accepts the output: :func:`pipeline.refine.regions_trust.decide_regions`)."""
-    if o["score"] >= image_min:
-        return np.ones(o["n"], bool)
-    return change_scores >= min_score
+THIN_RADIUS = 1.5  # as pipeline.refine.regions_trust.THIN_RADIUS
 
 
-def evaluate(
-    outs, scores_of, min_score: float | None, image_min: float, offsets: bool = False
-) -> dict[str, dict[str, Any]]:
+def thresholds(o: dict[str, Any], thin: float, thick: float) -> np.ndarray:
+    """(n,) the threshold of each change of output ``o``: ``thin`` for changes of inscribed radius
+    <= 1.5 px, ``thick`` for the others (:meth:`RegionTrustModel.accepts`)."""
+    return np.where(o["rf"]["radius"] <= THIN_RADIUS, thin, thick) if o["n"] else np.zeros(0)
+
+
+def evaluate(outs, accept_of, image_min: float, offsets: bool = False) -> dict[str, dict[str, Any]]:
     """Per kind: mBA coarse / refined / policy, images worse, changed pixels kept, gain kept (and
-    edge offsets). ``min_score`` None: the image-level policy alone."""
+    edge offsets). ``accept_of(i)``: (n,) bool, the changes of output i the region model accepts
+    (all of them where the image-level policy accepts the output, as
+    :func:`pipeline.refine.regions_trust.decide_regions` does); None: the image-level policy alone."""
     from pipeline.bench.trust import _edge_offset
     from pipeline.metrics import mba
 
@@ -334,10 +336,10 @@ def evaluate(
         for i, o in enumerate(outs):
             if o["kind"] != kind or o["mba_coarse"] is None or o["mba_refined"] is None:
                 continue
-            if min_score is None:
-                acc = np.full(o["n"], o["score"] >= image_min)
+            if o["score"] >= image_min:
+                acc = np.ones(o["n"], bool)
             else:
-                acc = policy_masks(o, scores_of(i), min_score, image_min)
+                acc = np.zeros(o["n"], bool) if accept_of is None else accept_of(i)
             take = np.concatenate([[False], acc])[o["labels"]]
             if not acc.any():
                 v = o["mba_coarse"]
@@ -385,9 +387,12 @@ def evaluate(
     return res
 
 
-def meets(res, max_worse: float) -> bool:
+def meets(res, max_worse: float, tolerance: float = 0.0) -> bool:
+    """At most ``max_worse`` percent of images worse and the mean mBA at most ``tolerance`` points below
+    the coarse one, on every kind."""
     return all(
-        v["worse_policy"] <= max_worse and v["mba_policy"] >= v["mba_coarse"] - 1e-9 for v in res.values()
+        v["worse_policy"] <= max_worse and v["mba_policy"] >= v["mba_coarse"] - tolerance - 1e-9
+        for v in res.values()
     )
 
 
@@ -423,11 +428,11 @@ def format_table(res) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _scorer(outs, model):
+def _acceptor(outs, model):
     from pipeline.refine.regions_trust import Changes
 
     empty = np.zeros((1, 1), np.int32)
-    return lambda i: model.scores(Changes(empty, outs[i]["rf"]), outs[i]["feats"], outs[i]["score"])
+    return lambda i: model.accepts(Changes(empty, outs[i]["rf"]), outs[i]["feats"], outs[i]["score"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -444,7 +449,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     f.add_argument("--out", default=None, help="write the model JSON here")
     f.add_argument("--interactions", choices=sorted(INTERACTIONS), default="small")
     f.add_argument("--l2", type=float, default=1.0)
+    f.add_argument(
+        "--thick",
+        action="store_true",
+        help="choose a second threshold for thick changes (default: one for all)",
+    )
     f.add_argument("--max-worse", type=float, default=5.0, help="percent of images worse allowed per kind")
+    f.add_argument(
+        "--mba-tolerance",
+        type=float,
+        default=0.0,
+        help="mean mBA points a kind may lose against its coarse masks (default 0)",
+    )
     r = sub.add_parser("report", help="the policies on a refined folder (never the fitting one)")
     r.add_argument("--data", required=True, help="folder written by refine")
     r.add_argument("--model", required=True, help="region trust model JSON")
@@ -468,25 +484,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         by_out: dict[int, list[int]] = {}
         for row, i in enumerate(d["out"]):
             by_out.setdefault(int(i), []).append(row)
-        score_of = lambda i: oof[by_out[i]] if i in by_out else np.zeros(0)  # noqa: E731
         best = None
-        for t in np.round(np.arange(0.30, 0.995, 0.01), 2):
-            res = evaluate(outs, score_of, float(t), image_min)
-            if meets(res, args.max_worse) and (best is None or objective(res) > best[1]):
-                best = (float(t), objective(res), res)
+        for thin, thick in itertools.product(THRESHOLDS, THRESHOLDS if args.thick else [None]):
+            thick = thin if thick is None else thick
+
+            def accept_of(i, thin=thin, thick=thick):
+                return (
+                    oof[by_out[i]] >= thresholds(outs[i], thin, thick) if i in by_out else np.zeros(0, bool)
+                )
+
+            res = evaluate(outs, accept_of, image_min)
+            if meets(res, args.max_worse, args.mba_tolerance) and (best is None or objective(res) > best[2]):
+                best = (thin, thick, objective(res), res)
         print(
             f"{len({o['key'] for o in outs})} regions, {len(d['y'])} changes; "
             f"interactions {args.interactions}, "
             f"l2 {args.l2:g}"
         )
         print("image-level policy alone:")
-        print(format_table(evaluate(outs, score_of, None, image_min)))
+        print(format_table(evaluate(outs, None, image_min)))
         if best is None:
-            print(f"no min_score meets <= {args.max_worse:g}% worse and mean mBA >= coarse on every kind")
+            print(
+                f"no min_score meets <= {args.max_worse:g}% worse and mean mBA >= coarse - "
+                f"{args.mba_tolerance:g} on every kind"
+            )
             return 1
-        t, obj, res = best
+        t, t_thick, obj, res = best
         print(
-            f"regions, out of fold: min_score {t:.2f} (mean gain kept on {', '.join(GAIN_KINDS)}: {obj:.1f}%)"
+            f"regions, out of fold: min_score {t:.2f}, thick {t_thick:.2f} (mean gain kept on "
+            f"{', '.join(GAIN_KINDS)}: {obj:.1f}%)"
         )
         print(format_table(res))
         if args.out:
@@ -508,9 +534,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "weights": "|pixels right - pixels wrong| + 0.5",
                     "l2": args.l2,
                     "min_score_rule": f"the most gain kept on {'/'.join(GAIN_KINDS)} with "
-                    f"<= {args.max_worse:g}% of "
-                    "images worse and mean mBA >= coarse on every kind, out of fold (4 folds by photo)",
+                    f"<= {args.max_worse:g}% of images worse and mean mBA >= coarse - "
+                    f"{args.mba_tolerance:g} on every kind, out of fold (4 folds by photo)",
                 },
+                t_thick,
             )
             model.save(args.out)
             print(
@@ -522,12 +549,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     outs = load_outputs(args.data, args.config)
     model = load_region_model(args.model)
-    score_of = _scorer(outs, model)
     print(f"{len({o['key'] for o in outs})} regions of {args.data}")
     print(f"image-level policy (shipped, min_score {image_min:.3f}):")
-    print(format_table(evaluate(outs, score_of, None, image_min)))
-    print(f"regions ({args.model}, min_score {model.min_score:.2f}):")
-    print(format_table(evaluate(outs, score_of, model.min_score, image_min, offsets=True)))
+    print(format_table(evaluate(outs, None, image_min)))
+    print(f"regions ({args.model}, min_score {model.min_score:.2f}, thick {model.min_score_thick:.2f}):")
+    print(format_table(evaluate(outs, _acceptor(outs, model), image_min, offsets=True)))
     return 0
 
 

@@ -20,8 +20,10 @@ A :class:`RegionTrustModel` (logistic, a JSON file beside the weights with its c
 the whole output: its trust features by :func:`pipeline.refine.trust.model_input` name (e.g.
 ``log_coarse_detail``: the resolution the coarse line was drawn at) and ``image_logit``, the logit of
 the image-level trust score. It estimates the probability that taking the refined values in the
-change makes more of its pixels right; changes scoring at least ``min_score`` take the refined
-values, the others keep the coarse ones (:func:`accept_regions`).
+change makes more of its pixels right; changes scoring at least the model's threshold (one for
+thin changes, one for thick ones) take the refined values, the others keep the coarse ones
+(:func:`accept_regions`). An output the image-level policy accepts stays whole
+(:func:`decide_regions`).
 
 Pure numpy / OpenCV on the bounding box of the changes; a few hundredths of a second at 481x321.
 """
@@ -46,6 +48,7 @@ __all__ = ["REGION_FEATURES", "Changes", "changes_of", "RegionTrustModel", "load
 REGION_FEATURES = ("log_size", "radius", "log_len", "depth", "added", "edge_new_old", "edge_new_any",
                    "edge_old_any", "spread", "spread_ring", "margin", "share")
 IMAGE_LOGIT = "image_logit"
+THIN_RADIUS = 1.5  # px: the inscribed radius of a change 1-3 px wide
 _EPS = 1.0  # contrast units, as in pipeline.refine.trust
 
 
@@ -126,12 +129,37 @@ def _known_region_input(name: str) -> bool:
             or (name.startswith("log_") and name[4:] in FEATURES))
 
 
+@dataclass(frozen=True)
 class RegionTrustModel(TrustModel):
     """A logistic model (fields as :class:`pipeline.refine.trust.TrustModel`) over the changes of an
     output: inputs are :data:`REGION_FEATURES`, the output's trust features (by
     :func:`pipeline.refine.trust.model_input` name), ``image_logit``, and products of two of these
     (``a*b``: e.g. how a change's width counts depends on how detailed the coarse line is).
-    ``min_score``: a change scoring at least this takes the refined values."""
+    A thin change (inscribed radius <= :data:`THIN_RADIUS` px: a line moved by 1-3 px) takes the
+    refined values when it scores at least ``min_score``, a thicker one (a blob added or removed)
+    at least ``min_score_thick`` (the two fail differently: a line shift on a good mask, a
+    semantic disagreement with the annotator)."""
+
+    min_score_thick: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.min_score_thick <= 1.01:
+            raise ValueError(f"region trust model: min_score_thick {self.min_score_thick} must be in "
+                             "[0, 1.01] (1.01: never)")
+
+    def accepts(self, changes: Changes, image_features: Mapping[str, float], image_score: float
+                ) -> np.ndarray:
+        """(n,) bool: which changes take the refined values."""
+        s = self.scores(changes, image_features, image_score)
+        return s >= np.where(changes.features["radius"] <= THIN_RADIUS, self.min_score, self.min_score_thick)
+
+    def to_dict(self) -> dict[str, object]:
+        return {**super().to_dict(), "min_score_thick": self.min_score_thick}
+
+    @classmethod
+    def _fields_of(cls, d: Mapping[str, object]) -> dict[str, object]:
+        return {**super()._fields_of(d), "min_score_thick": float(d["min_score_thick"])}
 
     def _check_inputs(self) -> None:
         unknown = [f for f in self.features if not _known_region_input(f)]
@@ -195,14 +223,14 @@ def decide_regions(prob: np.ndarray, coarse01: np.ndarray, image: np.ndarray, sp
     """The ``regions`` policy for one output: (the output, the accepted share of the changed pixels,
     the image's trust score). An output the image-level policy accepts (``trust_model``'s score >=
     ``min_score``, default its own: :func:`pipeline.refine.trust.decide`) is the refined mask whole;
-    otherwise each change takes the refined values when ``model`` scores it at least its
-    ``min_score`` (:func:`accept_regions`)."""
+    otherwise each change takes the refined values when ``model`` accepts it
+    (:meth:`RegionTrustModel.accepts`, :func:`accept_regions`)."""
     from pipeline.refine.trust import decide
 
     d = decide(image_features, trust_model, "score", min_score)
     if d.accepted:
         return prob, 1.0, d.score
     changes = changes_of(prob, coarse01, image, spread)
-    accept = model.scores(changes, image_features, d.score) >= model.min_score
+    accept = model.accepts(changes, image_features, d.score)
     out, share = accept_regions(prob, coarse01, changes, accept)
     return out, share, d.score

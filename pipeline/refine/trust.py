@@ -222,11 +222,16 @@ class TrustModel:
     @classmethod
     def from_dict(cls, d: Mapping[str, object], source: str = "trust model") -> TrustModel:
         try:
-            return cls(tuple(d["features"]), tuple(float(v) for v in d["mean"]),
-                       tuple(float(v) for v in d["scale"]), tuple(float(v) for v in d["coef"]),
-                       float(d["intercept"]), float(d["min_score"]), dict(d.get("meta", {})))
+            return cls(**cls._fields_of(d))
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{source}: not a trust model ({e})") from e
+
+    @classmethod
+    def _fields_of(cls, d: Mapping[str, object]) -> dict[str, object]:
+        return {"features": tuple(d["features"]), "mean": tuple(float(v) for v in d["mean"]),
+                "scale": tuple(float(v) for v in d["scale"]), "coef": tuple(float(v) for v in d["coef"]),
+                "intercept": float(d["intercept"]), "min_score": float(d["min_score"]),
+                "meta": dict(d.get("meta", {}))}
 
 
 SHIPPED = "shipped"  # the config value naming the file beside the shipped weights

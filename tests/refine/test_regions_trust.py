@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import numpy as np
 import pytest
 
+from pipeline.refine import RefineOptions
 from pipeline.refine.regions_trust import (
     REGION_FEATURES,
     RegionTrustModel,
@@ -99,6 +102,27 @@ def test_region_model_files_round_trip(tmp_path):
     assert load_region_model(str(tmp_path / "r.json")) == m
     with pytest.raises(FileNotFoundError, match="region trust model .*missing.json"):
         load_region_model(str(tmp_path / "missing.json"))
+    d = m.to_dict()
+    del d["min_score_thick"]
+    (tmp_path / "old.json").write_text(json.dumps(d))  # an image-level model's fields only
+    with pytest.raises(ValueError, match="old.json: not a trust model .*min_score_thick"):
+        load_region_model(str(tmp_path / "old.json"))
+
+
+def test_thin_and_thick_changes_have_their_own_threshold():
+    coarse = _band(41, 70)
+    refined = _band(40, 70)
+    refined[20:30, 72:78] = 1  # a 1 px sliver (radius 1) and a 10 x 6 island (radius 3)
+    changes = changes_of(refined, coarse, _scene())
+    thin = changes.features["radius"] <= 1.5
+    # every score 0.5
+    flat = _model(features=("radius",), mean=(0.0,), scale=(1.0,), coef=(0.0,), intercept=0.0)
+    image = dict.fromkeys(FEATURES, 0.0)
+    assert list(flat.accepts(changes, image, 0.5)) == [True, True]
+    strict_thick = dataclasses.replace(flat, min_score_thick=0.6)
+    assert np.array_equal(strict_thick.accepts(changes, image, 0.5), thin)
+    strict_thin = dataclasses.replace(flat, min_score=0.6, min_score_thick=0.4)
+    assert np.array_equal(strict_thin.accepts(changes, image, 0.5), ~thin)
 
 
 def test_accept_regions_keeps_the_accepted_changes_only():
@@ -141,3 +165,41 @@ def test_the_shipped_region_model_loads():
     m = load_region_model("shipped")
     assert load_region_model(shipped_region_model_path()) == m and 0 < m.min_score < 1
     assert set(REGION_FEATURES) <= set(m.features)
+
+
+def test_a_loaded_refiner_with_accept_regions_reports_what_it_kept(random_mnv2, small_case, tmp_path):
+    """The refine / relabel actors' refiner: policy regions writes the accepted changes only and says
+    so (accepted, accepted_share); the refined candidate is kept when a change was undone."""
+    import torch
+
+    from pipeline.refine.cascade import refine_detailed
+    from pipeline.refine.loaded import LoadedRefiner
+    from pipeline.refine.trust import load_trust_model, trust_features
+
+    torch.save(random_mnv2.state_dict(), tmp_path / "w.pt")
+    options = {"scales": (1.0,), "tta": "rot180"}
+    image, coarse = small_case
+    r = refine_detailed(random_mnv2, image, coarse, options=RefineOptions(**options))
+    features = trust_features(r.prob, r.coarse01, image, r.spread)
+    sizes = changes_of(r.prob, r.coarse01, image, r.spread).features["log_size"]
+    # the larger half of the changes scores >= 0.5
+    model = _model(features=("log_size",), mean=(float(np.median(sizes)),), scale=(1.0,), coef=(5.0,),
+                   intercept=0.0, min_score_thick=0.5)
+    model.save(str(tmp_path / "regions.json"))
+    expected, share, score = decide_regions(r.prob, r.coarse01, image, r.spread, features,
+                                            load_trust_model("shipped"), model,
+                                            min_score=1.0)  # the image-level policy accepts nothing
+    assert len(sizes) > 3 and 0 < share < 1  # some changes kept, some undone
+    refiner = LoadedRefiner("crm_mnv2", str(tmp_path / "w.pt"), options, "cpu", 1,
+                            {"policy": "regions", "trust_model": "shipped", "min_score": 1.0,
+                             "region_model": str(tmp_path / "regions.json")})
+    out = refiner(image, coarse, None)
+    assert np.allclose(out.prob, expected, atol=1e-6)
+    assert out.info["accepted"] is False and out.info["accepted_share"] == pytest.approx(share)
+    # (the refiner folds BN into the convolutions: the same outputs to float rounding)
+    assert out.info["trust_score"] == pytest.approx(score, rel=1e-3)
+    assert np.allclose(out.candidate, r.prob, atol=1e-5)
+    whole = LoadedRefiner("crm_mnv2", str(tmp_path / "w.pt"), options, "cpu", 1,
+                          {"policy": "regions", "trust_model": "shipped", "min_score": 0.0})
+    whole = whole(image, coarse, None)
+    assert whole.info["accepted"] is True and whole.info["accepted_share"] == 1.0 and whole.candidate is None
