@@ -128,6 +128,15 @@ def test_benchmark_trust_end_to_end_with_the_shipped_files(tmp_path, capsys):
     assert main(["benchmark", "trust", "--from-rows", str(rows_file), "--trust-model", str(fitted),
                  "--config", config]) == 0
     assert f"min_score {model.min_score:.3f}" in capsys.readouterr().out
+    # the per-change policy with the shipped region model, measured while refining
+    regions_rows = tmp_path / "regions.json"
+    assert main(["benchmark", "trust", "--data", str(data), "--max-side", "160", "--config", config,
+                 "--kinds", "identity,perturbed", "--policy", "regions", "--rows", str(regions_rows)]) == 0
+    out = capsys.readouterr().out
+    assert "policy regions, region model shipped" in out and "| perturbed | 3 |" in out
+    rows = json.loads(regions_rows.read_text())
+    assert all(r["mba_regions"] is not None and r["regions_s"] >= 0 for r in rows)
+    assert all(r["regions_share"] is None or 0 <= r["regions_share"] <= 1 for r in rows)
 
 
 def test_move_line_moves_the_line_by_whole_pixels():
