@@ -14,7 +14,7 @@ before the edge check, the TTA spread and the seconds. It resumes (existing file
 
 Everything else is offline and fast: each output's final mask (the edge check applied again, as
 the refiner does), its trust features and image score (:mod:`pipeline.refine.trust`), its changes
-and their features (:func:`pipeline.refine.regions_trust.changes_of`) and, from the truth, each
+and their features (:func:`changes_of`) and, from the truth, each
 change's label (taking the refined values makes more of its pixels right) are cached in
 ``FOLDER/changes.pkl``. ``fit`` fits the logistic model (weighted by |pixels right - pixels wrong| +
 0.5, L2-penalised), scores every change out of fold (4 folds grouped by photo) and chooses the
@@ -30,18 +30,23 @@ from __future__ import annotations
 import argparse
 import hashlib
 import itertools
+import json
 import math
 import os
 import pickle
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 
 from pipeline.bench.trust import TRUST_KINDS
+from pipeline.metrics import binarize
+from pipeline.refine.edgecheck import _credit, _pair_contrast, _region_means
 
-__all__ = ["INTERACTIONS", "main"]
+__all__ = ["REGION_FEATURES", "INTERACTIONS", "Changes", "changes_of", "accepts", "main"]
 
 GAIN_KINDS = ("lowres16", "blocky8", "perturbed")
 #: the thresholds searched (1.01: never)
@@ -73,6 +78,105 @@ INTERACTIONS = {
         for i in ("log_coarse_detail", "log_coarse_detail4", "image_logit")
     ),
 }
+
+
+# ---------------------------------------------------------------------------------------------------
+# the changes of an output and their features (no ground truth)
+
+REGION_FEATURES = (
+    "log_size",
+    "radius",
+    "log_len",
+    "depth",
+    "added",
+    "edge_new_old",
+    "edge_new_any",
+    "edge_old_any",
+    "spread",
+    "spread_ring",
+    "margin",
+    "share",
+)
+THIN_RADIUS = 1.5  # px: the inscribed radius of a change 1-3 px wide
+_EPS = 1.0  # contrast units, as in pipeline.refine.trust
+
+
+@dataclass(frozen=True)
+class Changes:
+    """The changes of one output: ``labels`` (H, W) int32, 0 where refined == coarse, k = 1..n for
+    the k-th change; ``features``: name -> (n,) float64 array (:data:`REGION_FEATURES`)."""
+
+    labels: np.ndarray
+    features: Mapping[str, np.ndarray]
+
+    @property
+    def n(self) -> int:
+        return len(next(iter(self.features.values())))
+
+
+def changes_of(
+    prob: np.ndarray, coarse01: np.ndarray, image: np.ndarray, spread: np.ndarray | None = None, grow: int = 1
+) -> Changes:
+    """The changes from ``coarse01`` to ``prob`` ((H, W) float in [0, 1]) and their features
+    (module docstring); image (H, W, 3) uint8; spread (H, W) or None (no TTA: 0)."""
+    if prob.shape != coarse01.shape or prob.shape != image.shape[:2]:
+        raise ValueError(
+            f"changes_of: shapes differ: prob {prob.shape}, coarse {coarse01.shape}, image {image.shape}"
+        )
+    after, before = binarize(prob), binarize(coarse01)
+    changed = after != before
+    labels = np.zeros(prob.shape, np.int32)
+    if not changed.any():
+        return Changes(labels, {f: np.zeros(0) for f in REGION_FEATURES})
+    rows, cols = np.nonzero(changed.any(1))[0], np.nonzero(changed.any(0))[0]
+    pad = grow + 2
+    box = (
+        slice(max(0, rows[0] - pad), min(prob.shape[0], rows[-1] + pad + 1)),
+        slice(max(0, cols[0] - pad), min(prob.shape[1], cols[-1] + pad + 1)),
+    )
+    n, lab = cv2.connectedComponents(changed[box].astype(np.uint8), connectivity=8)
+    labels[box] = lab
+    b, a, inside = before[box], after[box], lab > 0
+    horizontal, vertical = _pair_contrast(image[box])
+    old = _credit(horizontal, vertical, b[:, 1:] != b[:, :-1], b[1:] != b[:-1])
+    new = _credit(horizontal, vertical, a[:, 1:] != a[:, :-1], a[1:] != a[:-1])
+    every = _credit(horizontal, vertical, None, None)
+    kernel = np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)
+    region = cv2.dilate(lab.astype(np.float64), kernel).astype(np.int64)  # a nearby label
+    region[inside] = lab[inside]
+    old_mean, old_n = _region_means(region, n, *old)
+    new_mean, new_n = _region_means(region, n, *new)
+    any_mean, _ = _region_means(region, n, *every)
+
+    flat = lab.ravel()
+    size = np.bincount(flat, minlength=n).astype(np.float64)
+    dist = cv2.distanceTransform(inside.astype(np.uint8), cv2.DIST_L2, 5)
+    radius = np.zeros(n)
+    np.maximum.at(radius, flat, dist.ravel())
+    added = np.bincount(flat, weights=(a & inside).ravel().astype(np.float64), minlength=n)
+    s = np.zeros(lab.shape) if spread is None else spread[box].astype(np.float64)
+    spread_in = np.bincount(flat, weights=s.ravel(), minlength=n)
+    ring = (region > 0) & ~inside
+    spread_ring = np.bincount(region[ring], weights=s[ring], minlength=n)
+    n_ring = np.bincount(region[ring], minlength=n)
+    margin = np.bincount(flat, weights=np.abs(2 * prob[box].astype(np.float64) - 1).ravel(), minlength=n)
+    k = slice(1, None)
+    line = np.maximum(old_n[k], new_n[k]) / 2  # each pair is credited to both of its pixels
+    features = {
+        "log_size": np.log(size[k]),
+        "radius": radius[k],
+        "log_len": np.log1p(line),
+        "depth": size[k] / np.maximum(1, line),
+        "added": added[k] / size[k],
+        "edge_new_old": np.log((new_mean[k] + _EPS) / (old_mean[k] + _EPS)),
+        "edge_new_any": np.log((new_mean[k] + _EPS) / (any_mean[k] + _EPS)),
+        "edge_old_any": np.log((old_mean[k] + _EPS) / (any_mean[k] + _EPS)),
+        "spread": spread_in[k] / size[k],
+        "spread_ring": spread_ring[k] / np.maximum(1, n_ring[k]),
+        "margin": margin[k] / size[k],
+        "share": size[k] / size[k].sum(),
+    }
+    return Changes(labels, features)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -141,9 +245,8 @@ def refine_set(data: str, out: str, config: str, shuffle: bool, reverse: bool) -
 
 
 def _extract(npz: str, model, margin: float | None) -> tuple[str, dict[str, Any]]:
-    from pipeline.metrics import binarize, image_metrics
+    from pipeline.metrics import image_metrics
     from pipeline.refine.edgecheck import edge_check
-    from pipeline.refine.regions_trust import changes_of
     from pipeline.refine.trust import trust_features
 
     z = np.load(npz)
@@ -238,15 +341,11 @@ def _image_inputs(o: dict[str, Any]) -> dict[str, float]:
 
 
 def input_names(inter: Sequence[tuple[str, str]]) -> list[str]:
-    from pipeline.refine.regions_trust import REGION_FEATURES
-
     return [*REGION_FEATURES, *IMAGE_INPUTS, *(f"{a}*{b}" for a, b in inter)]
 
 
 def design(outs: Sequence[dict[str, Any]], inter) -> dict[str, np.ndarray]:
     """Rows = changes: X (inputs), y (label), w (weight), photo, out (index of the output)."""
-    from pipeline.refine.regions_trust import REGION_FEATURES
-
     X, y, w, photo, out = [], [], [], [], []
     for i, o in enumerate(outs):
         if o["n"] == 0:
@@ -312,20 +411,16 @@ def out_of_fold(d: dict[str, np.ndarray], l2: float, folds: int = 4) -> np.ndarr
 # the policy's outcome
 
 
-THIN_RADIUS = 1.5  # as pipeline.refine.regions_trust.THIN_RADIUS
-
-
 def thresholds(o: dict[str, Any], thin: float, thick: float) -> np.ndarray:
     """(n,) the threshold of each change of output ``o``: ``thin`` for changes of inscribed radius
-    <= 1.5 px, ``thick`` for the others (:meth:`RegionTrustModel.accepts`)."""
+    <= 1.5 px, ``thick`` for the others."""
     return np.where(o["rf"]["radius"] <= THIN_RADIUS, thin, thick) if o["n"] else np.zeros(0)
 
 
 def evaluate(outs, accept_of, image_min: float, offsets: bool = False) -> dict[str, dict[str, Any]]:
     """Per kind: mBA coarse / refined / policy, images worse, changed pixels kept, gain kept (and
     edge offsets). ``accept_of(i)``: (n,) bool, the changes of output i the region model accepts
-    (all of them where the image-level policy accepts the output, as
-    :func:`pipeline.refine.regions_trust.decide_regions` does); None: the image-level policy alone."""
+    (all of them where the image-level policy accepts the output); None: the image-level policy alone."""
     from pipeline.bench.trust import _edge_offset
     from pipeline.metrics import mba
 
@@ -428,11 +523,15 @@ def format_table(res) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _acceptor(outs, model):
-    from pipeline.refine.regions_trust import Changes
-
-    empty = np.zeros((1, 1), np.int32)
-    return lambda i: model.accepts(Changes(empty, outs[i]["rf"]), outs[i]["feats"], outs[i]["score"])
+def accepts(model: dict[str, Any], o: dict[str, Any]) -> np.ndarray:
+    """(n,) bool: the changes of output ``o`` a model JSON (written by ``fit``) accepts."""
+    values = {**o["rf"], **_image_inputs(o)}
+    z = np.full(o["n"], model["intercept"])
+    for name, m, sc, c in zip(model["inputs"], model["mean"], model["scale"], model["coef"]):
+        a, _, b = name.partition("*")
+        z += c * ((values[a] * values[b] if b else values[a]) - m) / sc
+    score = 1 / (1 + np.exp(-np.clip(z, -60, 60)))
+    return score >= thresholds(o, model["min_score"], model["min_score_thick"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -475,8 +574,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     image_min = load_trust_model("shipped").min_score
     if args.cmd == "fit":
-        from pipeline.refine.regions_trust import RegionTrustModel
-
         outs = load_outputs(args.val, args.config)
         inter = INTERACTIONS[args.interactions]
         d = design(outs, inter)
@@ -517,18 +614,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_table(res))
         if args.out:
             mean, scale, b = fit_logistic(d["X"], d["y"], d["w"], args.l2)
-            model = RegionTrustModel(
-                tuple(input_names(inter)),
-                tuple(map(float, mean)),
-                tuple(map(float, scale)),
-                tuple(map(float, b[1:])),
-                float(b[0]),
-                t,
-                {
+            model = {
+                "inputs": input_names(inter),
+                "mean": list(map(float, mean)),
+                "scale": list(map(float, scale)),
+                "coef": list(map(float, b[1:])),
+                "intercept": float(b[0]),
+                "min_score": t,
+                "min_score_thick": t_thick,
+                "meta": {
                     "fitted_on": [os.path.abspath(args.val)],
                     "regions": len({o["key"] for o in outs}),
                     "changes": int(len(d["y"])),
-                    "kinds": list(TRUST_KINDS),
                     "config": args.config,
                     "target": "taking the refined values makes more of the change's pixels right",
                     "weights": "|pixels right - pixels wrong| + 0.5",
@@ -537,23 +634,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"<= {args.max_worse:g}% of images worse and mean mBA >= coarse - "
                     f"{args.mba_tolerance:g} on every kind, out of fold (4 folds by photo)",
                 },
-                t_thick,
-            )
-            model.save(args.out)
+            }
+            with open(args.out, "w") as fh:
+                json.dump(model, fh, indent=1)
             print(
                 f"-> {args.out}; coefficients: "
-                + ", ".join(f"{n} {c:+.2f}" for n, c in zip(model.features, model.coef))
+                + ", ".join(f"{n} {c:+.2f}" for n, c in zip(model["inputs"], model["coef"]))
             )
         return 0
-    from pipeline.refine.regions_trust import load_region_model
-
     outs = load_outputs(args.data, args.config)
-    model = load_region_model(args.model)
+    with open(args.model) as fh:
+        model = json.load(fh)
     print(f"{len({o['key'] for o in outs})} regions of {args.data}")
     print(f"image-level policy (shipped, min_score {image_min:.3f}):")
     print(format_table(evaluate(outs, None, image_min)))
-    print(f"regions ({args.model}, min_score {model.min_score:.2f}, thick {model.min_score_thick:.2f}):")
-    print(format_table(evaluate(outs, _acceptor(outs, model), image_min, offsets=True)))
+    print(
+        f"regions ({args.model}, min_score {model['min_score']:.2f}, thick {model['min_score_thick']:.2f}):"
+    )
+    print(format_table(evaluate(outs, lambda i: accepts(model, outs[i]), image_min, offsets=True)))
     return 0
 
 

@@ -223,15 +223,4 @@ def test_check_runtime_names_the_key_before_any_work(checkpoints, tmp_path):
     with pytest.raises(ValueError, match="sam.checkpoint: required for method samsr-v1 with sam.proposals"):
         check_runtime(config_from_dict(no_sam))
     check_runtime(config_from_dict(apply_overrides(ok, [(["method"], "samsr-v1")])))  # regions: no weights
-    # accept: regions reads the shipped region model, or names refine.region_model
-    check_runtime(config_from_dict(apply_overrides(ok, [(["refine", "accept"], "regions")])))
-    bad = apply_overrides(ok, [(["refine", "accept"], "regions"),
-                               (["refine", "region_model"], str(tmp_path / "nope.json"))])
-    with pytest.raises(ValueError, match="refine.region_model: region trust model .*nope.json: not found"):
-        check_runtime(config_from_dict(bad))
-    no_trust = apply_overrides(ok, [(["refine", "accept"], "regions"), (["refine", "trust_model"], None)])
-    with pytest.raises(ValueError, match="refine.accept: 'regions' needs refine.trust_model"):
-        check_runtime(config_from_dict(no_trust))
-    with pytest.raises(ValueError, match="refine.accept"):
-        config_from_dict(apply_overrides(ok, [(["refine", "accept"], "blobs")]))
     assert not (tmp_path / "o").exists()  # nothing was written
