@@ -1,4 +1,4 @@
-"""Fit and measure the per-change trust model of ``refine.accept: regions`` offline.
+"""Fit and measure a per-change trust model (per-region do-no-harm acceptance) offline; not shipped.
 
     python -m jobs.fit_region_trust refine --data B/val --out CACHE/val        # once per set (slow)
     python -m jobs.fit_region_trust fit --val CACHE/val --out trust_regions.json
@@ -18,11 +18,15 @@ and their features (:func:`changes_of`) and, from the truth, each
 change's label (taking the refined values makes more of its pixels right) are cached in
 ``FOLDER/changes.pkl``. ``fit`` fits the logistic model (weighted by |pixels right - pixels wrong| +
 0.5, L2-penalised), scores every change out of fold (4 folds grouped by photo) and chooses the
-``min_score`` that keeps the most of the lowres16 / blocky8 / perturbed gain while at most
-``--max-worse`` percent of the images of every kind get worse and no kind's mean mBA falls below
-the coarse one; the model is then refitted on every row. ``report`` prints, per kind, coarse ->
+thresholds (``min_score`` for changes 1-3 px wide; with ``--thick`` another for thicker ones) that
+keep the most of the lowres16 / blocky8 / perturbed gain while at most ``--max-worse`` percent of
+the images of every kind get worse and no kind's mean mBA falls more than ``--mba-tolerance``
+below the coarse one; the model is then refitted on every row (a JSON file). The policy: an output
+the shipped image-level policy accepts stays refined whole, otherwise each accepted change takes
+the refined values and the rest keep the coarse ones. ``report`` prints, per kind, coarse ->
 refined -> policy mBA, images worse, the share of changed pixels kept, the gain kept and the edge
-offsets, for the shipped image-level policy and for ``regions``. Fit on one set, report on another.
+offsets, for the shipped image-level policy and for the per-change one. Fit on one set, report on
+another. Results and why it is not in the pipeline: docs/experiments.md, "A per-change trust model".
 """
 
 from __future__ import annotations
