@@ -1,0 +1,663 @@
+"""Fit and measure a per-change trust model (per-region do-no-harm acceptance) offline; not shipped.
+
+    python -m jobs.fit_region_trust refine --data B/val --out CACHE/val        # once per set (slow)
+    python -m jobs.fit_region_trust fit --val CACHE/val --out trust_regions.json
+    python -m jobs.fit_region_trust report --data CACHE/test --model trust_regions.json
+
+``refine`` refines every sample of a prefix-layout set with ground truth once per coarse kind of
+``samsr benchmark trust`` (the config's settings, default ``configs/demo.yaml``; the same code path:
+:class:`pipeline.refine.loaded.LoadedRefiner`, the proposal worker, ``refine_detailed``) and saves,
+per sample, ``KEY.npz``: image, truth, and per kind the coarse mask, the refined probabilities
+before the edge check, the TTA spread and the seconds. It resumes (existing files are skipped);
+``--shuffle`` walks the samples in a seeded order so that any prefix is a random subset, and
+``--reverse`` walks that order backwards (a second worker on the same folder).
+
+Everything else is offline and fast: each output's final mask (the edge check applied again, as
+the refiner does), its trust features and image score (:mod:`pipeline.refine.trust`), its changes
+and their features (:func:`changes_of`) and, from the truth, each
+change's label (taking the refined values makes more of its pixels right) are cached in
+``FOLDER/changes.pkl``. ``fit`` fits the logistic model (weighted by |pixels right - pixels wrong| +
+0.5, L2-penalised), scores every change out of fold (4 folds grouped by photo) and chooses the
+thresholds (``min_score`` for changes 1-3 px wide; with ``--thick`` another for thicker ones) that
+keep the most of the lowres16 / blocky8 / perturbed gain while at most ``--max-worse`` percent of
+the images of every kind get worse and no kind's mean mBA falls more than ``--mba-tolerance``
+below the coarse one; the model is then refitted on every row (a JSON file). The policy: an output
+the shipped image-level policy accepts stays refined whole, otherwise each accepted change takes
+the refined values and the rest keep the coarse ones. ``report`` prints, per kind, coarse ->
+refined -> policy mBA, images worse, the share of changed pixels kept, the gain kept and the edge
+offsets, for the shipped image-level policy and for the per-change one. Fit on one set, report on
+another. Results and why it is not in the pipeline: docs/experiments.md, "A per-change trust model".
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import math
+import os
+import pickle
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pipeline.bench.trust import TRUST_KINDS
+from pipeline.metrics import binarize
+from pipeline.refine.edgecheck import _credit, _pair_contrast, _region_means
+
+__all__ = ["REGION_FEATURES", "INTERACTIONS", "Changes", "changes_of", "accepts", "main"]
+
+GAIN_KINDS = ("lowres16", "blocky8", "perturbed")
+#: the thresholds searched (1.01: never)
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 1.01)
+IMAGE_INPUTS = (
+    "log_coarse_detail1",
+    "log_coarse_detail",
+    "log_coarse_detail4",
+    "image_logit",
+    "log_shift_px",
+    "band_spread",
+    "edge_gain",
+    "thin_share",
+    "band_uncertainty",
+    "area_change",
+)
+#: products of a change's feature with the image's inputs, by name
+INTERACTIONS = {
+    "none": (),
+    "small": (
+        ("radius", "log_coarse_detail"),
+        ("edge_new_old", "log_coarse_detail"),
+        ("log_size", "log_coarse_detail4"),
+        ("margin", "image_logit"),
+    ),
+    "wide": tuple(
+        (r, i)
+        for r in ("radius", "depth", "log_size", "edge_new_old", "spread", "margin")
+        for i in ("log_coarse_detail", "log_coarse_detail4", "image_logit")
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# the changes of an output and their features (no ground truth)
+
+REGION_FEATURES = (
+    "log_size",
+    "radius",
+    "log_len",
+    "depth",
+    "added",
+    "edge_new_old",
+    "edge_new_any",
+    "edge_old_any",
+    "spread",
+    "spread_ring",
+    "margin",
+    "share",
+)
+THIN_RADIUS = 1.5  # px: the inscribed radius of a change 1-3 px wide
+_EPS = 1.0  # contrast units, as in pipeline.refine.trust
+
+
+@dataclass(frozen=True)
+class Changes:
+    """The changes of one output: ``labels`` (H, W) int32, 0 where refined == coarse, k = 1..n for
+    the k-th change; ``features``: name -> (n,) float64 array (:data:`REGION_FEATURES`)."""
+
+    labels: np.ndarray
+    features: Mapping[str, np.ndarray]
+
+    @property
+    def n(self) -> int:
+        return len(next(iter(self.features.values())))
+
+
+def changes_of(
+    prob: np.ndarray, coarse01: np.ndarray, image: np.ndarray, spread: np.ndarray | None = None, grow: int = 1
+) -> Changes:
+    """The changes from ``coarse01`` to ``prob`` ((H, W) float in [0, 1]) and their features
+    (module docstring); image (H, W, 3) uint8; spread (H, W) or None (no TTA: 0)."""
+    if prob.shape != coarse01.shape or prob.shape != image.shape[:2]:
+        raise ValueError(
+            f"changes_of: shapes differ: prob {prob.shape}, coarse {coarse01.shape}, image {image.shape}"
+        )
+    after, before = binarize(prob), binarize(coarse01)
+    changed = after != before
+    labels = np.zeros(prob.shape, np.int32)
+    if not changed.any():
+        return Changes(labels, {f: np.zeros(0) for f in REGION_FEATURES})
+    rows, cols = np.nonzero(changed.any(1))[0], np.nonzero(changed.any(0))[0]
+    pad = grow + 2
+    box = (
+        slice(max(0, rows[0] - pad), min(prob.shape[0], rows[-1] + pad + 1)),
+        slice(max(0, cols[0] - pad), min(prob.shape[1], cols[-1] + pad + 1)),
+    )
+    n, lab = cv2.connectedComponents(changed[box].astype(np.uint8), connectivity=8)
+    labels[box] = lab
+    b, a, inside = before[box], after[box], lab > 0
+    horizontal, vertical = _pair_contrast(image[box])
+    old = _credit(horizontal, vertical, b[:, 1:] != b[:, :-1], b[1:] != b[:-1])
+    new = _credit(horizontal, vertical, a[:, 1:] != a[:, :-1], a[1:] != a[:-1])
+    every = _credit(horizontal, vertical, None, None)
+    kernel = np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)
+    region = cv2.dilate(lab.astype(np.float64), kernel).astype(np.int64)  # a nearby label
+    region[inside] = lab[inside]
+    old_mean, old_n = _region_means(region, n, *old)
+    new_mean, new_n = _region_means(region, n, *new)
+    any_mean, _ = _region_means(region, n, *every)
+
+    flat = lab.ravel()
+    size = np.bincount(flat, minlength=n).astype(np.float64)
+    dist = cv2.distanceTransform(inside.astype(np.uint8), cv2.DIST_L2, 5)
+    radius = np.zeros(n)
+    np.maximum.at(radius, flat, dist.ravel())
+    added = np.bincount(flat, weights=(a & inside).ravel().astype(np.float64), minlength=n)
+    s = np.zeros(lab.shape) if spread is None else spread[box].astype(np.float64)
+    spread_in = np.bincount(flat, weights=s.ravel(), minlength=n)
+    ring = (region > 0) & ~inside
+    spread_ring = np.bincount(region[ring], weights=s[ring], minlength=n)
+    n_ring = np.bincount(region[ring], minlength=n)
+    margin = np.bincount(flat, weights=np.abs(2 * prob[box].astype(np.float64) - 1).ravel(), minlength=n)
+    k = slice(1, None)
+    line = np.maximum(old_n[k], new_n[k]) / 2  # each pair is credited to both of its pixels
+    features = {
+        "log_size": np.log(size[k]),
+        "radius": radius[k],
+        "log_len": np.log1p(line),
+        "depth": size[k] / np.maximum(1, line),
+        "added": added[k] / size[k],
+        "edge_new_old": np.log((new_mean[k] + _EPS) / (old_mean[k] + _EPS)),
+        "edge_new_any": np.log((new_mean[k] + _EPS) / (any_mean[k] + _EPS)),
+        "edge_old_any": np.log((old_mean[k] + _EPS) / (any_mean[k] + _EPS)),
+        "spread": spread_in[k] / size[k],
+        "spread_ring": spread_ring[k] / np.maximum(1, n_ring[k]),
+        "margin": margin[k] / size[k],
+        "share": size[k] / size[k].sum(),
+    }
+    return Changes(labels, features)
+
+
+# ---------------------------------------------------------------------------------------------------
+# refine once, save the arrays
+
+
+def refine_set(data: str, out: str, config: str, shuffle: bool, reverse: bool) -> None:
+    import dataclasses
+
+    from pipeline.bench.quality import make_coarse
+    from pipeline.config import load_config
+    from pipeline.io import list_samples, load_sample
+    from pipeline.io.keys import safe_key
+    from pipeline.refine.cascade import refine_detailed
+    from pipeline.refine.loaded import LoadedRefiner, refine_options
+    from pipeline.runner.workers import ProposalWorker, proposal_kwargs
+    from pipeline.sam import propose
+
+    cfg = load_config(config, [])
+    refiner = LoadedRefiner(
+        cfg.model.name,
+        cfg.model.checkpoint,
+        refine_options(cfg),
+        "cpu",
+        1,
+        {"policy": "none", "trust_model": None},
+    )
+    options = dataclasses.replace(refiner.options, edge_check=None)  # applied again offline
+    kw = proposal_kwargs(cfg, 1, v1=False)
+    kw["device"] = "cpu"
+    proposer = ProposalWorker(**kw).generator
+    refs = list_samples(data, "prefix", mask_suffix="_gt.png")
+    if shuffle:
+        refs = sorted(refs, key=lambda r: hashlib.sha256(str(r).encode()).hexdigest())
+    if reverse:
+        refs = refs[::-1]
+    os.makedirs(out, exist_ok=True)
+    t_all = time.time()
+    for i, ref in enumerate(refs):
+        s = load_sample(ref, load_gt=False)
+        path = os.path.join(out, safe_key(s.key) + ".npz")
+        if os.path.exists(path):
+            continue
+        image, truth = s.image, s.coarse
+        props = propose(proposer, image, s.key, working_size=cfg.sam.working_size, seed=cfg.sam.seed)
+        arrays: dict[str, Any] = {"image": image, "truth": truth, "key": np.array(s.key)}
+        for kind in TRUST_KINDS:
+            coarse = make_coarse(truth, kind, s.key, 0)
+            t0 = time.perf_counter()
+            r = refine_detailed(refiner.model, image, coarse, props.colour_map, options=options, device="cpu")
+            arrays.update(
+                {
+                    f"{kind}_c01": r.coarse01.astype(np.float16),
+                    f"{kind}_pre": r.prob,
+                    f"{kind}_spread": r.spread.astype(np.float16),
+                    f"{kind}_refine_s": np.array(time.perf_counter() - t0),
+                }
+            )
+        np.savez_compressed(path + ".tmp.npz", **arrays)
+        os.replace(path + ".tmp.npz", path)
+        print(f"[{i + 1}/{len(refs)}] {s.key} {time.time() - t_all:.0f}s", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# per output: final mask, trust features, changes and their labels (cached)
+
+
+def _extract(npz: str, model, margin: float | None) -> tuple[str, dict[str, Any]]:
+    from pipeline.metrics import image_metrics
+    from pipeline.refine.edgecheck import edge_check
+    from pipeline.refine.trust import trust_features
+
+    z = np.load(npz)
+    image, truth = z["image"], z["truth"]
+    t = binarize(truth)
+    per: dict[str, Any] = {"truth": t}
+    for kind in TRUST_KINDS:
+        c01, final = z[f"{kind}_c01"].astype(np.float32), z[f"{kind}_pre"].copy()
+        spread = z[f"{kind}_spread"].astype(np.float32)
+        if margin is not None:
+            edge_check(final, c01, image, margin)
+        t0 = time.perf_counter()
+        feats = trust_features(final, c01, image, spread)
+        t1 = time.perf_counter()
+        ch = changes_of(final, c01, image, spread)
+        t2 = time.perf_counter()
+        flat = ch.labels.ravel()
+        right = np.bincount(
+            flat, weights=(binarize(final) == t).ravel().astype(np.float64), minlength=ch.n + 1
+        )
+        size = np.bincount(flat, minlength=ch.n + 1).astype(np.float64)
+        per[kind] = {
+            "feats": feats,
+            "score": model.score(feats),
+            "n": ch.n,
+            "rf": dict(ch.features),
+            "size": size[1:],
+            "gain_px": 2 * right[1:] - size[1:],
+            "coarse": binarize(c01),
+            "labels": ch.labels.astype(np.int32),
+            "mba_coarse": image_metrics(c01, truth)["mba"],
+            "mba_refined": image_metrics(final, truth)["mba"],
+            "refine_s": float(z[f"{kind}_refine_s"]),
+            "trust_s": t1 - t0,
+            "regions_s": t2 - t1,
+        }
+    return str(z["key"]), per
+
+
+def load_outputs(folder: str, config: str) -> list[dict[str, Any]]:
+    """One dict per (sample, kind) of a ``refine`` folder (refined with ``config``, whose edge check
+    is applied here); extracted once into FOLDER/changes.pkl."""
+    from pipeline.config import load_config
+    from pipeline.refine.trust import load_trust_model
+
+    margin = load_config(config, []).refine.options.get("edge_check")
+
+    cache = os.path.join(folder, "changes.pkl")
+    done: dict[str, Any] = {}
+    if os.path.exists(cache):
+        with open(cache, "rb") as f:
+            done = pickle.load(f)
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".npz") and not f.endswith(".tmp.npz"))
+    model = load_trust_model("shipped")
+    new = False
+    for name in files:
+        if name not in done:
+            done[name] = _extract(os.path.join(folder, name), model, margin)
+            new = True
+    if new:
+        with open(cache + ".tmp", "wb") as f:
+            pickle.dump(done, f)
+        os.replace(cache + ".tmp", cache)
+    outs = []
+    for name in files:
+        key, per = done[name]
+        for kind in TRUST_KINDS:
+            outs.append(
+                {
+                    "key": key,
+                    "photo": key.rsplit("_", 1)[0],
+                    "kind": kind,
+                    "truth": per["truth"],
+                    "npz": os.path.join(folder, name),
+                    **per[kind],
+                }
+            )
+    return outs
+
+
+# ---------------------------------------------------------------------------------------------------
+# the model
+
+
+def _image_inputs(o: dict[str, Any]) -> dict[str, float]:
+    from pipeline.refine.trust import model_input
+
+    p = min(max(o["score"], 1e-6), 1 - 1e-6)
+    return {
+        n: math.log(p / (1 - p)) if n == "image_logit" else model_input(n, o["feats"]) for n in IMAGE_INPUTS
+    }
+
+
+def input_names(inter: Sequence[tuple[str, str]]) -> list[str]:
+    return [*REGION_FEATURES, *IMAGE_INPUTS, *(f"{a}*{b}" for a, b in inter)]
+
+
+def design(outs: Sequence[dict[str, Any]], inter) -> dict[str, np.ndarray]:
+    """Rows = changes: X (inputs), y (label), w (weight), photo, out (index of the output)."""
+    X, y, w, photo, out = [], [], [], [], []
+    for i, o in enumerate(outs):
+        if o["n"] == 0:
+            continue
+        m, image = o["n"], _image_inputs(o)
+        values = {**o["rf"], **{k: np.full(m, v) for k, v in image.items()}}
+        cols = [values[f] for f in (*REGION_FEATURES, *IMAGE_INPUTS)] + [
+            values[a] * values[b] for a, b in inter
+        ]
+        X.append(np.stack(cols, 1))
+        y.append(o["gain_px"] > 0)
+        w.append(np.abs(o["gain_px"]) + 0.5)
+        photo += [o["photo"]] * m
+        out += [i] * m
+    return {
+        "X": np.vstack(X),
+        "y": np.concatenate(y).astype(np.float64),
+        "w": np.concatenate(w),
+        "photo": np.array(photo),
+        "out": np.array(out),
+    }
+
+
+def fit_logistic(
+    X: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, scale, [intercept, coef...]) of a weighted, L2-penalised logistic fit (Newton)."""
+    mean, scale = X.mean(0), X.std(0)
+    scale[scale == 0] = 1
+    z = np.hstack([np.ones((len(X), 1)), (X - mean) / scale])
+    w = w / w.mean()
+    b = np.zeros(z.shape[1])
+    penalty = np.full(len(b), l2)
+    penalty[0] = 0
+    for _ in range(100):
+        p = 1 / (1 + np.exp(-np.clip(z @ b, -60, 60)))
+        grad = z.T @ (w * (p - y)) + penalty * b
+        hess = (z * (w * p * (1 - p))[:, None]).T @ z + np.diag(penalty) + 1e-9 * np.eye(len(b))
+        step = np.linalg.solve(hess, grad)
+        b -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return mean, scale, b
+
+
+def _predict(fitted, X: np.ndarray) -> np.ndarray:
+    mean, scale, b = fitted
+    return 1 / (1 + np.exp(-np.clip(b[0] + ((X - mean) / scale) @ b[1:], -60, 60)))
+
+
+def out_of_fold(d: dict[str, np.ndarray], l2: float, folds: int = 4) -> np.ndarray:
+    photos = np.array(sorted(set(d["photo"])))
+    np.random.default_rng(0).shuffle(photos)
+    fold_of = {p: i % folds for i, p in enumerate(photos)}
+    f = np.array([fold_of[p] for p in d["photo"]])
+    s = np.zeros(len(d["y"]))
+    for k in range(folds):
+        s[f == k] = _predict(fit_logistic(d["X"][f != k], d["y"][f != k], d["w"][f != k], l2), d["X"][f == k])
+    return s
+
+
+# ---------------------------------------------------------------------------------------------------
+# the policy's outcome
+
+
+def thresholds(o: dict[str, Any], thin: float, thick: float) -> np.ndarray:
+    """(n,) the threshold of each change of output ``o``: ``thin`` for changes of inscribed radius
+    <= 1.5 px, ``thick`` for the others."""
+    return np.where(o["rf"]["radius"] <= THIN_RADIUS, thin, thick) if o["n"] else np.zeros(0)
+
+
+def evaluate(outs, accept_of, image_min: float, offsets: bool = False) -> dict[str, dict[str, Any]]:
+    """Per kind: mBA coarse / refined / policy, images worse, changed pixels kept, gain kept (and
+    edge offsets). ``accept_of(i)``: (n,) bool, the changes of output i the region model accepts
+    (all of them where the image-level policy accepts the output); None: the image-level policy alone."""
+    from pipeline.bench.trust import _edge_offset
+    from pipeline.metrics import mba
+
+    res: dict[str, dict[str, Any]] = {}
+    images: dict[str, np.ndarray] = {}
+    for kind in TRUST_KINDS:
+        c, r, p, kept_px, off = [], [], [], [], []
+        for i, o in enumerate(outs):
+            if o["kind"] != kind or o["mba_coarse"] is None or o["mba_refined"] is None:
+                continue
+            if o["score"] >= image_min:
+                acc = np.ones(o["n"], bool)
+            else:
+                acc = np.zeros(o["n"], bool) if accept_of is None else accept_of(i)
+            take = np.concatenate([[False], acc])[o["labels"]]
+            if not acc.any():
+                v = o["mba_coarse"]
+            elif acc.all():
+                v = o["mba_refined"]
+            else:
+                v = mba(o["coarse"] ^ take, o["truth"])
+            c.append(o["mba_coarse"])
+            r.append(o["mba_refined"])
+            p.append(v)
+            if o["n"]:  # outputs that changed
+                kept_px.append(float(o["size"][acc].sum() / o["size"].sum()))
+            if offsets:
+                if o["npz"] not in images:
+                    images.clear()
+                    images[o["npz"]] = np.load(o["npz"])["image"]
+                image = images[o["npz"]]
+                u8 = lambda m: np.where(m, 255, 0).astype(np.uint8)  # noqa: E731
+                off.append(
+                    [
+                        _edge_offset(image, u8(o["coarse"])),
+                        _edge_offset(image, u8(o["coarse"] ^ (o["labels"] > 0))),
+                        _edge_offset(image, u8(o["coarse"] ^ take)),
+                        _edge_offset(image, u8(o["truth"])),
+                        o["trust_s"] + o["regions_s"],
+                        o["refine_s"],
+                    ]
+                )
+        c, r, p = map(np.array, (c, r, p))
+        gain = (r - c).mean()
+        res[kind] = {
+            "n": len(c),
+            "mba_coarse": 100 * c.mean(),
+            "mba_refined": 100 * r.mean(),
+            "mba_policy": 100 * p.mean(),
+            "worse_refined": 100 * (r < c).mean(),
+            "worse_policy": 100 * (p < c).mean(),
+            "kept_px": 100 * float(np.mean(kept_px)) if kept_px else float("nan"),
+            "gain_kept": None if gain <= 0 else 100 * (p - c).mean() / gain,
+        }
+        if offsets:
+            a = np.array(off, np.float64)
+            res[kind]["offsets"] = np.nanmean(a[:, :4], 0)
+            res[kind]["seconds"] = a[:, 4:].mean(0)
+    return res
+
+
+def meets(res, max_worse: float, tolerance: float = 0.0) -> bool:
+    """At most ``max_worse`` percent of images worse and the mean mBA at most ``tolerance`` points below
+    the coarse one, on every kind."""
+    return all(
+        v["worse_policy"] <= max_worse and v["mba_policy"] >= v["mba_coarse"] - tolerance - 1e-9
+        for v in res.values()
+    )
+
+
+def objective(res) -> float:
+    return float(np.mean([min(100.0, res[k]["gain_kept"] or 0.0) for k in GAIN_KINDS]))
+
+
+def format_table(res) -> str:
+    lines = [
+        "| coarse kind | n | mBA coarse -> refined -> accepted | images worse refined / accepted "
+        "| changed px kept | gain kept |"
+        + (
+            " edge offset px coarse / refined / accepted (truth) | trust + regions s / refine s |"
+            if "offsets" in next(iter(res.values()))
+            else ""
+        ),
+        "|---|---|---|---|---|---|" + ("---|---|" if "offsets" in next(iter(res.values())) else ""),
+    ]
+    for kind, v in res.items():
+        kept = "n/a" if v["gain_kept"] is None else f"{v['gain_kept']:.0f}%"
+        line = (
+            f"| {kind} | {v['n']} | {v['mba_coarse']:.2f} -> {v['mba_refined']:.2f} -> "
+            f"{v['mba_policy']:.2f} | "
+            f"{v['worse_refined']:.0f}% / {v['worse_policy']:.0f}% | {v['kept_px']:.0f}% | {kept} |"
+        )
+        if "offsets" in v:
+            o, s = v["offsets"], v["seconds"]
+            line += f" {o[0]:+.2f} / {o[1]:+.2f} / {o[2]:+.2f} ({o[3]:+.2f}) | {s[0]:.3f} / {s[1]:.2f} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def accepts(model: dict[str, Any], o: dict[str, Any]) -> np.ndarray:
+    """(n,) bool: the changes of output ``o`` a model JSON (written by ``fit``) accepts."""
+    values = {**o["rf"], **_image_inputs(o)}
+    z = np.full(o["n"], model["intercept"])
+    for name, m, sc, c in zip(model["inputs"], model["mean"], model["scale"], model["coef"]):
+        a, _, b = name.partition("*")
+        z += c * ((values[a] * values[b] if b else values[a]) - m) / sc
+    score = 1 / (1 + np.exp(-np.clip(z, -60, 60)))
+    return score >= thresholds(o, model["min_score"], model["min_score_thick"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m jobs.fit_region_trust", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("refine", help="refine a set once and save the arrays (resumable)")
+    a.add_argument("--data", required=True, help="prefix-layout set with _im/_gt files")
+    a.add_argument("--out", required=True, help="local folder for the arrays")
+    a.add_argument("--config", default="configs/demo.yaml")
+    a.add_argument("--shuffle", action="store_true", help="seeded order: any prefix is a random subset")
+    a.add_argument("--reverse", action="store_true", help="walk the order backwards (a second worker)")
+    f = sub.add_parser("fit", help="fit the model and choose min_score on a refined folder")
+    f.add_argument("--val", required=True, help="folder written by refine (the fitting set)")
+    f.add_argument("--out", default=None, help="write the model JSON here")
+    f.add_argument("--interactions", choices=sorted(INTERACTIONS), default="small")
+    f.add_argument("--l2", type=float, default=1.0)
+    f.add_argument(
+        "--thick",
+        action="store_true",
+        help="choose a second threshold for thick changes (default: one for all)",
+    )
+    f.add_argument("--max-worse", type=float, default=5.0, help="percent of images worse allowed per kind")
+    f.add_argument(
+        "--mba-tolerance",
+        type=float,
+        default=0.0,
+        help="mean mBA points a kind may lose against its coarse masks (default 0)",
+    )
+    r = sub.add_parser("report", help="the policies on a refined folder (never the fitting one)")
+    r.add_argument("--data", required=True, help="folder written by refine")
+    r.add_argument("--model", required=True, help="region trust model JSON")
+    for p in (f, r):
+        p.add_argument("--config", default="configs/demo.yaml", help="the config the folder was refined with")
+    args = ap.parse_args(argv)
+
+    from pipeline.refine.trust import load_trust_model
+
+    if args.cmd == "refine":
+        refine_set(args.data, args.out, args.config, args.shuffle, args.reverse)
+        return 0
+    image_min = load_trust_model("shipped").min_score
+    if args.cmd == "fit":
+        outs = load_outputs(args.val, args.config)
+        inter = INTERACTIONS[args.interactions]
+        d = design(outs, inter)
+        oof = out_of_fold(d, args.l2)
+        by_out: dict[int, list[int]] = {}
+        for row, i in enumerate(d["out"]):
+            by_out.setdefault(int(i), []).append(row)
+        best = None
+        for thin, thick in itertools.product(THRESHOLDS, THRESHOLDS if args.thick else [None]):
+            thick = thin if thick is None else thick
+
+            def accept_of(i, thin=thin, thick=thick):
+                return (
+                    oof[by_out[i]] >= thresholds(outs[i], thin, thick) if i in by_out else np.zeros(0, bool)
+                )
+
+            res = evaluate(outs, accept_of, image_min)
+            if meets(res, args.max_worse, args.mba_tolerance) and (best is None or objective(res) > best[2]):
+                best = (thin, thick, objective(res), res)
+        print(
+            f"{len({o['key'] for o in outs})} regions, {len(d['y'])} changes; "
+            f"interactions {args.interactions}, "
+            f"l2 {args.l2:g}"
+        )
+        print("image-level policy alone:")
+        print(format_table(evaluate(outs, None, image_min)))
+        if best is None:
+            print(
+                f"no min_score meets <= {args.max_worse:g}% worse and mean mBA >= coarse - "
+                f"{args.mba_tolerance:g} on every kind"
+            )
+            return 1
+        t, t_thick, obj, res = best
+        print(
+            f"regions, out of fold: min_score {t:.2f}, thick {t_thick:.2f} (mean gain kept on "
+            f"{', '.join(GAIN_KINDS)}: {obj:.1f}%)"
+        )
+        print(format_table(res))
+        if args.out:
+            mean, scale, b = fit_logistic(d["X"], d["y"], d["w"], args.l2)
+            model = {
+                "inputs": input_names(inter),
+                "mean": list(map(float, mean)),
+                "scale": list(map(float, scale)),
+                "coef": list(map(float, b[1:])),
+                "intercept": float(b[0]),
+                "min_score": t,
+                "min_score_thick": t_thick,
+                "meta": {
+                    "fitted_on": [os.path.abspath(args.val)],
+                    "regions": len({o["key"] for o in outs}),
+                    "changes": int(len(d["y"])),
+                    "config": args.config,
+                    "target": "taking the refined values makes more of the change's pixels right",
+                    "weights": "|pixels right - pixels wrong| + 0.5",
+                    "l2": args.l2,
+                    "min_score_rule": f"the most gain kept on {'/'.join(GAIN_KINDS)} with "
+                    f"<= {args.max_worse:g}% of images worse and mean mBA >= coarse - "
+                    f"{args.mba_tolerance:g} on every kind, out of fold (4 folds by photo)",
+                },
+            }
+            with open(args.out, "w") as fh:
+                json.dump(model, fh, indent=1)
+            print(
+                f"-> {args.out}; coefficients: "
+                + ", ".join(f"{n} {c:+.2f}" for n, c in zip(model["inputs"], model["coef"]))
+            )
+        return 0
+    outs = load_outputs(args.data, args.config)
+    with open(args.model) as fh:
+        model = json.load(fh)
+    print(f"{len({o['key'] for o in outs})} regions of {args.data}")
+    print(f"image-level policy (shipped, min_score {image_min:.3f}):")
+    print(format_table(evaluate(outs, None, image_min)))
+    print(
+        f"regions ({args.model}, min_score {model['min_score']:.2f}, thick {model['min_score_thick']:.2f}):"
+    )
+    print(format_table(evaluate(outs, lambda i: accepts(model, outs[i]), image_min, offsets=True)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
