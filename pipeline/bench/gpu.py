@@ -109,16 +109,17 @@ def _sam(model_type: str, points: int, size: tuple[int, int], device: str) -> di
                               "masks_fast", "identical")}
 
 
-def pipeline_config(uri: str, out: str, model: str, checkpoint: str, gpus: int):
+def pipeline_config(uri: str, out: str, model: str, checkpoint: str, gpus: int, size: tuple[int, int]):
     """The pipeline part's job: ``configs/default.yaml``, crm with ``model``, on a local Ray with
-    ``gpus`` GPUs (``refine.device: cuda``; none: ``cpu``)."""
+    ``gpus`` GPUs (``refine.device: cuda``; none: ``cpu``), ``input.max_pixels`` the benchmark's
+    image ``size`` (w, h): the GPU plan sizes the actors for it, not for the default's 192 MP."""
     from pipeline.bench.pipeline import ROOT
     from pipeline.config import load_config
 
     overrides = [(["input", "uri"], uri), (["output", "prefix"], out),
                  (["method"], "crm"), (["model", "name"], model), (["model", "checkpoint"], checkpoint),
                  (["refine", "device"], "cuda" if gpus else "cpu"), (["ray", "num_gpus"], gpus),
-                 (["ray", "progress"], False)]
+                 (["ray", "progress"], False), (["input", "max_pixels"], size[0] * size[1])]
     return load_config(str(ROOT / "configs" / "default.yaml"), overrides)
 
 
@@ -135,7 +136,7 @@ def _pipeline(images: int, size: tuple[int, int], model: str, work: str, device:
     save_checkpoint(_calibrated_model(model, 0), checkpoint)
     uri = write_inputs(os.path.join(work, "in"), images, *size)
     gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
-    cfg = pipeline_config(uri, os.path.join(work, "out"), model, checkpoint, gpus)
+    cfg = pipeline_config(uri, os.path.join(work, "out"), model, checkpoint, gpus, size)
     t0 = time.time()
     with GpuSampler() as sampler:
         result = run_refine(cfg)

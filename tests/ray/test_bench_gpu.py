@@ -63,7 +63,9 @@ def test_the_full_runs_pipeline_job_plans_on_one_card():
     from pipeline.runner.plan import plan_job
 
     gib = 1024**3
-    cfg = pipeline_config("/in", "/out", FULL["model"], "/w/crm_r50_random.pt", gpus=1)
+    cfg = pipeline_config("/in", "/out", FULL["model"], "/w/crm_r50_random.pt", gpus=1,
+                          size=FULL["image_size"])
+    assert cfg.input.max_pixels == 4096 * 3072
     assert cfg.refine.device == "cuda" and cfg.ray.num_gpus == 1 and cfg.model.name == "crm_r50"
     for card in (80, 16):
         p = plan_job(cfg, {"CPU": 16.0, "GPU": 1.0, "memory": 100.0 * gib}, [(16.0, 1.0)], card * gib)

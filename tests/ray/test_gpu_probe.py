@@ -63,7 +63,8 @@ def test_a_refine_job_on_gpu_nodes_plans_with_the_card_it_read(gpu_ray, tmp_path
     from tests.helpers import make_samples, write_prefix_layout
 
     uri = write_prefix_layout(str(tmp_path / "in"), make_samples(2))
-    cfg = config_from_dict({"input": {"uri": uri}, "output": {"prefix": str(tmp_path / "out")},
+    cfg = config_from_dict({"input": {"uri": uri, "max_pixels": 60_000_000},
+                            "output": {"prefix": str(tmp_path / "out")},
                             "model": {"name": "crm_mnv2", "checkpoint": crm_checkpoint},
                             "ray": {"progress": False}})
     result = run_refine(cfg)
