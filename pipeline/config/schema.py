@@ -173,7 +173,8 @@ class RayConfig:
     actor_start_timeout_s: float = _f(600.0, _positive)  # wait this long for the model actors to start
     manifest_rows_per_part: int = _f(256, _positive)
     manifest_flush_s: float = _f(30.0, _positive)  # on a timer; a driver crash redoes at most this much
-    stall_timeout_s: float = _f(300.0, _positive)  # no sample finished this long (or 10x the slowest): fail
+    # no sample finished this long (or 10x the slowest) and no refiner reported progress: fail
+    stall_timeout_s: float = _f(300.0, _positive)
     progress: bool = True
 
 

@@ -12,6 +12,7 @@ from torch import Tensor
 from pipeline.models.crm import CRMNet, make_coord
 from pipeline.refine.edgecheck import edge_check
 from pipeline.refine.encoder import encode_levels, encode_reduced
+from pipeline.refine.heartbeat import tick
 from pipeline.refine.inputs import PaddedImage, coarse01_tensor, pad_index, padded_mask
 from pipeline.refine.levels import area_level, remap_level
 from pipeline.refine.modes import roi_mask, strided_decode
@@ -123,6 +124,7 @@ class _OfficialDecoder:
         selected = None if mask is None else mask.view(-1).nonzero()[:, 0]
         count = total if selected is None else selected.numel()
         for start in range(0, count, self.chunk):
+            tick()
             stop = min(start + self.chunk, count)
             if selected is None:
                 index = torch.arange(start, stop, device=out.device)

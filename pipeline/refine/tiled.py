@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.refine.geometry import lerp_table
+from pipeline.refine.heartbeat import tick
 from pipeline.refine.options import AUTO_PIXELS, AUTO_TILE
 
 __all__ = [
@@ -186,6 +187,7 @@ def encode_tiled(
     for rs in axis_spans(height, tile, halo):
         for cs in axis_spans(width, tile, halo):
             levels = encode(lambda rs=rs, cs=cs: region((rs.in0, rs.in1), (cs.in0, cs.in1)))
+            tick()
             if out is None:
                 out = [
                     lv.new_empty((1, lv.shape[1], -(-height // s), -(-width // s)))

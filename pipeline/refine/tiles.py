@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from pipeline.models.crm import CRMNet, linear_fp32
 from pipeline.refine.geometry import AxisTable, axis_table, lerp_table
+from pipeline.refine.heartbeat import tick
 
 __all__ = ["StreamFeatures", "FullFeatures", "TileDecoder", "fuse_patched", "owned_bounds", "tile_cells"]
 
@@ -172,6 +173,7 @@ class TileDecoder:
             ya, yb = self.row_bounds[i], self.row_bounds[i + 1]
             if ya == yb:
                 continue
+            tick()
             for j, c0 in enumerate(range(0, w, tc)):
                 xa, xb = self.col_bounds[j], self.col_bounds[j + 1]
                 if xa == xb:

@@ -34,6 +34,7 @@ from pipeline.runner.cluster import (
 )
 from pipeline.runner.plan import StagePlan, plan_job
 from pipeline.runner.progress import (
+    Beacon,
     DriverSignals,
     DropRayNotices,
     JobStalledError,
@@ -126,12 +127,14 @@ def stream_rows(
     desc: str = "refine",
     counts_item: Callable[[dict], bool] = lambda row: True,
     stall_timeout_s: float | None = None,
+    beacon: Any = None,
 ) -> Counter:
     """Drive ``ds`` (rows ``{"row": json}``) to the end on the driver: every manifest row goes to
     ``writer``; rows for which ``counts_item(row)`` holds advance the progress bar and the
     returned status counts (``total`` of them expected). A watchdog flushes on a timer and fails
     the job with JobStalledError when nothing finishes for ``stall_timeout_s`` (default
-    ``ray.stall_timeout_s``); SIGTERM flushes and exits 143."""
+    ``ray.stall_timeout_s``) and no worker reports progress to ``beacon`` (a long sample);
+    SIGTERM flushes and exits 143."""
     import ray
 
     stall_s = cfg.ray.stall_timeout_s if stall_timeout_s is None else stall_timeout_s
@@ -140,8 +143,9 @@ def stream_rows(
     with DropRayNotices(), DriverSignals() as sig:
         describe = lambda idle: describe_stall(idle, stall_s, plan, nodes,  # noqa: E731
                                                 sum(counts.values()), total)
+        beat_idle = None if beacon is None else lambda: ray.get(beacon.idle_s.remote(), timeout=5)
         dog = Watchdog(writer, stall_s, describe, interrupt=sig.active,
-                        startup_s=cfg.ray.actor_start_timeout_s)
+                        startup_s=cfg.ray.actor_start_timeout_s, beat_idle=beat_idle)
         dog.start()
         try:
             for out in ds.iter_rows():
@@ -174,17 +178,37 @@ def stream_rows(
     return counts
 
 
+def _start_beacon():
+    """The job's :class:`Beacon` actor, on the driver's node when it can (no CPU asked)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return ray.remote(num_cpus=0, max_restarts=0)(Beacon).options(scheduling_strategy=here).remote()
+
+
+def _stop_beacon(beacon) -> None:
+    import ray
+
+    try:
+        ray.kill(beacon)
+    except Exception:  # already gone with its node
+        pass
+
+
 def run_on_ray(
     cfg: RefineJobConfig,
     items: list[dict],
-    build: Callable[[list[dict], RefineJobConfig, StagePlan], Any],
+    build: Callable[[list[dict], RefineJobConfig, StagePlan, Any], Any],
     writer: ManifestWriter,
     **stream_kwargs: Any,
 ) -> tuple[Counter, StagePlan | None]:
     """Start or join Ray, plan the stages for the cluster as it is (on GPUs with the smallest card's
     memory, ``ray.gpu_memory_gb`` or read from the GPU nodes), build the job's dataset
-    (``build(items, cfg, plan)``), stream its rows to ``writer`` (:func:`stream_rows` with
-    ``stream_kwargs``) and shut down what this call started. No items: Ray is not touched.
+    (``build(items, cfg, plan, beacon)``: the model workers report progress to ``beacon``, a
+    :class:`pipeline.runner.progress.Beacon` actor), stream its rows to ``writer``
+    (:func:`stream_rows` with ``stream_kwargs``) and shut down what this call started. No items:
+    Ray is not touched.
     Returns the status counts and the stage plan."""
     if not items:
         return Counter(), None
@@ -196,8 +220,12 @@ def run_on_ray(
         reads_cards = on_gpus and cfg.ray.gpu_memory_gb is None
         plan = plan_job(cfg, resources, nodes, gpu_card_bytes() if reads_cards else None)
         configure_data_context(cfg.ray.actor_start_timeout_s)
-        ds = build(items, cfg, plan)
-        counts = stream_rows(ds, cfg, plan, nodes, writer, len(items), **stream_kwargs)
+        beacon = _start_beacon()
+        try:
+            ds = build(items, cfg, plan, beacon)
+            counts = stream_rows(ds, cfg, plan, nodes, writer, len(items), beacon=beacon, **stream_kwargs)
+        finally:
+            _stop_beacon(beacon)
     finally:
         shutdown_ray(started)
     return counts, plan

@@ -19,7 +19,8 @@ from typing import Any
 from pipeline.runner.cluster import alive_nodes
 from pipeline.runner.plan import StagePlan
 
-__all__ = ["JobStalledError", "ManifestWriter", "Watchdog", "DriverSignals", "DriverInterrupt",
+__all__ = ["JobStalledError", "ManifestWriter", "Watchdog", "Beacon", "WorkBeat", "beat_period",
+           "DriverSignals", "DriverInterrupt",
            "describe_stall", "DropRayNotices", "RAY_NOTICE_LINES",
            "shorten_worker_death"]
 
@@ -83,14 +84,19 @@ class Watchdog(threading.Thread):
     On a stall it records the reason and interrupts the main thread (SIGUSR1, whose handler
     :class:`DriverSignals` installs) so that ``run_refine`` flushes and raises :class:`JobStalledError`.
     Outside the main thread it can only report the stall on stderr. Before the first row the
-    limit also allows ``startup_s`` for the model actors to load.
+    limit also allows ``startup_s`` for the model actors to load. A worker still making progress
+    on a long sample (``beat_idle``: seconds since a worker's last :class:`WorkBeat`, under the
+    limit) counts as progress: one 16k image may take longer than the limit on a CPU.
     """
 
     def __init__(self, writer: ManifestWriter, stall_s: float, describe: Callable[[float], str],
-                 interrupt: bool, tick_s: float = 1.0, startup_s: float = 0.0) -> None:
+                 interrupt: bool, tick_s: float = 1.0, startup_s: float = 0.0,
+                 beat_idle: Callable[[], float | None] | None = None) -> None:
         super().__init__(name="samsr-watchdog", daemon=True)
         self.writer, self.stall_s, self.describe = writer, stall_s, describe
         self.interrupt, self.tick_s, self.startup_s = interrupt, tick_s, startup_s
+        # seconds since a worker last reported refinement progress (Beacon.idle_s), None: unknown
+        self.beat_idle = beat_idle
         self.last_progress = time.monotonic()
         self.rows = 0
         self.slowest_s = 0.0
@@ -102,6 +108,21 @@ class Watchdog(threading.Thread):
         self.rows += 1
         work = sum(float(row.get(k) or 0.0) for k in ("t_read_ms", "t_sam_ms", "t_refine_ms")) / 1000
         self.slowest_s = max(self.slowest_s, work)
+
+    def _worker_progress(self) -> bool:
+        """Whether a worker reported refinement progress within the limit (then the idle clock
+        restarts from that report, so ``beat_idle`` is asked only when the limit is reached)."""
+        now = time.monotonic()
+        if self.beat_idle is None:
+            return False
+        try:
+            beat = self.beat_idle()
+        except Exception:  # the beacon's node is gone: rows alone decide
+            return False
+        if beat is None or beat >= self.limit():
+            return False
+        self.last_progress = max(self.last_progress, now - beat)
+        return True
 
     def limit(self) -> float:
         if self.rows == 0:
@@ -115,13 +136,58 @@ class Watchdog(threading.Thread):
             except Exception as exc:  # storage hiccup: the next tick or the final flush retries
                 print(f"[samsr] manifest flush failed, will retry: {exc!r}", file=sys.stderr, flush=True)
             idle = time.monotonic() - self.last_progress
-            if idle >= self.limit():
+            if idle >= self.limit() and not self._worker_progress():
                 self.stalled = self.describe(idle)
                 if self.interrupt:
                     signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
                 else:
                     print(f"[samsr] job stalled: {self.stalled}", file=sys.stderr, flush=True)
                 return
+
+
+def beat_period(stall_s: float) -> float:
+    """How often a worker reports refinement progress: a quarter of the stall limit, at most 15 s."""
+    return min(15.0, stall_s / 4.0)
+
+
+class Beacon:
+    """Where the workers report refinement progress (a Ray actor of the job, ``num_cpus=0``,
+    made by :func:`pipeline.runner.job.run_on_ray`): ``beat`` on each report, ``idle_s`` for the
+    watchdog. Times are read on the beacon's own host, so clocks of other nodes do not matter."""
+
+    def __init__(self) -> None:
+        self.last: float | None = None
+
+    def beat(self) -> None:
+        self.last = time.monotonic()
+
+    def idle_s(self) -> float | None:
+        return None if self.last is None else time.monotonic() - self.last
+
+
+class WorkBeat(threading.Thread):
+    """A worker's beat thread: every ``period_s`` it calls ``report()`` (the beacon's
+    ``beat.remote``) if this process's refinement work counter (``pipeline.refine.heartbeat``)
+    moved since its last look. Reporting errors are dropped: the rows still decide."""
+
+    def __init__(self, report: Callable[[], Any], period_s: float,
+                 ticks: Callable[[], int] | None = None) -> None:
+        super().__init__(name="samsr-work-beat", daemon=True)
+        if ticks is None:
+            from pipeline.refine.heartbeat import ticks
+        self.report, self.period_s, self.ticks = report, period_s, ticks
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        seen = self.ticks()
+        while not self.stop.wait(self.period_s):
+            now = self.ticks()
+            if now != seen:
+                seen = now
+                try:
+                    self.report()
+                except Exception:
+                    pass
 
 
 class DriverSignals:

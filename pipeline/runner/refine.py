@@ -18,9 +18,10 @@ Progress: the driver writes finished rows on a timer (``ray.manifest_flush_s``) 
 new rows arrive, and on SIGTERM (``ray job stop``) flushes every row it holds before exiting.
 A watchdog fails the job with :class:`JobStalledError` (after flushing) when no sample has
 finished for ``ray.stall_timeout_s`` (or 10x the slowest sample so far, if longer; before the
-first sample, plus ``ray.actor_start_timeout_s`` for loading the models), naming the stage that
-waits and the resources that are missing, instead of hanging silently. Model actors that do not
-start within ``ray.actor_start_timeout_s`` fail the same way.
+first sample, plus ``ray.actor_start_timeout_s`` for loading the models) and no refiner actor
+has reported progress on a long sample (``pipeline.runner.progress.Beacon``), naming the stage
+that waits and the resources that are missing, instead of hanging silently. Model actors that do
+not start within ``ray.actor_start_timeout_s`` fail the same way.
 
 Resume and retries: a rerun skips keys that already have an ``ok`` row; other keys get a new
 attempt number. Mask URIs are deterministic (retries overwrite), and the manifest is written
@@ -47,7 +48,8 @@ from pipeline.stages import decode_batch, finish_batch
 __all__ = ["build_dataset", "run_refine", "RunResult", "format_run"]
 
 
-def build_dataset(items: list[dict], cfg: RefineJobConfig, plan: StagePlan, static: dict[str, Any]):
+def build_dataset(items: list[dict], cfg: RefineJobConfig, plan: StagePlan, static: dict[str, Any],
+                  beacon: Any = None):
     """The lazy Ray Data pipeline over ``items`` (``{"meta": json}`` refs); rows out: ``{"row": json}``."""
     import ray.data as rd
 
@@ -84,7 +86,7 @@ def build_dataset(items: list[dict], cfg: RefineJobConfig, plan: StagePlan, stat
         **gpu_env(plan.refine_gpus),
         **({"memory": plan.refine_memory} if plan.refine_memory else {}),
         compute=rd.ActorPoolStrategy(size=plan.refine_actors, **pool),
-        fn_constructor_kwargs=refiner_kwargs(cfg, plan.torch_threads),
+        fn_constructor_kwargs=refiner_kwargs(cfg, plan.torch_threads, beacon),
     )
     return ds.map_batches(
         finish_batch,
@@ -147,7 +149,7 @@ def run_refine(cfg: RefineJobConfig, *, on_row: Callable[[dict], None] | None = 
         cfg.output.prefix, run_id, cfg.ray.manifest_rows_per_part, cfg.ray.manifest_flush_s
     )
     static = static_fields(cfg, run_id) if items else {}
-    counts, plan = run_on_ray(cfg, items, lambda it, c, p: build_dataset(it, c, p, static), writer,
+    counts, plan = run_on_ray(cfg, items, lambda it, c, p, b: build_dataset(it, c, p, static, b), writer,
                               on_row=on_row)
     wall = time.perf_counter() - t_start
     summary = summarize_manifest(read_manifest(cfg.output.prefix), job_id=cfg.job_id)

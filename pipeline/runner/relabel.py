@@ -37,7 +37,8 @@ from pipeline.runner.workers import ProposalWorker, RelabelWorker, proposal_kwar
 __all__ = ["build_relabel_dataset", "run_relabel", "RelabelResult", "format_relabel"]
 
 
-def build_relabel_dataset(items: list[dict], cfg: RefineJobConfig, plan: StagePlan, static: dict):
+def build_relabel_dataset(items: list[dict], cfg: RefineJobConfig, plan: StagePlan, static: dict,
+                          beacon: Any = None):
     """The lazy Ray Data pipeline over relabel items; rows out: ``{"row": json}``."""
     import ray.data as rd
 
@@ -61,7 +62,7 @@ def build_relabel_dataset(items: list[dict], cfg: RefineJobConfig, plan: StagePl
         num_gpus=plan.refine_gpus, **gpu_env(plan.refine_gpus),
         **({"memory": plan.refine_memory} if plan.refine_memory else {}),
         compute=rd.ActorPoolStrategy(size=plan.refine_actors, **pool),
-        fn_constructor_kwargs=relabel_kwargs(cfg, plan.torch_threads, static),
+        fn_constructor_kwargs=relabel_kwargs(cfg, plan.torch_threads, static, beacon),
     )
 
 
@@ -108,7 +109,7 @@ def run_relabel(cfg: RefineJobConfig, *, on_row: Callable[[dict], None] | None =
             writer.add({**fixed, "attempt": attempts[row["key"]] + 1, **row})
     writer.flush()
     counts, stage_plan = run_on_ray(
-        cfg, todo, lambda it, c, p: build_relabel_dataset(it, c, p, static), writer, on_row=on_row,
+        cfg, todo, lambda it, c, p, b: build_relabel_dataset(it, c, p, static, b), writer, on_row=on_row,
         desc="relabel", counts_item=lambda row: row.get("row_kind") == "image",
         stall_timeout_s=stall_timeout(cfg.ray.stall_timeout_s, todo))
     output_uri, merged = None, 0

@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline.refine.loaded import LoadedRefiner, accept_kwargs, refine_options, resolve_device
 from pipeline.runner.cluster import ray_gpu_ids, ray_node_id
+from pipeline.runner.progress import WorkBeat, beat_period
 from pipeline.stages import refine_batch, sam_batch
 
 __all__ = ["RefinerWorker", "RelabelWorker", "ProposalWorker", "refiner_kwargs", "relabel_kwargs",
@@ -27,10 +28,11 @@ class RefinerWorker:
     :class:`pipeline.refine.loaded.LoadedRefiner`."""
 
     def __init__(self, model_name: str, checkpoint: str, options: dict, device: str, threads: int,
-                 soft: bool, accept: dict | None = None) -> None:
+                 soft: bool, accept: dict | None = None, beacon: Any = None, beat_s: float = 15.0) -> None:
         self.refiner = LoadedRefiner(model_name, checkpoint, options, device, threads, accept, ray_gpu_ids())
         self.soft = soft
         self.node = ray_node_id()
+        _report_progress(beacon, beat_s)
 
     def __call__(self, batch: dict) -> dict:
         import torch
@@ -45,11 +47,13 @@ class RelabelWorker:
 
     def __init__(self, model_name: str, checkpoint: str, options: dict, device: str, threads: int,
                  output_prefix: str, static: dict, rule: dict, scale: float | None,
-                 ignore: int | None, accept: dict | None = None) -> None:
+                 ignore: int | None, accept: dict | None = None, beacon: Any = None,
+                 beat_s: float = 15.0) -> None:
         from pipeline.relabel.crops import CropRule
 
         self.refiner = LoadedRefiner(model_name, checkpoint, options, device, threads, accept, ray_gpu_ids())
         self.node = ray_node_id()
+        _report_progress(beacon, beat_s)
         self.kwargs = dict(output_prefix=output_prefix, static=static, rule=CropRule(**rule), scale=scale,
                            ignore=ignore)
 
@@ -95,19 +99,29 @@ class ProposalWorker:
             return sam_batch(batch, generator=self.generator, **self.kwargs)
 
 
-def refiner_kwargs(cfg, threads: int) -> dict[str, Any]:
-    """:class:`RefinerWorker` constructor arguments of a refine job."""
+def _report_progress(beacon: Any, beat_s: float) -> None:
+    """Start this worker's :class:`pipeline.runner.progress.WorkBeat` to ``beacon`` (None: a bare
+    loop, nothing to report to)."""
+    if beacon is not None:
+        WorkBeat(beacon.beat.remote, beat_s).start()
+
+
+def refiner_kwargs(cfg, threads: int, beacon: Any = None) -> dict[str, Any]:
+    """:class:`RefinerWorker` constructor arguments of a refine job (``beacon``: the job's
+    progress beacon, None in a bare loop)."""
     return dict(model_name=cfg.model.name, checkpoint=cfg.model.checkpoint, options=refine_options(cfg),
-                device=cfg.refine.device, threads=threads, soft=cfg.output.soft, accept=accept_kwargs(cfg))
+                device=cfg.refine.device, threads=threads, soft=cfg.output.soft, accept=accept_kwargs(cfg),
+                beacon=beacon, beat_s=beat_period(cfg.ray.stall_timeout_s))
 
 
-def relabel_kwargs(cfg, threads: int, static: dict) -> dict[str, Any]:
+def relabel_kwargs(cfg, threads: int, static: dict, beacon: Any = None) -> dict[str, Any]:
     """:class:`RelabelWorker` constructor arguments of a relabel job."""
     r = cfg.relabel
     return dict(model_name=cfg.model.name, checkpoint=cfg.model.checkpoint, options=refine_options(cfg),
                 device=cfg.refine.device, threads=threads, output_prefix=cfg.output.prefix, static=static,
                 rule={"margin_ratio": r.margin_ratio, "min_margin": r.min_margin, "min_size": r.min_size},
-                scale=r.scale, ignore=r.ignore, accept=accept_kwargs(cfg))
+                scale=r.scale, ignore=r.ignore, accept=accept_kwargs(cfg),
+                beacon=beacon, beat_s=beat_period(cfg.ray.stall_timeout_s))
 
 
 def proposal_kwargs(cfg, threads: int, v1: bool = True) -> dict[str, Any]:

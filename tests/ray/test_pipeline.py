@@ -441,3 +441,39 @@ def test_starved_cluster_fails_by_the_watchdog_not_a_hang(tmp_path, crm_checkpoi
     assert "0 of 3 done" in msg and "model actors (each needs 1 CPU, 0.5 free)" in msg
     assert wall < 5 + 120, "failed near its start timeout"
     assert read_manifest(out).num_rows == 0
+
+
+def test_a_refiner_actor_reports_its_progress_to_the_jobs_beacon(tmp_path, crm_checkpoint):
+    """The wiring the watchdog relies on for a long sample: the job's beacon (made as
+    ``run_on_ray`` makes it) hears from a refiner actor (made with the job's constructor
+    arguments) while it refines, and not before."""
+    import time
+
+    import ray
+
+    from pipeline.io import list_samples
+    from pipeline.runner.job import _start_beacon, _stop_beacon
+    from pipeline.runner.workers import RefinerWorker, refiner_kwargs
+    from pipeline.stages import decode_batch, make_batch
+
+    uri = write_layout("prefix", str(tmp_path), make_samples(1, 240, 320))
+    cfg = _cfg(uri, str(tmp_path / "out"), crm_checkpoint, ray={"progress": False, "stall_timeout_s": 0.8})
+    (ref,) = list_samples(cfg.input.uri, cfg.input.layout)
+    batch = decode_batch(make_batch([{"meta": {"key": ref.key, "ref": ref.to_dict(), "attempt": 1}}], ()),
+                         max_pixels=cfg.input.max_pixels, load_gt=False)
+    beacon = _start_beacon()
+    try:
+        kwargs = refiner_kwargs(cfg, 1, beacon)
+        assert kwargs["beat_s"] == pytest.approx(0.2)
+        worker = ray.remote(num_cpus=1)(RefinerWorker).remote(**kwargs)
+        time.sleep(1.0)  # the actor is up and idle: nothing to report
+        assert ray.get(beacon.idle_s.remote()) is None
+        out = ray.get(worker.__call__.remote(batch))
+        assert json.loads(out["meta"][0]).get("status") != "error" and out["refined"][0].shape == (240, 320)
+        deadline = time.monotonic() + 30
+        while ray.get(beacon.idle_s.remote()) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ray.get(beacon.idle_s.remote()) is not None
+        ray.kill(worker)
+    finally:
+        _stop_beacon(beacon)

@@ -113,3 +113,62 @@ def test_stderr_filter_shortens_rays_worker_death_notice(capfd):
     assert out == short + "(raylet) something else\n" and err == short
     assert "PID 16913" in short and "exit type SYSTEM_ERROR" in short and short.count("\n") == 1
     assert shorten_worker_death(b"(raylet) something else\n") is None
+
+
+def test_a_worker_still_making_progress_keeps_the_job_alive(tmp_path):
+    """One long sample: no row for longer than the limit, but the workers' beats are fresh, so
+    it is not a stall; once the beats stop too (a hung refinement), it is."""
+    from pipeline.runner.progress import Beacon
+
+    writer = ManifestWriter(str(tmp_path / "out"), "run", rows_per_part=1000, flush_s=999)
+    beacon = Beacon()
+    assert beacon.idle_s() is None
+    dog = Watchdog(writer, stall_s=0.6, describe=lambda idle: f"stuck {idle:.1f}", interrupt=False,
+                   tick_s=0.05, beat_idle=beacon.idle_s)
+    dog.start()
+    try:
+        t = time.monotonic()
+        while time.monotonic() - t < 2.0:  # > 3x the limit with beats every 0.1 s
+            beacon.beat()
+            time.sleep(0.1)
+        assert dog.is_alive() and dog.stalled is None
+        dog.join(timeout=20)  # beats stop: stalled within the limit
+    finally:
+        dog.stop.set()
+    assert dog.stalled is not None and dog.stalled.startswith("stuck ")
+    assert time.monotonic() - t < 10
+
+
+def test_stale_or_unreachable_beats_do_not_hide_a_stall(tmp_path):
+    writer = ManifestWriter(str(tmp_path / "out"), "run", rows_per_part=1000, flush_s=999)
+
+    def gone():
+        raise RuntimeError("the beacon's node died")
+
+    for beat_idle in (lambda: 99.0, lambda: None, gone):
+        dog = Watchdog(writer, stall_s=0.3, describe=lambda idle: "stuck", interrupt=False, tick_s=0.05,
+                       beat_idle=beat_idle)
+        dog.start()
+        dog.join(timeout=20)
+        assert dog.stalled == "stuck"
+
+
+def test_a_work_beat_reports_only_when_work_was_done():
+    from pipeline.runner.progress import WorkBeat, beat_period
+
+    assert beat_period(300) == 15.0 and beat_period(8) == 2.0
+    work, reports = [0], []
+    beat = WorkBeat(lambda: reports.append(work[0]), period_s=0.05, ticks=lambda: work[0])
+    beat.start()
+    try:
+        time.sleep(0.5)
+        assert reports == [], "no work, no report"
+        work[0] = 3
+        deadline = time.monotonic() + 10
+        while not reports and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
+        assert reports == [3], "one report per change of the counter"
+    finally:
+        beat.stop.set()
+        beat.join()
