@@ -251,7 +251,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pipeline.bench.path_memory import main as stages_main
 
         return stages_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="samsr benchmark memory", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="samsr benchmark memory", description=__doc__.split("\n\n")[0],
+        epilog="Two other modes, each with its own --help: `samsr benchmark memory --watch [--limit-gb N] "
+               "-- CMD ...` (the peak RSS of every process of a command's tree, e.g. a whole `samsr "
+               "refine`) and `samsr benchmark memory --stages [--size 16k]` (each stage of one sample's "
+               "path).")
     parser.add_argument("--sizes", default="2k,4k,8k", help="comma-separated WxH or 2k/4k/8k/16k")
     parser.add_argument("--models", default="crm_mnv2,crm_r50", help="registry names (random weights)")
     parser.add_argument("--tile", type=int, default=2048, help="tile_encoder of the tiled mode, px")
