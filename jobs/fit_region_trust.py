@@ -46,7 +46,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.bench.trust import TRUST_KINDS
+from pipeline.bench.trust import TRUST_KINDS, fit_logistic
 from pipeline.metrics import binarize
 from pipeline.refine.edgecheck import _credit, _pair_contrast, _region_means
 
@@ -371,28 +371,6 @@ def design(outs: Sequence[dict[str, Any]], inter) -> dict[str, np.ndarray]:
         "photo": np.array(photo),
         "out": np.array(out),
     }
-
-
-def fit_logistic(
-    X: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mean, scale, [intercept, coef...]) of a weighted, L2-penalised logistic fit (Newton)."""
-    mean, scale = X.mean(0), X.std(0)
-    scale[scale == 0] = 1
-    z = np.hstack([np.ones((len(X), 1)), (X - mean) / scale])
-    w = w / w.mean()
-    b = np.zeros(z.shape[1])
-    penalty = np.full(len(b), l2)
-    penalty[0] = 0
-    for _ in range(100):
-        p = 1 / (1 + np.exp(-np.clip(z @ b, -60, 60)))
-        grad = z.T @ (w * (p - y)) + penalty * b
-        hess = (z * (w * p * (1 - p))[:, None]).T @ z + np.diag(penalty) + 1e-9 * np.eye(len(b))
-        step = np.linalg.solve(hess, grad)
-        b -= step
-        if np.abs(step).max() < 1e-8:
-            break
-    return mean, scale, b
 
 
 def _predict(fitted, X: np.ndarray) -> np.ndarray:

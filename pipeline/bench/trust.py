@@ -88,6 +88,29 @@ def _design(rows: Sequence[Mapping[str, Any]], features: Sequence[str]) -> np.nd
     return np.array([[model_input(f, r) for f in features] for r in rows], np.float64)
 
 
+def fit_logistic(x: np.ndarray, y: np.ndarray, weight: np.ndarray, l2: float
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, scale, [intercept, coef...]) of a ``weight``-ed logistic fit of ``y`` on the
+    standardised columns of ``x``, L2-penalised (``l2`` on the coefficients, not the intercept),
+    by Newton's method."""
+    mean, scale = x.mean(0), x.std(0)
+    scale[scale == 0] = 1.0
+    z = np.hstack([np.ones((len(x), 1)), (x - mean) / scale])
+    weight = weight / weight.mean()
+    b = np.zeros(z.shape[1])
+    penalty = np.full(z.shape[1], float(l2))
+    penalty[0] = 0.0
+    for _ in range(100):
+        p = 1 / (1 + np.exp(-np.clip(z @ b, -60, 60)))
+        grad = z.T @ (weight * (p - y)) + penalty * b
+        hess = (z * (weight * p * (1 - p))[:, None]).T @ z + np.diag(penalty) + 1e-9 * np.eye(len(b))
+        step = np.linalg.solve(hess, grad)
+        b -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return mean, scale, b
+
+
 def fit_trust_model(rows: Sequence[Mapping[str, Any]], features: Sequence[str] = MODEL_INPUTS,
                     l2: float = 1.0, min_score: float = 0.5, margin: float = 0.0,
                     meta: Mapping[str, Any] | None = None) -> TrustModel:
@@ -102,20 +125,7 @@ def fit_trust_model(rows: Sequence[Mapping[str, Any]], features: Sequence[str] =
     y = np.array([r["mba_refined"] - r["mba_coarse"] > margin for r in rows], np.float64)
     if y.min() == y.max():
         raise ValueError("fit_trust_model: every row is on one side; nothing to tell apart")
-    mean, scale = x.mean(0), x.std(0)
-    scale[scale == 0] = 1.0
-    z = np.hstack([np.ones((len(x), 1)), (x - mean) / scale])
-    w = np.zeros(z.shape[1])
-    penalty = np.full(z.shape[1], float(l2))
-    penalty[0] = 0.0
-    for _ in range(100):
-        p = 1 / (1 + np.exp(-np.clip(z @ w, -60, 60)))
-        grad = z.T @ (p - y) + penalty * w
-        hess = (z * (p * (1 - p))[:, None]).T @ z + np.diag(penalty) + 1e-9 * np.eye(len(w))
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.abs(step).max() < 1e-8:
-            break
+    mean, scale, w = fit_logistic(x, y, np.ones(len(y)), float(l2))
     return TrustModel(tuple(features), tuple(float(v) for v in mean), tuple(float(v) for v in scale),
                       tuple(float(v) for v in w[1:]), float(w[0]), float(min_score), dict(meta or {}))
 
