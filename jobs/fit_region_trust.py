@@ -148,9 +148,10 @@ def changes_of(
     kernel = np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)
     region = cv2.dilate(lab.astype(np.float64), kernel).astype(np.int64)  # a nearby label
     region[inside] = lab[inside]
-    old_mean, old_n = _region_means(region, n, *old)
-    new_mean, new_n = _region_means(region, n, *new)
-    any_mean, _ = _region_means(region, n, *every)
+    where = np.flatnonzero(region)  # every labelled pixel
+    old_mean, old_n = _region_means(region, where, n, *old)
+    new_mean, new_n = _region_means(region, where, n, *new)
+    any_mean, _ = _region_means(region, where, n, *every)
 
     flat = lab.ravel()
     size = np.bincount(flat, minlength=n).astype(np.float64)
@@ -187,10 +188,19 @@ def changes_of(
 # refine once, save the arrays
 
 
-def refine_set(data: str, out: str, config: str, shuffle: bool, reverse: bool) -> None:
+def refine_set(
+    data: str,
+    out: str,
+    config: str,
+    shuffle: bool,
+    reverse: bool,
+    truth_offset: int = 0,
+    max_side: int | None = None,
+) -> None:
     import dataclasses
 
-    from pipeline.bench.quality import make_coarse
+    from pipeline.bench.quality import _shrink, make_coarse
+    from pipeline.bench.trust import move_line
     from pipeline.config import load_config
     from pipeline.io import list_samples, load_sample
     from pipeline.io.keys import safe_key
@@ -224,7 +234,8 @@ def refine_set(data: str, out: str, config: str, shuffle: bool, reverse: bool) -
         path = os.path.join(out, safe_key(s.key) + ".npz")
         if os.path.exists(path):
             continue
-        image, truth = s.image, s.coarse
+        image, truth = _shrink(s.image, s.coarse, max_side)
+        truth = move_line(truth, truth_offset)
         props = propose(proposer, image, s.key, working_size=cfg.sam.working_size, seed=cfg.sam.seed)
         arrays: dict[str, Any] = {"image": image, "truth": truth, "key": np.array(s.key)}
         for kind in TRUST_KINDS:
@@ -423,7 +434,11 @@ def evaluate(outs, accept_of, image_min: float, offsets: bool = False) -> dict[s
             elif acc.all():
                 v = o["mba_refined"]
             else:
-                v = mba(o["coarse"] ^ take, o["truth"])
+                memo = o.setdefault("_mba", {})
+                k = np.packbits(acc).tobytes()
+                if k not in memo:
+                    memo[k] = mba(o["coarse"] ^ take, o["truth"])
+                v = memo[k]
             c.append(o["mba_coarse"])
             r.append(o["mba_refined"])
             p.append(v)
@@ -505,6 +520,43 @@ def format_table(res) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
+GATES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
+#: the (coarser) change thresholds searched together with a gate
+GATE_THRESHOLDS = (0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.96, 0.99, 1.01)
+
+
+def load_sets(folders: Sequence[str], config: str) -> list[dict[str, Any]]:
+    """:func:`load_outputs` of each folder, each output tagged with its set (the folder's name)."""
+    outs = []
+    for folder in folders:
+        name = os.path.basename(os.path.normpath(folder))
+        outs += [{**o, "set": name} for o in load_outputs(folder, config)]
+    return outs
+
+
+def evaluate_sets(outs, accept_of, image_min: float, offsets: bool = False) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate` per set."""
+    res = {}
+    for name in dict.fromkeys(o["set"] for o in outs):
+        idx = [i for i, o in enumerate(outs) if o["set"] == name]
+        sub = [outs[i] for i in idx]
+        acc = None if accept_of is None else (lambda j, idx=idx: accept_of(idx[j]))
+        res[name] = evaluate(sub, acc, image_min, offsets)
+    return res
+
+
+def meets_sets(res, max_worse: float, tolerance: float = 0.0) -> bool:
+    return all(meets(r, max_worse, tolerance) for r in res.values())
+
+
+def objective_sets(res) -> float:
+    return float(np.mean([objective(r) for r in res.values()]))
+
+
+def format_sets(res) -> str:
+    return "\n".join(f"{name}:\n{format_table(r)}" for name, r in res.items())
+
+
 def accepts(model: dict[str, Any], o: dict[str, Any]) -> np.ndarray:
     """(n,) bool: the changes of output ``o`` a model JSON (written by ``fit``) accepts."""
     values = {**o["rf"], **_image_inputs(o)}
@@ -513,6 +565,8 @@ def accepts(model: dict[str, Any], o: dict[str, Any]) -> np.ndarray:
         a, _, b = name.partition("*")
         z += c * ((values[a] * values[b] if b else values[a]) - m) / sc
     score = 1 / (1 + np.exp(-np.clip(z, -60, 60)))
+    if o["score"] < model.get("min_image_score", 0.0):
+        return np.zeros(o["n"], bool)
     return score >= thresholds(o, model["min_score"], model["min_score_thick"])
 
 
@@ -525,8 +579,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     a.add_argument("--config", default="configs/demo.yaml")
     a.add_argument("--shuffle", action="store_true", help="seeded order: any prefix is a random subset")
     a.add_argument("--reverse", action="store_true", help="walk the order backwards (a second worker)")
+    a.add_argument("--truth-offset", type=int, default=0,
+                   help="move each truth's line this many px outward first (another line convention)")
+    a.add_argument("--max-side", type=int, default=None, help="shrink images and truths to this long side")
     f = sub.add_parser("fit", help="fit the model and choose min_score on a refined folder")
-    f.add_argument("--val", required=True, help="folder written by refine (the fitting set)")
+    f.add_argument("--val", required=True, nargs="+", help="folder(s) written by refine (the fitting sets)")
     f.add_argument("--out", default=None, help="write the model JSON here")
     f.add_argument("--interactions", choices=sorted(INTERACTIONS), default="small")
     f.add_argument("--l2", type=float, default=1.0)
@@ -535,6 +592,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="choose a second threshold for thick changes (default: one for all)",
     )
+    f.add_argument("--gate", action="store_true",
+                   help="also choose a lowest image-level score below which no change is taken")
     f.add_argument("--max-worse", type=float, default=5.0, help="percent of images worse allowed per kind")
     f.add_argument(
         "--mba-tolerance",
@@ -543,7 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="mean mBA points a kind may lose against its coarse masks (default 0)",
     )
     r = sub.add_parser("report", help="the policies on a refined folder (never the fitting one)")
-    r.add_argument("--data", required=True, help="folder written by refine")
+    r.add_argument("--data", required=True, nargs="+", help="folder(s) written by refine")
     r.add_argument("--model", required=True, help="region trust model JSON")
     for p in (f, r):
         p.add_argument("--config", default="configs/demo.yaml", help="the config the folder was refined with")
@@ -552,11 +611,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.refine.trust import load_trust_model
 
     if args.cmd == "refine":
-        refine_set(args.data, args.out, args.config, args.shuffle, args.reverse)
+        refine_set(
+            args.data, args.out, args.config, args.shuffle, args.reverse, args.truth_offset, args.max_side
+        )
         return 0
     image_min = load_trust_model("shipped").min_score
     if args.cmd == "fit":
-        outs = load_outputs(args.val, args.config)
+        outs = load_sets(args.val, args.config)
         inter = INTERACTIONS[args.interactions]
         d = design(outs, inter)
         oof = out_of_fold(d, args.l2)
@@ -564,36 +625,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         for row, i in enumerate(d["out"]):
             by_out.setdefault(int(i), []).append(row)
         best = None
-        for thin, thick in itertools.product(THRESHOLDS, THRESHOLDS if args.thick else [None]):
+        gates, grid = (GATES, GATE_THRESHOLDS) if args.gate else ((0.0,), THRESHOLDS)
+        for gate, thin, thick in itertools.product(gates, grid, grid if args.thick else [None]):
             thick = thin if thick is None else thick
 
-            def accept_of(i, thin=thin, thick=thick):
-                return (
-                    oof[by_out[i]] >= thresholds(outs[i], thin, thick) if i in by_out else np.zeros(0, bool)
-                )
+            def accept_of(i, thin=thin, thick=thick, gate=gate):
+                if i not in by_out or outs[i]["score"] < gate:
+                    return np.zeros(outs[i]["n"], bool)
+                return oof[by_out[i]] >= thresholds(outs[i], thin, thick)
 
-            res = evaluate(outs, accept_of, image_min)
-            if meets(res, args.max_worse, args.mba_tolerance) and (best is None or objective(res) > best[2]):
-                best = (thin, thick, objective(res), res)
+            res = evaluate_sets(outs, accept_of, image_min)
+            if meets_sets(res, args.max_worse, args.mba_tolerance) and (
+                best is None or objective_sets(res) > best[3]
+            ):
+                best = (gate, thin, thick, objective_sets(res), res)
         print(
-            f"{len({o['key'] for o in outs})} regions, {len(d['y'])} changes; "
-            f"interactions {args.interactions}, "
-            f"l2 {args.l2:g}"
+            f"{len({o['key'] for o in outs})} regions in {len(args.val)} set(s), {len(d['y'])} changes; "
+            f"interactions {args.interactions}, l2 {args.l2:g}"
         )
         print("image-level policy alone:")
-        print(format_table(evaluate(outs, None, image_min)))
+        print(format_sets(evaluate_sets(outs, None, image_min)))
         if best is None:
             print(
                 f"no min_score meets <= {args.max_worse:g}% worse and mean mBA >= coarse - "
                 f"{args.mba_tolerance:g} on every kind"
             )
             return 1
-        t, t_thick, obj, res = best
+        gate, t, t_thick, obj, res = best
         print(
-            f"regions, out of fold: min_score {t:.2f}, thick {t_thick:.2f} (mean gain kept on "
-            f"{', '.join(GAIN_KINDS)}: {obj:.1f}%)"
+            f"regions, out of fold: image gate {gate:.2f}, min_score {t:.2f}, thick {t_thick:.2f} "
+            f"(mean gain kept on {', '.join(GAIN_KINDS)}: {obj:.1f}%)"
         )
-        print(format_table(res))
+        print(format_sets(res))
         if args.out:
             mean, scale, b = fit_logistic(d["X"], d["y"], d["w"], args.l2)
             model = {
@@ -604,8 +667,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "intercept": float(b[0]),
                 "min_score": t,
                 "min_score_thick": t_thick,
+                "min_image_score": gate,
                 "meta": {
-                    "fitted_on": [os.path.abspath(args.val)],
+                    "fitted_on": [os.path.abspath(v) for v in args.val],
                     "regions": len({o["key"] for o in outs}),
                     "changes": int(len(d["y"])),
                     "config": args.config,
@@ -614,7 +678,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "l2": args.l2,
                     "min_score_rule": f"the most gain kept on {'/'.join(GAIN_KINDS)} with "
                     f"<= {args.max_worse:g}% of images worse and mean mBA >= coarse - "
-                    f"{args.mba_tolerance:g} on every kind, out of fold (4 folds by photo)",
+                    f"{args.mba_tolerance:g} on every kind of every set, out of fold (4 folds by photo)",
                 },
             }
             with open(args.out, "w") as fh:
@@ -624,16 +688,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 + ", ".join(f"{n} {c:+.2f}" for n, c in zip(model["inputs"], model["coef"]))
             )
         return 0
-    outs = load_outputs(args.data, args.config)
+    outs = load_sets(args.data, args.config)
     with open(args.model) as fh:
         model = json.load(fh)
-    print(f"{len({o['key'] for o in outs})} regions of {args.data}")
+    print(f"{len({o['key'] for o in outs})} regions of {', '.join(args.data)}")
     print(f"image-level policy (shipped, min_score {image_min:.3f}):")
-    print(format_table(evaluate(outs, None, image_min)))
+    print(format_sets(evaluate_sets(outs, None, image_min)))
     print(
-        f"regions ({args.model}, min_score {model['min_score']:.2f}, thick {model['min_score_thick']:.2f}):"
+        f"regions ({args.model}, image gate {model.get('min_image_score', 0.0):.2f}, "
+        f"min_score {model['min_score']:.2f}, thick {model['min_score_thick']:.2f}):"
     )
-    print(format_table(evaluate(outs, lambda i: accepts(model, outs[i]), image_min, offsets=True)))
+    print(format_sets(evaluate_sets(outs, lambda i: accepts(model, outs[i]), image_min, offsets=True)))
     return 0
 
 
