@@ -1,8 +1,10 @@
-"""Fit and measure a per-change trust model (per-region do-no-harm acceptance) offline; not shipped.
+"""Fit and measure the per-change trust model of ``refine.accept: regions`` offline.
 
     python -m jobs.fit_region_trust refine --data B/val --out CACHE/val        # once per set (slow)
-    python -m jobs.fit_region_trust fit --val CACHE/val --out trust_regions.json
-    python -m jobs.fit_region_trust report --data CACHE/test --model trust_regions.json
+    python -m jobs.fit_region_trust refine --data B/val --out CACHE/val_out1 --truth-offset 1
+    python -m jobs.fit_region_trust fit --val CACHE/val CACHE/val_out1 --interactions wide --thick \
+        --gate --out trust_regions.json           # how pipeline/weights/trust_regions_v2.json was made
+    python -m jobs.fit_region_trust report --data CACHE/test CACHE/test_out1 --model trust_regions.json
 
 ``refine`` refines every sample of a prefix-layout set with ground truth once per coarse kind of
 ``samsr benchmark trust`` (the config's settings, default ``configs/demo.yaml``; the same code path:
@@ -18,15 +20,17 @@ and their features (:func:`changes_of`) and, from the truth, each
 change's label (taking the refined values makes more of its pixels right) are cached in
 ``FOLDER/changes.pkl``. ``fit`` fits the logistic model (weighted by |pixels right - pixels wrong| +
 0.5, L2-penalised), scores every change out of fold (4 folds grouped by photo) and chooses the
-thresholds (``min_score`` for changes 1-3 px wide; with ``--thick`` another for thicker ones) that
-keep the most of the lowres16 / blocky8 / perturbed gain while at most ``--max-worse`` percent of
-the images of every kind get worse and no kind's mean mBA falls more than ``--mba-tolerance``
-below the coarse one; the model is then refitted on every row (a JSON file). The policy: an output
-the shipped image-level policy accepts stays refined whole, otherwise each accepted change takes
-the refined values and the rest keep the coarse ones. ``report`` prints, per kind, coarse ->
+thresholds (``min_score`` for changes 1-3 px wide; with ``--thick`` another for thicker ones; with
+``--gate`` the image score below which no change is taken) that keep the most of the lowres16 /
+blocky8 / perturbed gain while at most ``--max-worse`` percent of the images of every kind of every
+set get worse and no kind's mean mBA falls more than ``--mba-tolerance`` below the coarse one; the
+model is then refitted on every row (a JSON file). The policy
+(:func:`pipeline.refine.regions_trust.decide_regions`): an output the shipped image-level policy
+accepts stays refined whole, one below the gate keeps its coarse mask, otherwise each accepted
+change takes the refined values and the rest keep the coarse ones. ``report`` prints, per kind, coarse ->
 refined -> policy mBA, images worse, the share of changed pixels kept, the gain kept and the edge
 offsets, for the shipped image-level policy and for the per-change one. Fit on one set, report on
-another. Results and why it is not in the pipeline: docs/experiments.md, "A per-change trust model".
+another. Results: pipeline/weights/TRUST_CARD.md and docs/experiments.md.
 """
 
 from __future__ import annotations
@@ -34,23 +38,27 @@ from __future__ import annotations
 import argparse
 import hashlib
 import itertools
-import json
 import math
 import os
 import pickle
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
-import cv2
 import numpy as np
 
 from pipeline.bench.trust import TRUST_KINDS, fit_logistic
 from pipeline.metrics import binarize
-from pipeline.refine.edgecheck import _credit, _pair_contrast, _region_means
+from pipeline.refine.regions_trust import (
+    REGION_FEATURES,
+    THIN_RADIUS,
+    Changes,
+    RegionTrustModel,
+    changes_of,
+    load_region_model,
+)
 
-__all__ = ["REGION_FEATURES", "INTERACTIONS", "Changes", "changes_of", "accepts", "main"]
+__all__ = ["INTERACTIONS", "accepts", "main"]
 
 GAIN_KINDS = ("lowres16", "blocky8", "perturbed")
 #: the thresholds searched (1.01: never)
@@ -82,106 +90,6 @@ INTERACTIONS = {
         for i in ("log_coarse_detail", "log_coarse_detail4", "image_logit")
     ),
 }
-
-
-# ---------------------------------------------------------------------------------------------------
-# the changes of an output and their features (no ground truth)
-
-REGION_FEATURES = (
-    "log_size",
-    "radius",
-    "log_len",
-    "depth",
-    "added",
-    "edge_new_old",
-    "edge_new_any",
-    "edge_old_any",
-    "spread",
-    "spread_ring",
-    "margin",
-    "share",
-)
-THIN_RADIUS = 1.5  # px: the inscribed radius of a change 1-3 px wide
-_EPS = 1.0  # contrast units, as in pipeline.refine.trust
-
-
-@dataclass(frozen=True)
-class Changes:
-    """The changes of one output: ``labels`` (H, W) int32, 0 where refined == coarse, k = 1..n for
-    the k-th change; ``features``: name -> (n,) float64 array (:data:`REGION_FEATURES`)."""
-
-    labels: np.ndarray
-    features: Mapping[str, np.ndarray]
-
-    @property
-    def n(self) -> int:
-        return len(next(iter(self.features.values())))
-
-
-def changes_of(
-    prob: np.ndarray, coarse01: np.ndarray, image: np.ndarray, spread: np.ndarray | None = None, grow: int = 1
-) -> Changes:
-    """The changes from ``coarse01`` to ``prob`` ((H, W) float in [0, 1]) and their features
-    (module docstring); image (H, W, 3) uint8; spread (H, W) or None (no TTA: 0)."""
-    if prob.shape != coarse01.shape or prob.shape != image.shape[:2]:
-        raise ValueError(
-            f"changes_of: shapes differ: prob {prob.shape}, coarse {coarse01.shape}, image {image.shape}"
-        )
-    after, before = binarize(prob), binarize(coarse01)
-    changed = after != before
-    labels = np.zeros(prob.shape, np.int32)
-    if not changed.any():
-        return Changes(labels, {f: np.zeros(0) for f in REGION_FEATURES})
-    rows, cols = np.nonzero(changed.any(1))[0], np.nonzero(changed.any(0))[0]
-    pad = grow + 2
-    box = (
-        slice(max(0, rows[0] - pad), min(prob.shape[0], rows[-1] + pad + 1)),
-        slice(max(0, cols[0] - pad), min(prob.shape[1], cols[-1] + pad + 1)),
-    )
-    n, lab = cv2.connectedComponents(changed[box].astype(np.uint8), connectivity=8)
-    labels[box] = lab
-    b, a, inside = before[box], after[box], lab > 0
-    horizontal, vertical = _pair_contrast(image[box])
-    old = _credit(horizontal, vertical, b[:, 1:] != b[:, :-1], b[1:] != b[:-1])
-    new = _credit(horizontal, vertical, a[:, 1:] != a[:, :-1], a[1:] != a[:-1])
-    every = _credit(horizontal, vertical, None, None)
-    kernel = np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)
-    region = cv2.dilate(lab.astype(np.float64), kernel).astype(np.int64)  # a nearby label
-    region[inside] = lab[inside]
-    where = np.flatnonzero(region)  # every labelled pixel
-    old_mean, old_n = _region_means(region, where, n, *old)
-    new_mean, new_n = _region_means(region, where, n, *new)
-    any_mean, _ = _region_means(region, where, n, *every)
-
-    flat = lab.ravel()
-    size = np.bincount(flat, minlength=n).astype(np.float64)
-    dist = cv2.distanceTransform(inside.astype(np.uint8), cv2.DIST_L2, 5)
-    radius = np.zeros(n)
-    np.maximum.at(radius, flat, dist.ravel())
-    added = np.bincount(flat, weights=(a & inside).ravel().astype(np.float64), minlength=n)
-    s = np.zeros(lab.shape) if spread is None else spread[box].astype(np.float64)
-    spread_in = np.bincount(flat, weights=s.ravel(), minlength=n)
-    ring = (region > 0) & ~inside
-    spread_ring = np.bincount(region[ring], weights=s[ring], minlength=n)
-    n_ring = np.bincount(region[ring], minlength=n)
-    margin = np.bincount(flat, weights=np.abs(2 * prob[box].astype(np.float64) - 1).ravel(), minlength=n)
-    k = slice(1, None)
-    line = np.maximum(old_n[k], new_n[k]) / 2  # each pair is credited to both of its pixels
-    features = {
-        "log_size": np.log(size[k]),
-        "radius": radius[k],
-        "log_len": np.log1p(line),
-        "depth": size[k] / np.maximum(1, line),
-        "added": added[k] / size[k],
-        "edge_new_old": np.log((new_mean[k] + _EPS) / (old_mean[k] + _EPS)),
-        "edge_new_any": np.log((new_mean[k] + _EPS) / (any_mean[k] + _EPS)),
-        "edge_old_any": np.log((old_mean[k] + _EPS) / (any_mean[k] + _EPS)),
-        "spread": spread_in[k] / size[k],
-        "spread_ring": spread_ring[k] / np.maximum(1, n_ring[k]),
-        "margin": margin[k] / size[k],
-        "share": size[k] / size[k].sum(),
-    }
-    return Changes(labels, features)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -557,17 +465,9 @@ def format_sets(res) -> str:
     return "\n".join(f"{name}:\n{format_table(r)}" for name, r in res.items())
 
 
-def accepts(model: dict[str, Any], o: dict[str, Any]) -> np.ndarray:
-    """(n,) bool: the changes of output ``o`` a model JSON (written by ``fit``) accepts."""
-    values = {**o["rf"], **_image_inputs(o)}
-    z = np.full(o["n"], model["intercept"])
-    for name, m, sc, c in zip(model["inputs"], model["mean"], model["scale"], model["coef"]):
-        a, _, b = name.partition("*")
-        z += c * ((values[a] * values[b] if b else values[a]) - m) / sc
-    score = 1 / (1 + np.exp(-np.clip(z, -60, 60)))
-    if o["score"] < model.get("min_image_score", 0.0):
-        return np.zeros(o["n"], bool)
-    return score >= thresholds(o, model["min_score"], model["min_score_thick"])
+def accepts(model: RegionTrustModel, o: dict[str, Any]) -> np.ndarray:
+    """(n,) bool: the changes of output ``o`` a region model accepts (its gate included)."""
+    return model.accepts(Changes(o["labels"], o["rf"]), o["feats"], o["score"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -659,17 +559,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_sets(res))
         if args.out:
             mean, scale, b = fit_logistic(d["X"], d["y"], d["w"], args.l2)
-            model = {
-                "inputs": input_names(inter),
-                "mean": list(map(float, mean)),
-                "scale": list(map(float, scale)),
-                "coef": list(map(float, b[1:])),
-                "intercept": float(b[0]),
-                "min_score": t,
-                "min_score_thick": t_thick,
-                "min_image_score": gate,
-                "meta": {
-                    "fitted_on": [os.path.abspath(v) for v in args.val],
+            model = RegionTrustModel(
+                features=tuple(input_names(inter)),
+                mean=tuple(map(float, mean)),
+                scale=tuple(map(float, scale)),
+                coef=tuple(map(float, b[1:])),
+                intercept=float(b[0]),
+                min_score=t,
+                min_score_thick=t_thick,
+                min_image_score=gate,
+                meta={
+                    "fitted_on": [os.path.basename(os.path.normpath(v)) for v in args.val],
                     "regions": len({o["key"] for o in outs}),
                     "changes": int(len(d["y"])),
                     "config": args.config,
@@ -680,23 +580,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"<= {args.max_worse:g}% of images worse and mean mBA >= coarse - "
                     f"{args.mba_tolerance:g} on every kind of every set, out of fold (4 folds by photo)",
                 },
-            }
-            with open(args.out, "w") as fh:
-                json.dump(model, fh, indent=1)
+            )
+            model.save(args.out)
             print(
                 f"-> {args.out}; coefficients: "
-                + ", ".join(f"{n} {c:+.2f}" for n, c in zip(model["inputs"], model["coef"]))
+                + ", ".join(f"{n} {c:+.2f}" for n, c in zip(model.features, model.coef))
             )
         return 0
     outs = load_sets(args.data, args.config)
-    with open(args.model) as fh:
-        model = json.load(fh)
+    model = load_region_model(args.model)
     print(f"{len({o['key'] for o in outs})} regions of {', '.join(args.data)}")
     print(f"image-level policy (shipped, min_score {image_min:.3f}):")
     print(format_sets(evaluate_sets(outs, None, image_min)))
     print(
-        f"regions ({args.model}, image gate {model.get('min_image_score', 0.0):.2f}, "
-        f"min_score {model['min_score']:.2f}, thick {model['min_score_thick']:.2f}):"
+        f"regions ({args.model}, image gate {model.min_image_score:.2f}, "
+        f"min_score {model.min_score:.2f}, thick {model.min_score_thick:.2f}):"
     )
     print(format_sets(evaluate_sets(outs, lambda i: accepts(model, outs[i]), image_min, offsets=True)))
     return 0

@@ -258,6 +258,7 @@ _META_ROW_FIELDS = (
     "sam_gate",
     "trust_score",
     "accepted",
+    "accepted_share",
     "line_level",
     "t_read_ms",
     "t_sam_ms",

@@ -35,7 +35,9 @@ def summarize_manifest(table: pa.Table, job_id: str | None = None) -> dict[str, 
     Returns {"samples", "ok", "error", "skipped", "error_types": {type: n}, "with_gt",
     "coarse": aggregate_metrics(...), "refined": aggregate_metrics(...) (None without gt),
     "mean_change_iou", "mean_changed_fraction", "mean_total_ms", "methods": [...], "scored" (rows with
-    a trust score), "accepted" / "kept_coarse" (the do-no-harm decisions), "mean_trust_score"}.
+    a trust score), "accepted" / "kept_coarse" / "kept_part" (the do-no-harm decisions: the refined
+    mask, the coarse one, or some of the refined changes with the rest undone, ``refine.accept:
+    regions``), "mean_trust_score"}.
     """
     from pipeline.io import latest_rows
     from pipeline.metrics import aggregate_metrics
@@ -66,7 +68,8 @@ def summarize_manifest(table: pa.Table, job_id: str | None = None) -> dict[str, 
         "methods": sorted({r["method"] for r in ok if r.get("method")}),
         "scored": sum(r.get("trust_score") is not None for r in ok),
         "accepted": sum(r.get("accepted") is True for r in ok),
-        "kept_coarse": sum(r.get("accepted") is False for r in ok),
+        "kept_coarse": sum(r.get("accepted") is False and not r.get("accepted_share") for r in ok),
+        "kept_part": sum(r.get("accepted") is False and bool(r.get("accepted_share")) for r in ok),
         "mean_trust_score": mean(r.get("trust_score") for r in ok),
     }
 
@@ -80,9 +83,12 @@ def format_trust(summary: dict[str, Any], unit: str = "images") -> str:
     if not summary.get("scored"):
         return ""
     line = f"trust: {summary['scored']} {unit} scored (mean score {summary['mean_trust_score']:.2f})"
-    if summary.get("kept_coarse"):
-        line += (f"; refined mask kept for {summary['accepted']}, coarse mask kept for "
-                 f"{summary['kept_coarse']} (score below min_score; refined ones in candidates/)")
+    if summary.get("kept_coarse") or summary.get("kept_part"):
+        line += (f"; refined mask kept for {summary['accepted']}, "
+                 f"coarse mask kept for {summary['kept_coarse']}")
+        if summary.get("kept_part"):
+            line += f", some changes kept for {summary['kept_part']} (the others undone)"
+        line += " (the refined masks turned down are in candidates/)"
     return line
 
 

@@ -17,6 +17,13 @@ folder and kind it prints:
   gain the policy keeps, and the mean edge offset of each (`pipeline.train.regions.edge_offset`;
   the truth's in brackets).
 
+``--policy regions`` (the default when the config's ``refine.accept`` is ``regions``) measures the
+per-change policy of :mod:`pipeline.refine.regions_trust` instead: the accepted output keeps the
+changes the region model accepts, and ``accepted`` is the mean share of the changed pixels kept
+(over the outputs that changed).
+Rows hold its outcome (``mba_regions``...), computed while refining: ``--from-rows`` reports it as
+saved and cannot rescore it with another region model.
+
 ``--fit OUT.json`` instead fits a trust model (:func:`fit_trust_model`) on the rows and writes it;
 ``--rows FILE`` saves every per-sample row (features, metrics), ``--from-rows FILE`` (repeatable)
 reuses saved rows without refining again. Fit on training photos, report on others. A script, not
@@ -173,17 +180,22 @@ def move_line(truth: np.ndarray, px: int) -> np.ndarray:
 
 def evaluate(refiner, refs: Sequence[Any], kinds: Sequence[str] = TRUST_KINDS, *, proposer=None,
              working_size: int = 1024, proposal_seed: int = 0, max_side: int | None = None, seed: int = 0,
-             sources: Sequence[str] | None = None, log: bool = True, truth_offset: int = 0
-             ) -> list[dict[str, Any]]:
+             sources: Sequence[str] | None = None, log: bool = True, truth_offset: int = 0,
+             region_model=None, min_score: float | None = None) -> list[dict[str, Any]]:
     """One row per (sample, kind): the trust features, the score of ``refiner.trust_model``, the
     coarse / refined metrics against the truth, edge offsets and times. ``refiner``: a
     :class:`pipeline.refine.loaded.LoadedRefiner` (its model, options, device and trust model are used;
     its accept policy is not: both outputs are judged). ``proposer``: the proposal generator of a
-    samsr-v2.1 model (None for crm). ``truth_offset``: :func:`move_line` on each truth first."""
-    from pipeline.bench.quality import _shrink, make_coarse
+    samsr-v2.1 model (None for crm). ``truth_offset``: :func:`move_line` on each truth first.
+    ``region_model``: a :class:`pipeline.refine.regions_trust.RegionTrustModel`; each row then also
+    holds the ``regions`` policy's output metrics (``mba_regions``, ``iou_regions``,
+    ``offset_regions``), the share of changed pixels it kept (``regions_share``) and its seconds;
+    ``min_score``: the image-level threshold it applies first (None: the trust model's)."""
+    from pipeline.bench.quality import _shrink, binary_mask, make_coarse
     from pipeline.io import load_sample
     from pipeline.metrics import image_metrics
     from pipeline.refine.cascade import refine_detailed
+    from pipeline.refine.regions_trust import decide_regions
     from pipeline.refine.trust import trust_features
     from pipeline.sam import propose
 
@@ -214,6 +226,16 @@ def evaluate(refiner, refs: Sequence[Any], kinds: Sequence[str] = TRUST_KINDS, *
                    "offset_coarse": _edge_offset(image, coarse),
                    "offset_refined": _edge_offset(image, r.prob),
                    "refine_s": t1 - t0, "trust_s": t2 - t1}
+            if region_model is not None:
+                t3 = time.perf_counter()
+                out, share, _ = decide_regions(r.prob, r.coarse01, image, r.spread, feats,
+                                               refiner.trust_model, region_model, min_score)
+                t4 = time.perf_counter()
+                mo = image_metrics(out, truth)
+                changed = bool(np.any(binary_mask(r.prob) != binary_mask(r.coarse01)))
+                row.update(mba_regions=mo["mba"], iou_regions=mo["iou"],
+                           regions_share=share if changed else None,
+                           offset_regions=_edge_offset(image, out), regions_s=t4 - t3)
             rows.append(row)
             if log:
                 print(f"[trust] {s.key} {kind:<9} mba {100 * (mc['mba'] or 0):6.2f} -> "
@@ -227,10 +249,13 @@ def _mean(v: Sequence[float]) -> float | None:
     return float(np.mean(v)) if v else None
 
 
-def summarise(rows: Sequence[Mapping[str, Any]], min_score: float) -> dict[str, Any]:
+def summarise(rows: Sequence[Mapping[str, Any]], min_score: float, policy: str = "score") -> dict[str, Any]:
     """Per kind: n, spearman, auc_worse, mean mBA (percent) of coarse / refined / accepted, images worse
     (percent) of refined / accepted, accepted share, gain kept (percent of the refined gain), mean
-    edge offsets, mean refine and trust seconds."""
+    edge offsets, mean refine and trust seconds. ``policy``: ``score`` (accepted: the refined mask
+    where score >= min_score) or ``regions`` (the rows' saved per-change outcome)."""
+    if policy not in ("score", "regions"):
+        raise ValueError(f"policy {policy!r}; expected 'score' or 'regions'")
     out: dict[str, Any] = {}
     for kind in dict.fromkeys(r["kind"] for r in rows):
         rr = [r for r in rows if r["kind"] == kind and r["mba_coarse"] is not None
@@ -241,23 +266,34 @@ def summarise(rows: Sequence[Mapping[str, Any]], min_score: float) -> dict[str, 
         g = np.array([r["mba_refined"] for r in rr]) - c
         s = np.array([np.nan if r["score"] is None else r["score"] for r in rr])
         has = bool(np.isfinite(s).all())
-        take = s >= min_score if has else np.ones(len(rr), bool)
-        kept = np.where(take, g, 0.0)
+        if policy == "regions":
+            if any(r.get("mba_regions") is None for r in rr):
+                raise ValueError("policy regions: rows without mba_regions (refine with a region model)")
+            kept = np.array([r["mba_regions"] for r in rr]) - c
+            shares = [r["regions_share"] for r in rr if r.get("regions_share") is not None]
+            accepted = 100 * float(np.mean(shares)) if shares else None
+            offsets = [r.get("offset_regions") for r in rr]
+            trust_s = [r.get("trust_s", 0.0) + r.get("regions_s", 0.0) for r in rr]
+        else:
+            take = s >= min_score if has else np.ones(len(rr), bool)
+            kept = np.where(take, g, 0.0)
+            offsets = [r.get("offset_refined") if t else r.get("offset_coarse") for r, t in zip(rr, take)]
+            trust_s = [r.get("trust_s") for r in rr]
+            accepted = 100 * take.mean()
         out[kind] = {
             "n": len(rr), "spearman": spearman(s, g) if has else None,
             "auc_worse": roc_auc(-s, g < 0) if has else None,
             "mba_coarse": 100 * c.mean(), "mba_refined": 100 * (c + g).mean(),
             "mba_accepted": 100 * (c + kept).mean(),
             "worse_refined": 100 * (g < 0).mean(), "worse_accepted": 100 * (kept < 0).mean(),
-            "accepted": 100 * take.mean(),
+            "accepted": accepted,
             "gain_kept": None if g.mean() <= 0 else 100 * kept.mean() / g.mean(),
             "offset_truth": _mean([r.get("offset_truth") for r in rr]),
             "offset_coarse": _mean([r.get("offset_coarse") for r in rr]),
             "offset_refined": _mean([r.get("offset_refined") for r in rr]),
-            "offset_accepted": _mean([r.get("offset_refined") if t else r.get("offset_coarse")
-                                      for r, t in zip(rr, take)]),
+            "offset_accepted": _mean(offsets),
             "refine_s": _mean([r.get("refine_s") for r in rr]),
-            "trust_s": _mean([r.get("trust_s") for r in rr]),
+            "trust_s": _mean(trust_s),
         }
     return out
 
@@ -276,7 +312,7 @@ def format_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
         lines.append(
             f"| {kind} | {k['n']} | {_f(k['spearman'], '+.3f')} | {_f(k['auc_worse'], '.3f')} | "
             f"{k['mba_coarse']:.2f} -> {k['mba_refined']:.2f} -> {k['mba_accepted']:.2f} | "
-            f"{k['worse_refined']:.0f}% / {k['worse_accepted']:.0f}% | {k['accepted']:.0f}% | "
+            f"{k['worse_refined']:.0f}% / {k['worse_accepted']:.0f}% | {_f(k['accepted'], '.0f')}% | "
             f"{_f(k['gain_kept'], '.0f')}{'' if k['gain_kept'] is None else '%'} | "
             f"{_f(k['offset_coarse'], '+.2f')} / {_f(k['offset_refined'], '+.2f')} / "
             f"{_f(k['offset_accepted'], '+.2f')} ({_f(k['offset_truth'], '+.2f')}) | "
@@ -297,6 +333,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="config override, as in `samsr refine --set`")
     ap.add_argument("--trust-model", default=None,
                     help="trust model JSON (default: the config's refine.trust_model)")
+    ap.add_argument("--policy", choices=["score", "regions"], default=None,
+                    help="acceptance measured (default: the config's refine.accept when refining --data "
+                    "without --fit, if score or regions; else score)")
+    ap.add_argument("--region-model", default=None,
+                    help="--policy regions: region trust model JSON (default: the config's "
+                    "refine.region_model)")
     ap.add_argument("--min-score", type=float, default=None,
                     help="acceptance threshold (default: the config's refine.min_score, else the model's)")
     ap.add_argument("--kinds", default=",".join(TRUST_KINDS),
@@ -332,12 +374,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error(f"--kinds: {e}")
     cfg = load_config(args.config, [parse_override(o) for o in args.set])
     trust_path = args.trust_model or cfg.refine.trust_model
+    # refining: the config's policy; --fit and saved rows alone: the image-level one (a saved per-change
+    # outcome cannot be rescored)
+    config_policy = cfg.refine.accept if cfg.refine.accept in ("score", "regions") else "score"
+    policy = args.policy or (config_policy if args.data and not args.fit else "score")
+    if policy == "regions" and args.fit:
+        ap.error("--fit fits the image-level model: use --policy score")
+    region_path = (args.region_model or cfg.refine.region_model) if policy == "regions" else None
+    if policy == "regions" and not trust_path:
+        ap.error("--policy regions needs a trust model (its image score is an input of the region model)")
     rows: list[dict[str, Any]] = []
     for path in args.from_rows:
         with open(path) as f:
             rows.extend(json.load(f))
     if args.data:
-        rows.extend(_run(cfg, args, kinds, trust_path))
+        rows.extend(_run(cfg, args, kinds, trust_path, region_path))
     if args.rows:
         with open(args.rows, "w") as f:
             json.dump(rows, f)
@@ -367,17 +418,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         min_score = args.min_score if args.min_score is not None else (
             cfg.refine.min_score if cfg.refine.min_score is not None else (model.min_score if model else 0.0))
     overrides = "".join(f" --set {o}" for o in args.set)
-    print(f"\nconfig {args.config}{overrides}; trust model {trust_path}; min_score {min_score:.3f}")
+    print(f"\nconfig {args.config}{overrides}; trust model {trust_path}; "
+          + (f"policy regions, region model {region_path}" if policy == "regions"
+             else f"min_score {min_score:.3f}"))
     for source in dict.fromkeys(str(r.get("source")) for r in rows):
         part = [r for r in rows if str(r.get("source")) == source]
         print(f"\n{source} ({len({r['key'] for r in part})} images):")
-        print(format_table(summarise(part, min_score)))
+        print(format_table(summarise(part, min_score, policy)))
     return 0
 
 
-def _run(cfg, args, kinds: Sequence[str], trust_path: str | None) -> list[dict[str, Any]]:
+def _run(cfg, args, kinds: Sequence[str], trust_path: str | None, region_path: str | None
+         ) -> list[dict[str, Any]]:
     from pipeline.io import list_samples
     from pipeline.refine.loaded import LoadedRefiner, refine_options
+    from pipeline.refine.regions_trust import load_region_model
     from pipeline.runner.workers import ProposalWorker, proposal_kwargs
 
     if cfg.method == "samsr-v1":
@@ -395,7 +450,9 @@ def _run(cfg, args, kinds: Sequence[str], trust_path: str | None) -> list[dict[s
         raise SystemExit(f"samsr benchmark trust: no samples in {args.data}")
     return evaluate(refiner, [r for _, r in listed], kinds, proposer=proposer,
                     working_size=cfg.sam.working_size, proposal_seed=cfg.sam.seed, max_side=args.max_side,
-                    sources=[u for u, _ in listed], truth_offset=args.truth_offset)
+                    sources=[u for u, _ in listed], truth_offset=args.truth_offset,
+                    region_model=load_region_model(region_path) if region_path else None,
+                    min_score=args.min_score if args.min_score is not None else cfg.refine.min_score)
 
 
 if __name__ == "__main__":

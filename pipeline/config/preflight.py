@@ -101,7 +101,8 @@ def check_relabel(cfg: RefineJobConfig) -> None:
 
 
 def _check_trust(cfg: RefineJobConfig) -> None:
-    """refine.trust_model readable and valid; refine.accept: score needs it."""
+    """refine.trust_model readable and valid; refine.accept: score or regions needs it (regions: its
+    image score is an input), regions also a readable refine.region_model."""
     r = cfg.refine
     if r.accept != "none" and not r.trust_model:
         raise ValueError(f"refine.accept: {r.accept!r} needs refine.trust_model (a trust model JSON, or "
@@ -113,3 +114,10 @@ def _check_trust(cfg: RefineJobConfig) -> None:
             load_trust_model(r.trust_model)
         except (OSError, ValueError) as e:
             raise ValueError(f"refine.trust_model: {e}") from e
+    if r.accept == "regions":
+        from pipeline.refine.regions_trust import load_region_model
+
+        try:
+            load_region_model(r.region_model)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"refine.region_model: {e}") from e

@@ -147,10 +147,13 @@ class RefineConfig:
     # the quality estimate without ground truth (pipeline.refine.trust): a trust model JSON
     # ("shipped": pipeline/weights/trust_v1.json; null: no score) gives every output trust_score
     trust_model: str | None = "shipped"
-    # do-no-harm acceptance: none (every refined mask is the output) or score (an output whose
-    # trust_score < min_score is the coarse mask; the refined one goes to candidates/)
-    accept: Literal["none", "score"] = "none"
+    # do-no-harm acceptance: none (every refined mask is the output), score (an output whose
+    # trust_score < min_score is the coarse mask; the refined one goes to candidates/) or regions
+    # (each change from the coarse mask judged on its own by region_model: pipeline.refine.regions_trust)
+    accept: Literal["none", "score", "regions"] = "none"
     min_score: float | None = _f(None, _unit)  # None: the trust model's own min_score
+    # the per-change model of accept: regions ("shipped": pipeline/weights/trust_regions_v2.json)
+    region_model: str = "shipped"
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,7 @@ MANIFEST_SCHEMA: pa.Schema = pa.schema(
         ("sam_gate", _S),
         ("trust_score", _F),
         ("accepted", pa.bool_()),
+        ("accepted_share", _F),
         ("line_level", _F),
         ("candidate_uri", _S),
         ("source", _S),

@@ -39,10 +39,13 @@ class LoadedRefiner:
 
     Calling it refines one image: ``(image (H, W, 3) uint8, mask (H, W) uint8, colours or None)
     -> Outcome`` (:class:`pipeline.refine.trust.Outcome`: probabilities plus the trust fields)
-    with the job's options. ``accept``: ``{"policy": "none" | "score", "trust_model": path,
-    "shipped" or None, "min_score": float or None}`` (``refine.accept`` / ``refine.trust_model`` /
-    ``refine.min_score``): with a trust model every output gets a score; with policy ``score`` an
-    output whose score is below ``min_score`` (default the model's) is the coarse mask instead.
+    with the job's options. ``accept``: ``{"policy": "none" | "score" | "regions", "trust_model": path,
+    "shipped" or None, "min_score": float or None, "region_model": path or "shipped"}``
+    (``refine.accept`` / ``refine.trust_model`` / ``refine.min_score`` / ``refine.region_model``):
+    with a trust model every output gets a score; with policy ``score`` an output whose score is
+    below ``min_score`` (default the model's) is the coarse mask instead; with ``regions`` each
+    change from the coarse mask is kept or undone on its own
+    (:func:`pipeline.refine.regions_trust.decide_regions`).
     """
 
     def __init__(self, model_name: str, checkpoint: str, options: dict, device: str, threads: int,
@@ -58,17 +61,22 @@ class LoadedRefiner:
         torch.set_num_threads(threads)
         self.device = resolve_device(device, gpu_ids)
         self.options = options_for_device(options, self.device)
-        accept = {"policy": "none", "trust_model": None, "min_score": None, **(accept or {})}
+        from pipeline.refine.regions_trust import load_region_model
+
+        accept = {"policy": "none", "trust_model": None, "min_score": None, "region_model": "shipped",
+                  **(accept or {})}
         self.policy, self.min_score = accept["policy"], accept["min_score"]
         self.trust_model = load_trust_model(accept["trust_model"]) if accept["trust_model"] else None
         if self.policy != "none" and self.trust_model is None:
             raise ValueError(f"refine.accept: {self.policy!r} needs refine.trust_model")
+        self.region_model = load_region_model(accept["region_model"]) if self.policy == "regions" else None
         model = build_model(model_name, checkpoint)  # torch.load(map_location="cpu") inside
         self.model = prepare_model(model, self.options).to(self.device)
         self._refine = refine_detailed
         self.trimmer = CacheTrimmer(self.device)  # CUDA's cache after a large image
 
     def __call__(self, image, mask, colors):
+        from pipeline.refine.regions_trust import decide_regions
         from pipeline.refine.trust import Outcome, decide, trust_features
 
         r = self._refine(self.model, image, mask, colors, options=self.options, device=self.device)
@@ -76,8 +84,13 @@ class LoadedRefiner:
         info: dict = {"line_level": r.threshold}
         if self.trust_model is None:
             return Outcome(r.prob, info)
-        d = decide(trust_features(r.prob, r.coarse01, image, r.spread), self.trust_model, self.policy,
-                   self.min_score)
+        features = trust_features(r.prob, r.coarse01, image, r.spread)
+        if self.policy == "regions":
+            prob, share, score = decide_regions(r.prob, r.coarse01, image, r.spread, features,
+                                                self.trust_model, self.region_model, self.min_score)
+            info.update(trust_score=score, accepted=share == 1.0, accepted_share=share)
+            return Outcome(prob, info, candidate=None if share == 1.0 else r.prob)
+        d = decide(features, self.trust_model, self.policy, self.min_score)
         info.update(trust_score=d.score, accepted=d.accepted)
         if d.accepted:
             return Outcome(r.prob, info)
@@ -97,4 +110,5 @@ def refine_options(cfg) -> dict:
 def accept_kwargs(cfg) -> dict[str, Any]:
     """The ``accept`` argument of :class:`LoadedRefiner` from a job's ``refine`` section."""
     r = cfg.refine
-    return {"policy": r.accept, "trust_model": r.trust_model, "min_score": r.min_score}
+    return {"policy": r.accept, "trust_model": r.trust_model, "min_score": r.min_score,
+            "region_model": r.region_model}

@@ -39,16 +39,17 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import cv2
 import numpy as np
 
 __all__ = ["FEATURES", "model_input", "trust_features", "TrustModel", "load_trust_model",
-           "shipped_trust_model_path",
+           "shipped_trust_model_path", "read_model_dict",
            "decide", "Decision", "Outcome", "split_outcome", "TRUST_FIELDS"]
 
 #: manifest fields a trusted refiner adds to each output's row
-TRUST_FIELDS = ("trust_score", "accepted", "line_level")
+TRUST_FIELDS = ("trust_score", "accepted", "accepted_share", "line_level")
 
 FEATURES = ("shift_px", "area_change", "thin_share", "band_uncertainty", "band_spread", "coarse_edge",
             "edge_gain", "coarse_detail", "coarse_detail1", "coarse_detail4")
@@ -188,18 +189,24 @@ class TrustModel:
     min_score: float
     meta: Mapping[str, object]
 
+    _MAX_MIN_SCORE: ClassVar[float] = 1.0
+
     def __post_init__(self) -> None:
-        unknown = [f for f in self.features if not _known_input(f)]
-        if unknown:
-            raise ValueError(f"trust model: unknown features {unknown}; known: {FEATURES}")
+        self._check_inputs()
         n = len(self.features)
         if not (len(self.mean) == len(self.scale) == len(self.coef) == n):
             raise ValueError(f"trust model: {n} features but {len(self.mean)} means, {len(self.scale)} "
                              f"scales, {len(self.coef)} coefficients")
         if any(s <= 0 for s in self.scale):
             raise ValueError("trust model: every scale must be > 0")
-        if not 0.0 <= self.min_score <= 1.0:
-            raise ValueError(f"trust model: min_score {self.min_score} must be in [0, 1]")
+        if not 0.0 <= self.min_score <= self._MAX_MIN_SCORE:
+            raise ValueError(f"trust model: min_score {self.min_score} must be in "
+                             f"[0, {self._MAX_MIN_SCORE:g}]")
+
+    def _check_inputs(self) -> None:
+        unknown = [f for f in self.features if not _known_input(f)]
+        if unknown:
+            raise ValueError(f"trust model: unknown features {unknown}; known: {FEATURES}")
 
     def score(self, features: Mapping[str, float]) -> float:
         z = self.intercept
@@ -220,11 +227,16 @@ class TrustModel:
     @classmethod
     def from_dict(cls, d: Mapping[str, object], source: str = "trust model") -> TrustModel:
         try:
-            return cls(tuple(d["features"]), tuple(float(v) for v in d["mean"]),
-                       tuple(float(v) for v in d["scale"]), tuple(float(v) for v in d["coef"]),
-                       float(d["intercept"]), float(d["min_score"]), dict(d.get("meta", {})))
+            return cls(**cls._fields_of(d))
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{source}: not a trust model ({e})") from e
+
+    @classmethod
+    def _fields_of(cls, d: Mapping[str, object]) -> dict[str, object]:
+        return {"features": tuple(d["features"]), "mean": tuple(float(v) for v in d["mean"]),
+                "scale": tuple(float(v) for v in d["scale"]), "coef": tuple(float(v) for v in d["coef"]),
+                "intercept": float(d["intercept"]), "min_score": float(d["min_score"]),
+                "meta": dict(d.get("meta", {}))}
 
 
 SHIPPED = "shipped"  # the config value naming the file beside the shipped weights
@@ -240,15 +252,19 @@ def load_trust_model(path: str) -> TrustModel:
     """Read a trust model JSON (local path or fsspec URI; ``"shipped"``: the shipped file)."""
     if path == SHIPPED:
         path = shipped_trust_model_path()
+    return TrustModel.from_dict(read_model_dict(path), source=f"trust model {os.path.basename(path)}")
+
+
+def read_model_dict(path: str, what: str = "trust model") -> dict:
+    """The JSON object of a model file (local path or fsspec URI); errors name ``what`` and the path."""
     from pipeline.io.fs import read_bytes
 
     try:
-        d = json.loads(read_bytes(path).decode())
+        return json.loads(read_bytes(path).decode())
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"trust model {path}: not found") from e
+        raise FileNotFoundError(f"{what} {path}: not found") from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"trust model {path}: not JSON ({e})") from e
-    return TrustModel.from_dict(d, source=f"trust model {os.path.basename(path)}")
+        raise ValueError(f"{what} {path}: not JSON ({e})") from e
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,8 @@ def test_shipped_configs_validate():
     # check, the area-keeping line level; and do no harm with the shipped trust model
     assert demo.refine.options == {"scales": [1.0], "align": 8, "tta": "rot180", "edge_check": 0.25,
                                    "threshold": "area"}
-    assert (demo.refine.trust_model, demo.refine.accept, demo.refine.min_score) == ("shipped", "score", None)
+    assert (demo.refine.trust_model, demo.refine.accept, demo.refine.min_score) == (
+        "shipped", "regions", None)
     relabel = load_config(str(ROOT / "configs" / "relabel.yaml"), [(["input", "uri"], "x"),
                                                                    (["output", "prefix"], "y")])
     assert relabel.refine == demo.refine  # relabel refines as the demo does
@@ -223,4 +224,15 @@ def test_check_runtime_names_the_key_before_any_work(checkpoints, tmp_path):
     with pytest.raises(ValueError, match="sam.checkpoint: required for method samsr-v1 with sam.proposals"):
         check_runtime(config_from_dict(no_sam))
     check_runtime(config_from_dict(apply_overrides(ok, [(["method"], "samsr-v1")])))  # regions: no weights
+    # accept: regions reads the shipped region model, or names refine.region_model
+    check_runtime(config_from_dict(apply_overrides(ok, [(["refine", "accept"], "regions")])))
+    bad = apply_overrides(ok, [(["refine", "accept"], "regions"),
+                               (["refine", "region_model"], str(tmp_path / "nope.json"))])
+    with pytest.raises(ValueError, match="refine.region_model: region trust model .*nope.json: not found"):
+        check_runtime(config_from_dict(bad))
+    no_trust = apply_overrides(ok, [(["refine", "accept"], "regions"), (["refine", "trust_model"], None)])
+    with pytest.raises(ValueError, match="refine.accept: 'regions' needs refine.trust_model"):
+        check_runtime(config_from_dict(no_trust))
+    with pytest.raises(ValueError, match="refine.accept"):
+        config_from_dict(apply_overrides(ok, [(["refine", "accept"], "blobs")]))
     assert not (tmp_path / "o").exists()  # nothing was written

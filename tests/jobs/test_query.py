@@ -117,8 +117,18 @@ def test_sql_summary_worst_and_failures(manifest, capsys):
     summary = summarize_manifest(read_manifest(no_gt))
     assert (summary["scored"], summary["accepted"], summary["kept_coarse"]) == (3, 2, 1)
     assert summary["mean_trust_score"] == pytest.approx((0.9 + 0.2 + 0.6) / 3)
-    assert "trust: 3 images scored (mean score 0.57); refined mask kept for 2, coarse mask kept for 1" in \
+    assert "trust: 3 images scored (mean score 0.57); refined mask kept for 2, coarse mask kept for 1 (" in \
         format_quality_table(summary)
+    # refine.accept: regions: accepted_share says whether some of the refined changes were kept
+    part = manifest + "_part"
+    write_manifest_part([_row("p", trust_score=0.4, accepted=False, accepted_share=0.3, t_total_ms=1.0),
+                         _row("q", trust_score=0.1, accepted=False, accepted_share=0.0, t_total_ms=1.0),
+                         _row("r", trust_score=0.95, accepted=True, accepted_share=1.0, t_total_ms=1.0)],
+                        part, "r0-00000")
+    summary = summarize_manifest(read_manifest(part))
+    assert (summary["accepted"], summary["kept_coarse"], summary["kept_part"]) == (1, 1, 1)
+    assert ("refined mask kept for 1, coarse mask kept for 1, some changes kept for 1 (the others undone)"
+            in format_quality_table(summary))
 
     assert query_job.main([manifest, "--failures", "--format", "json"]) == 0
     (f,) = _json_lines(capsys.readouterr().out)

@@ -406,7 +406,12 @@ def test_demo_config_runs_on_the_bundled_samples(tmp_path, monkeypatch, capsys):
     from pipeline.refine.trust import load_trust_model
 
     assert 0 < row["trust_score"] < 1
-    assert row["accepted"] == (row["trust_score"] >= load_trust_model("shipped").min_score)
+    share = row["accepted_share"]  # accept: regions: the share of the changed pixels kept
+    assert 0 <= share <= 1
+    if row["trust_score"] >= load_trust_model("shipped").min_score:
+        assert row["accepted"] and share == 1.0  # trusted whole
+    assert row["accepted"] == (share == 1.0)
+    assert (row["candidate_uri"] is None) == row["accepted"]  # the refined mask, when anything was undone
 
 
 def test_starved_cluster_fails_by_the_watchdog_not_a_hang(tmp_path, crm_checkpoint):

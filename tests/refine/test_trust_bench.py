@@ -77,6 +77,19 @@ def test_min_score_meets_the_do_no_harm_targets_on_every_kind():
     assert choose_min_score(rows, scores, max_worse=0.05) <= choose_min_score(rows, scores, max_worse=0.0)
 
 
+def test_summarise_regions_reads_each_rows_per_change_outcome():
+    rows = _rows(n=4, seed=3)
+    for r, (mba, share) in zip(rows, [(0.69, 0.5), (0.72, 1.0), (0.71, 0.25), (0.70, None)]):
+        r.update(score=0.1, mba_regions=mba, regions_share=share, offset_regions=0.3, regions_s=0.02)
+    good = summarise(rows, 0.5, "regions")["good"]  # rows 0 and 2
+    assert good["mba_accepted"] == pytest.approx(70.0) and good["worse_accepted"] == 50
+    assert good["accepted"] == pytest.approx(37.5) and good["offset_accepted"] == pytest.approx(0.3)
+    assert good["trust_s"] == pytest.approx(0.03)
+    assert summarise(rows, 0.5)["good"]["accepted"] == 0  # the image policy: every score below 0.5
+    with pytest.raises(ValueError, match="without mba_regions"):
+        summarise([{**r, "score": 0.1} for r in _rows(n=4)], 0.5, "regions")
+
+
 def test_benchmark_trust_end_to_end_with_the_shipped_files(tmp_path, capsys):
     """`samsr benchmark trust` on the bundled samples (small): the demo config, the shipped weights
     and trust model; rows saved, a model fitted from them, then rescored from the rows alone."""
@@ -115,6 +128,15 @@ def test_benchmark_trust_end_to_end_with_the_shipped_files(tmp_path, capsys):
     assert main(["benchmark", "trust", "--from-rows", str(rows_file), "--trust-model", str(fitted),
                  "--config", config]) == 0
     assert f"min_score {model.min_score:.3f}" in capsys.readouterr().out
+    # the per-change policy with the shipped region model, measured while refining
+    regions_rows = tmp_path / "regions.json"
+    assert main(["benchmark", "trust", "--data", str(data), "--max-side", "160", "--config", config,
+                 "--kinds", "identity,perturbed", "--policy", "regions", "--rows", str(regions_rows)]) == 0
+    out = capsys.readouterr().out
+    assert "policy regions, region model shipped" in out and "| perturbed | 3 |" in out
+    rows = json.loads(regions_rows.read_text())
+    assert all(r["mba_regions"] is not None and r["regions_s"] >= 0 for r in rows)
+    assert all(r["regions_share"] is None or 0 <= r["regions_share"] <= 1 for r in rows)
 
 
 def test_move_line_moves_the_line_by_whole_pixels():

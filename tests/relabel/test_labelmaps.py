@@ -340,8 +340,9 @@ def test_trust_fields_of_the_refiner_reach_each_class_record():
 
     def refiner(cls, window, coarse_mask):
         return Outcome(coarse_mask.astype(np.float32) / 255.0,
-                       {"trust_score": cls / 10, "accepted": cls % 2 == 0, "line_level": 0.5})
+                       {"trust_score": cls / 10, "accepted": cls % 2 == 0, "line_level": 0.5,
+                        "accepted_share": 1.0 if cls % 2 == 0 else cls / 100})
 
     _, records = relabel_classes(values, IGN, H, W, refiner)
-    assert [(r["class"], r["trust_score"], r["accepted"]) for r in records] == [
-        (c, c / 10, c % 2 == 0) for c in classes_present(values, IGN)]
+    assert [(r["class"], r["trust_score"], r["accepted"], r["accepted_share"]) for r in records] == [
+        (c, c / 10, c % 2 == 0, 1.0 if c % 2 == 0 else c / 100) for c in classes_present(values, IGN)]

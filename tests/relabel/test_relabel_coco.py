@@ -346,11 +346,12 @@ def test_trust_fields_of_the_refiner_reach_each_instance_record():
         calls.append(window)
         accepted = len(calls) == 1  # the two instances get different decisions
         prob = (coarse > 128).astype(np.float32)
-        info = {"trust_score": 0.9 if accepted else 0.1, "accepted": accepted, "line_level": 0.5}
+        info = {"trust_score": 0.9 if accepted else 0.1, "accepted": accepted, "line_level": 0.5,
+                "accepted_share": 1.0 if accepted else 0.25}  # accept: regions
         return Outcome(prob, info)
 
     out, recs = relabel_instances(anns, {1}, (40, 40), (40, 40), refiner)
     assert [(r["annotation_id"], r["status"]) for r in recs] == [(1, "ok"), (2, "ok")]
-    assert {r["annotation_id"]: (r["trust_score"], r["accepted"]) for r in recs} == {1: (0.9, True),
-                                                                                     2: (0.1, False)}
+    assert {r["annotation_id"]: (r["trust_score"], r["accepted"], r["accepted_share"]) for r in recs} == {
+        1: (0.9, True, 1.0), 2: (0.1, False, 0.25)}
     assert all(r["changed_fraction"] == 0 for r in recs)
