@@ -293,3 +293,12 @@ def write_composites(root, n: int, height: int = 96, width: int = 128, *, seed: 
             cv2.imwrite(f"{root}/{prefix}{i}_seg.png", small)
         truths.append(np.where(c.gt > 128, 255, 0).astype(np.uint8))
     return truths
+
+
+def region_means(region, where, n, total, count):
+    """Mean contrast and count per label of ``region`` over the flat positions ``where`` of dense
+    per-pixel (total, count) maps (the first edge check's per-label sums: a reference)."""
+    flat = region.ravel()[where]
+    s = np.bincount(flat, weights=total.ravel()[where], minlength=n)
+    c = np.bincount(flat, weights=count.ravel()[where], minlength=n)
+    return s / np.maximum(c, 1), c

@@ -10,7 +10,9 @@ mask PNG at 1/8 size. Stages, each fed with what the previous ones left (the liv
 run): decode the image, decode + upsample the coarse mask, decode the truth, refine (``crm_mnv2``,
 random weights; fast settings: one scale of 1/8, strided decoding with stride 16, the encoder
 tiled at 512 px: the refiner's full-size buffers, not its encoder, which ``samsr benchmark
-memory`` measures), edge check, trust features, binary + soft masks, metrics (IoU, mBA, BIoU of
+memory`` measures), edge check, trust features, per-change acceptance (``refine.accept: regions``
+with the shipped models; its output, like a real run's, is held beside the refined probabilities,
+which go to ``candidates/``), binary + soft masks, metrics (IoU, mBA, BIoU of
 coarse and refined against the truth, change metrics), PNG encoding of both masks.
 
 Per stage: freed heap memory is given back to the OS (``malloc_trim``), then the process's peak
@@ -83,6 +85,7 @@ def run_stages(width: int, height: int, threads: int = 1, seed: int = 0,
     from pipeline.refine import RefineOptions, prepare_model
     from pipeline.refine.cascade import refine_detailed
     from pipeline.refine.edgecheck import edge_check
+    from pipeline.refine.regions_trust import accept_regions, changes_of, load_region_model
     from pipeline.refine.trust import trust_features
 
     torch.set_num_threads(threads)
@@ -95,6 +98,7 @@ def run_stages(width: int, height: int, threads: int = 1, seed: int = 0,
     del image, gt, bgr
     options = RefineOptions(scales=(0.125,), align=8, decode="strided", stride=16, tile_encoder=512)
     model = prepare_model(_calibrated_model("crm_mnv2", seed), options)
+    region_model = load_region_model("shipped")
     out(f"[stages] {width}x{height} ({pixels / 1e6:.0f} MP): JPEG {len(jpeg) / 1e6:.1f} MB, truth PNG "
         f"{len(gt_png) / 1e6:.1f} MB, coarse PNG {len(coarse_png) / 1e6:.2f} MB; "
         f"RSS {_status('VmRSS') / GIB:.2f} GiB")
@@ -119,6 +123,13 @@ def run_stages(width: int, height: int, threads: int = 1, seed: int = 0,
         r = refine_detailed(model, state["image"], state["coarse"], options=options)
         state.update(prob=r.prob, coarse01=r.coarse01)
 
+    def per_change():
+        # as decide_regions for an output whose image score falls in the region model's band
+        # (0.7): every change is judged
+        changes = changes_of(state["prob"], state["coarse01"], state["image"])
+        accept = region_model.accepts(changes, state["features"], 0.7)
+        state["accepted"], _ = accept_regions(state["prob"], state["coarse01"], changes, accept)
+
     def masks():
         state["refined"] = to_binary_u8(state["prob"])
         state["soft"] = to_soft_u8(state["prob"])
@@ -134,7 +145,9 @@ def run_stages(width: int, height: int, threads: int = 1, seed: int = 0,
     stage("decode truth (PNG)", lambda: state.update(gt=decode_mask(gt_png, max_pixels=pixels)))
     stage("refine (strided, 1/8 scale)", refine)
     stage("edge check", lambda: edge_check(state["prob"], state["coarse01"], state["image"], 0.25))
-    stage("trust features", lambda: trust_features(state["prob"], state["coarse01"], state["image"]))
+    stage("trust features", lambda: state.update(
+        features=trust_features(state["prob"], state["coarse01"], state["image"])))
+    stage("per-change acceptance", per_change)
     stage("binary + soft masks", masks)
     stage("metrics (coarse, refined)", metrics)
     stage("PNG encode (binary, soft)", lambda: (encode_png(state["refined"]), encode_png(state["soft"])))

@@ -17,7 +17,9 @@ than the old one. Here:
   contrast exceeds (1 + ``margin``) times that mean (it lay on a real edge); ties keep the change;
 - a change that is not kept takes the coarse mask's values back.
 
-Pure numpy / OpenCV; works on the bounding box of the changes only.
+Pure numpy / OpenCV; works on the bounding box of the changes only, and the contrasts are
+gathered for the changed pixels and their rings alone, a strip of rows at a time
+(:func:`region_line_means`: a few bytes per pixel of the box).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["line_contrast", "edge_check"]
+__all__ = ["line_contrast", "line_credits", "region_line_means", "edge_check"]
 
 
 _CHUNK_ROWS = 512  # rows of the image converted to float at a time (whole-image floats: 12 B/px)
@@ -79,15 +81,57 @@ def line_contrast(mask: np.ndarray, image: np.ndarray) -> tuple[np.ndarray, np.n
     return _credit(horizontal, vertical, mask[:, 1:] != mask[:, :-1], mask[1:] != mask[:-1])
 
 
-def _region_means(region: np.ndarray, where: np.ndarray, n: int, total: np.ndarray, count: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Mean contrast and count per region label 1..n-1 over the flat positions ``where`` (those of
-    every labelled pixel, in order: the same sums as over the whole box, without its background's
-    8-byte index and weight copies); label 0's entries are not meaningful."""
-    flat = region.ravel()[where]
-    s = np.bincount(flat, weights=total.ravel()[where], minlength=n)
-    c = np.bincount(flat, weights=count.ravel()[where], minlength=n)
-    return s / np.maximum(c, 1), c
+def line_credits(image: np.ndarray, before: np.ndarray, after: np.ndarray, where: np.ndarray,
+                 origin: tuple[int, int], shape: tuple[int, int]):
+    """For the positions ``where`` (flat, in a box of ``shape`` at ``origin`` in the image): per
+    pixel the (sum float32, count uint8) of the contrasts of the 4-neighbour pixel pairs touching it
+    (pairs inside the box only) that cross the old line (``before``, (H, W) bool), the new one
+    (``after``), and of every pair: the values :func:`_credit` gives over the whole box, from the
+    same float32 contrasts added in the same order (left, right, up, down pair), gathered for those
+    pixels alone."""
+    bh, bw = shape
+    r, c = where // bw, where % bw
+    at = (r + origin[0], c + origin[1])
+    colour = image[at].astype(np.float32)
+    b, a = before[at], after[at]
+    m = len(where)
+    sums = [np.zeros(m, np.float32) for _ in range(3)]
+    counts = [np.zeros(m, np.uint8) for _ in range(3)]
+    for valid, dr, dc in ((c > 0, 0, -1), (c < bw - 1, 0, 1), (r > 0, -1, 0), (r < bh - 1, 1, 0)):
+        i = np.flatnonzero(valid)
+        q = (at[0][i] + dr, at[1][i] + dc)
+        other = image[q].astype(np.float32)
+        diff = other - colour[i] if dr + dc > 0 else colour[i] - other  # as _pair_contrast
+        contrast = np.sqrt(np.square(diff).sum(-1))
+        for j, sel in enumerate((b[i] != before[q], a[i] != after[q], None)):
+            sums[j][i] += contrast if sel is None else contrast * sel
+            counts[j][i] += 1 if sel is None else sel
+    return tuple(zip(sums, counts))
+
+
+_CREDIT_ROWS = 256  # rows of a box whose labelled pixels are gathered at a time
+
+
+def region_line_means(image: np.ndarray, before: np.ndarray, after: np.ndarray, region: np.ndarray,
+                      n: int, origin: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per label 0..n-1 of ``region`` ((h, w) labels of a box at ``origin`` in the image; 0: no
+    label): the mean contrast (3, n) and the count (3, n) of the pixel pairs touching its pixels
+    that cross the old line, the new one, and of every pair (:func:`line_credits`; label 0's
+    entries are not meaningful). Gathered a strip of rows at a time and summed in the order of one
+    pass over the box: the same values as per-label sums of the dense :func:`_credit` maps."""
+    h, w = region.shape
+    sums, counts = np.zeros((3, n)), np.zeros((3, n))
+    for s0 in range(0, h, _CREDIT_ROWS):
+        strip = region[s0 : s0 + _CREDIT_ROWS]
+        where = np.flatnonzero(strip)
+        if where.size == 0:
+            continue
+        labels = strip.ravel()[where].astype(np.intp)
+        where += s0 * w
+        for j, (total, count) in enumerate(line_credits(image, before, after, where, origin, (h, w))):
+            np.add.at(sums[j], labels, total.astype(np.float64))
+            np.add.at(counts[j], labels, count.astype(np.float64))
+    return sums / np.maximum(counts, 1), counts
 
 
 def edge_check(prob: np.ndarray, coarse: np.ndarray, image: np.ndarray, margin: float, grow: int = 1) -> int:
@@ -110,26 +154,18 @@ def edge_check(prob: np.ndarray, coarse: np.ndarray, image: np.ndarray, margin: 
     box = (slice(r0, r1), slice(c0, c1))
     if min(r1 - r0, c1 - c0) < 2:
         return 0  # no pixel pairs on one axis: nothing to judge by
-    img, b, a = image[box], before[box], after[box]
-    horizontal, vertical = _pair_contrast(img)
-    old = _credit(horizontal, vertical, b[:, 1:] != b[:, :-1], b[1:] != b[:-1])
-    new = _credit(horizontal, vertical, a[:, 1:] != a[:, :-1], a[1:] != a[:-1])
-    every = _credit(horizontal, vertical, None, None)
-    del horizontal, vertical, img
+    b, a = before[box], after[box]
     kernel = np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)
     undone = 0
     for part in (a & ~b, b & ~a):
-        n, labels = cv2.connectedComponents(part.astype(np.uint8), connectivity=8)
+        n, labels = cv2.connectedComponents(part.view(np.uint8), connectivity=8)
         if n <= 1:
             continue
         region = _grown_labels(labels, n, kernel)  # a nearby label
-        inside = labels > 0
-        region[inside] = labels[inside]
-        where = np.flatnonzero(region)
-        old_mean, old_n = _region_means(region, where, n, *old)
-        new_mean, new_n = _region_means(region, where, n, *new)
-        any_mean, _ = _region_means(region, where, n, *every)
-        del where
+        np.copyto(region, labels, where=labels > 0, casting="unsafe")
+        (old_mean, new_mean, any_mean), (old_n, new_n, _) = region_line_means(
+            image, before, after, region, n, (r0, c0))
+        del region
         # ties (a flat region: every contrast 0) keep the change
         keep = np.where((old_n > 0) & (new_n > 0), new_mean >= old_mean * (1 + margin),
                         np.where(new_n > 0, new_mean >= any_mean * (1 + margin),

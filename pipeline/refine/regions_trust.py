@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 
 from pipeline.metrics import binarize
-from pipeline.refine.edgecheck import _credit, _pair_contrast, _region_means
+from pipeline.refine.edgecheck import _grown_labels, region_line_means
 from pipeline.refine.trust import FEATURES, TrustModel, model_input
 
 __all__ = ["REGION_FEATURES", "Changes", "changes_of", "RegionTrustModel", "load_region_model",
@@ -70,7 +70,14 @@ class Changes:
 def changes_of(prob: np.ndarray, coarse01: np.ndarray, image: np.ndarray, spread: np.ndarray | None = None,
                grow: int = 1) -> Changes:
     """The changes from ``coarse01`` to ``prob`` ((H, W) float in [0, 1]) and their features
-    (module docstring); image (H, W, 3) uint8; spread (H, W) or None (no TTA: 0)."""
+    (module docstring); image (H, W, 3) uint8; spread (H, W) or None (no TTA: 0).
+
+    Memory: besides the returned (H, W) int32 labels, a few bytes per pixel of the changes' bounding
+    box (the distance transform, then the grown labels) and arrays over the labelled pixels of a
+    strip of rows at a time: the edge support of a pixel is summed from the pixel pairs that touch
+    it, gathered for those pixels alone (:func:`pipeline.refine.edgecheck.region_line_means`); the
+    per-change sums are added in the order of one pass over the box (the values of a dense
+    computation, exactly)."""
     if prob.shape != coarse01.shape or prob.shape != image.shape[:2]:
         raise ValueError(f"changes_of: shapes differ: prob {prob.shape}, coarse {coarse01.shape}, "
                          f"image {image.shape}")
@@ -81,35 +88,42 @@ def changes_of(prob: np.ndarray, coarse01: np.ndarray, image: np.ndarray, spread
         return Changes(labels, {f: np.zeros(0) for f in REGION_FEATURES})
     rows, cols = np.nonzero(changed.any(1))[0], np.nonzero(changed.any(0))[0]
     pad = grow + 2
-    box = (slice(max(0, rows[0] - pad), min(prob.shape[0], rows[-1] + pad + 1)),
-           slice(max(0, cols[0] - pad), min(prob.shape[1], cols[-1] + pad + 1)))
-    n, lab = cv2.connectedComponents(changed[box].astype(np.uint8), connectivity=8)
+    r0, c0 = max(0, rows[0] - pad), max(0, cols[0] - pad)
+    r1, c1 = min(prob.shape[0], rows[-1] + pad + 1), min(prob.shape[1], cols[-1] + pad + 1)
+    box = (slice(r0, r1), slice(c0, c1))
+    n, lab = cv2.connectedComponents(changed[box].view(np.uint8), connectivity=8)
+    del changed
     labels[box] = lab
-    b, a, inside = before[box], after[box], lab > 0
-    horizontal, vertical = _pair_contrast(image[box])
-    old = _credit(horizontal, vertical, b[:, 1:] != b[:, :-1], b[1:] != b[:-1])
-    new = _credit(horizontal, vertical, a[:, 1:] != a[:, :-1], a[1:] != a[:-1])
-    every = _credit(horizontal, vertical, None, None)
-    kernel = np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)
-    region = cv2.dilate(lab.astype(np.float64), kernel).astype(np.int64)  # a nearby label
-    region[inside] = lab[inside]
-    where = np.flatnonzero(region)  # every labelled pixel
-    old_mean, old_n = _region_means(region, where, n, *old)
-    new_mean, new_n = _region_means(region, where, n, *new)
-    any_mean, _ = _region_means(region, where, n, *every)
+    del lab
+    lab = labels[box]  # a view: the box's labels are not held twice
 
-    flat = lab.ravel()
-    size = np.bincount(flat, minlength=n).astype(np.float64)
-    dist = cv2.distanceTransform(inside.astype(np.uint8), cv2.DIST_L2, 5)
-    radius = np.zeros(n)
-    np.maximum.at(radius, flat, dist.ravel())
-    added = np.bincount(flat, weights=(a & inside).ravel().astype(np.float64), minlength=n)
-    s = np.zeros(lab.shape) if spread is None else spread[box].astype(np.float64)
-    spread_in = np.bincount(flat, weights=s.ravel(), minlength=n)
-    ring = (region > 0) & ~inside
-    spread_ring = np.bincount(region[ring], weights=s[ring], minlength=n)
-    n_ring = np.bincount(region[ring], minlength=n)
-    margin = np.bincount(flat, weights=np.abs(2 * prob[box].astype(np.float64) - 1).ravel(), minlength=n)
+    # per change, over its pixels a strip of rows at a time (np.add.at sums in the order of one
+    # pass over the box, as np.bincount does): size, added, spread, margin, inscribed radius
+    size, added, spread_in, margin, radius = (np.zeros(n) for _ in range(5))
+    dist = cv2.distanceTransform((lab > 0).view(np.uint8), cv2.DIST_L2, 5)
+    for strip, at in _strips(lab, (r0, c0)):
+        np.add.at(size, strip, 1.0)
+        np.add.at(added, strip, after[at].astype(np.float64))
+        if spread is not None:
+            np.add.at(spread_in, strip, spread[at].astype(np.float64))
+        np.add.at(margin, strip, np.abs(2 * prob[at].astype(np.float64) - 1))
+        np.maximum.at(radius, strip, dist[at[0] - r0, at[1] - c0])
+    del dist
+
+    # every labelled pixel: the changes grown by ``grow`` px, a ring pixel taking a nearby label
+    kernel = np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)
+    region = _grown_labels(lab, n, kernel)
+    np.copyto(region, lab, where=lab > 0, casting="unsafe")
+    (old_mean, new_mean, any_mean), (old_n, new_n, _) = region_line_means(
+        image, before, after, region, n, (r0, c0))
+    spread_ring, n_ring = np.zeros(n), np.zeros(n)
+    np.copyto(region, 0, where=lab > 0)  # the rings alone
+    for strip, at in _strips(region, (r0, c0)):
+        np.add.at(n_ring, strip, 1.0)
+        if spread is not None:
+            np.add.at(spread_ring, strip, spread[at].astype(np.float64))
+    del region
+
     k = slice(1, None)
     line = np.maximum(old_n[k], new_n[k]) / 2  # each pair is credited to both of its pixels
     features = {
@@ -122,6 +136,21 @@ def changes_of(prob: np.ndarray, coarse01: np.ndarray, image: np.ndarray, spread
         "margin": margin[k] / size[k], "share": size[k] / size[k].sum(),
     }
     return Changes(labels, features)
+
+
+_STRIP_ROWS = 256  # rows of a box whose labelled pixels are gathered at a time
+
+
+def _strips(labels: np.ndarray, origin: tuple[int, int]):
+    """For each strip of rows of the box ``labels`` (at ``origin`` in the image): (the labels of its
+    labelled pixels in flat order (intp), their (rows, cols) in the image)."""
+    w = labels.shape[1]
+    for s0 in range(0, labels.shape[0], _STRIP_ROWS):
+        part = labels[s0 : s0 + _STRIP_ROWS]
+        where = np.flatnonzero(part)
+        if where.size:
+            at = (where // w + s0 + origin[0], where % w + origin[1])
+            yield part.ravel()[where].astype(np.intp), at
 
 
 def _known_region_input(name: str) -> bool:
@@ -222,13 +251,14 @@ def accept_regions(prob: np.ndarray, coarse01: np.ndarray, changes: Changes, acc
     of the changed pixels (1.0 when nothing changed)."""
     if len(accept) != changes.n:
         raise ValueError(f"accept_regions: {len(accept)} decisions for {changes.n} changes")
-    coarse = binarize(coarse01).astype(np.float32)
     if changes.n == 0:
         return prob, 1.0  # refined == coarse, binarised
+    out = binarize(coarse01).astype(np.float32)
     take = np.concatenate([[False], np.asarray(accept, bool)])[changes.labels]
+    np.copyto(out, prob, where=take)
     sizes = np.exp(changes.features["log_size"])
     share = float(sizes[accept].sum() / sizes.sum())
-    return np.where(take, prob, coarse).astype(np.float32), share
+    return out, share
 
 
 def decide_regions(prob: np.ndarray, coarse01: np.ndarray, image: np.ndarray, spread: np.ndarray | None,

@@ -63,25 +63,54 @@ def _line_pairs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mask[:, 1:] != mask[:, :-1], mask[1:] != mask[:-1]
 
 
-class _PairContrast:
-    """RGB contrast (Euclidean distance, float32) of the horizontal pairs where ``use_h`` and the
-    vertical pairs where ``use_v``: computed for those pairs only (a thin band, not the whole box)."""
+class _BandPairs:
+    """The 4-neighbour pixel pairs with both pixels in the band (``in_band``, (H, W) bool), their RGB
+    contrast (Euclidean distance, float32), computed for those pairs only (a band, not the box)."""
 
-    def __init__(self, image: np.ndarray, use_h: np.ndarray, use_v: np.ndarray) -> None:
-        self.h = np.nonzero(use_h)
-        self.v = np.nonzero(use_v)
+    def __init__(self, image: np.ndarray, in_band: np.ndarray) -> None:
+        self.h = np.nonzero(in_band[:, 1:] & in_band[:, :-1])
+        self.v = np.nonzero(in_band[1:] & in_band[:-1])
         y, x = self.h
         self.ch = np.sqrt(np.square(image[y, x + 1].astype(np.float32) - image[y, x]).sum(-1))
         y, x = self.v
         self.cv = np.sqrt(np.square(image[y + 1, x].astype(np.float32) - image[y, x]).sum(-1))
 
-    def mean(self, sel_h: np.ndarray, sel_v: np.ndarray) -> tuple[float, int]:
-        """(mean contrast, count) of the selected pairs (a subset of the computed ones)."""
-        mh, mv = sel_h[self.h], sel_v[self.v]
-        n = int(np.count_nonzero(mh)) + int(np.count_nonzero(mv))
+    def crossing(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Which band pairs lie on opposite sides of ``mask``'s line (a mask's line pairs are
+        always band pairs: the band holds both pixels of each)."""
+        y, x = self.h
+        sel_h = mask[y, x] != mask[y, x + 1]
+        y, x = self.v
+        return sel_h, mask[y, x] != mask[y + 1, x]
+
+    def mean(self, sel_h: np.ndarray | None = None, sel_v: np.ndarray | None = None) -> tuple[float, int]:
+        """(mean contrast, count) of the selected band pairs (None: all of them)."""
+        ch = self.ch if sel_h is None else self.ch[sel_h]
+        cv = self.cv if sel_v is None else self.cv[sel_v]
+        n = len(ch) + len(cv)
         if n == 0:
             return 0.0, 0
-        return float(self.ch[mh].sum() + self.cv[mv].sum()) / n, n
+        return float(ch.sum() + cv.sum()) / n, n
+
+
+_STRIP_ROWS = 1024  # rows of the box blurred at a time for coarse_detail
+_BLUR_HALO = 40  # rows above and below a strip: > OpenCV's float32 Gaussian radius at sigma 4 (16)
+
+
+def _detail_counts(c: np.ndarray) -> dict[str, int]:
+    """Per :data:`DETAIL_SIGMAS` name: the pixels of the (H, W) bool mask ``c`` whose value changes
+    when it is blurred with that sigma (border replicated) and thresholded at 0.5; blurred in strips
+    of rows with a halo (the same values as one blur of the whole mask, in float32 of a strip)."""
+    h = c.shape[0]
+    counts = dict.fromkeys(DETAIL_SIGMAS, 0)
+    for s0 in range(0, h, _STRIP_ROWS):
+        s1 = min(h, s0 + _STRIP_ROWS)
+        h0, h1 = max(0, s0 - _BLUR_HALO), min(h, s1 + _BLUR_HALO)
+        c32 = c[h0:h1].astype(np.float32)
+        for name, sigma in DETAIL_SIGMAS.items():
+            blurred = cv2.GaussianBlur(c32, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
+            counts[name] += int(np.count_nonzero((blurred[s0 - h0 : s1 - h0] > 0.5) != c[s0:s1]))
+    return counts
 
 
 def _band_box(c: np.ndarray, r: np.ndarray, band: int) -> tuple[slice, slice] | None:
@@ -127,23 +156,20 @@ def trust_features(prob: np.ndarray, coarse01: np.ndarray, image: np.ndarray,
     if spread is not None:
         out["band_spread"] = float(np.mean(spread[box][in_band])) if in_band.any() else 0.0
 
-    ch, cv = _line_pairs(c)
-    rh, rv = _line_pairs(r)
-    band_h, band_v = in_band[:, 1:] & in_band[:, :-1], in_band[1:] & in_band[:-1]
-    pairs = _PairContrast(image[box], ch | rh | band_h, cv | rv | band_v)  # only the pairs used
-    old, n_old = pairs.mean(ch, cv)
-    new, _ = pairs.mean(rh, rv)
-    every, _ = pairs.mean(band_h, band_v)
+    pairs = _BandPairs(image[box], in_band)
+    del in_band
+    old, n_old = pairs.mean(*pairs.crossing(c))
+    new, _ = pairs.mean(*pairs.crossing(r))
+    every, _ = pairs.mean()
+    del pairs
     out["coarse_edge"] = (old + _EPS) / (every + _EPS)
     out["edge_gain"] = math.log((new + _EPS) / (old + _EPS))
 
     changed = c != r
     n_changed = int(np.count_nonzero(changed))
     out["shift_px"] = n_changed / max(1, n_old)
-    c32 = c.astype(np.float32)
-    for name, sigma in DETAIL_SIGMAS.items():
-        blurred = cv2.GaussianBlur(c32, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE) > 0.5
-        out[name] = int(np.count_nonzero(blurred != c)) / max(1, n_old)
+    for name, count in _detail_counts(c).items():
+        out[name] = count / max(1, n_old)
     if n_changed:
         # thickness: chessboard distance to the nearest unchanged pixel; a change at most 2 px wide
         # has no pixel farther than 1 from an unchanged one

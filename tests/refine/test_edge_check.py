@@ -39,6 +39,90 @@ def test_line_contrast_by_hand() -> None:
     np.testing.assert_allclose(count, [[1, 1, 1], [1, 2, 2]])
 
 
+def test_line_credits_gathered_equal_the_dense_maps() -> None:
+    """line_credits at a set of box positions: the same float32 sums and counts as the dense
+    per-pixel maps over the box (pairs leaving the box not counted), bit for bit."""
+    from pipeline.refine.edgecheck import _credit, _pair_contrast, line_credits
+
+    rng = np.random.default_rng(3)
+    h, w = 40, 50
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    before, after = rng.random((h, w)) > 0.5, rng.random((h, w)) > 0.4
+    r0, r1, c0, c1 = 5, 33, 0, 47  # a box touching the image's left side
+    box = (slice(r0, r1), slice(c0, c1))
+    where = np.flatnonzero(rng.random((r1 - r0, c1 - c0)) > 0.6)
+    got = line_credits(image, before, after, where, (r0, c0), (r1 - r0, c1 - c0))
+    horizontal, vertical = _pair_contrast(image[box])
+    b, a = before[box], after[box]
+    want = (_credit(horizontal, vertical, b[:, 1:] != b[:, :-1], b[1:] != b[:-1]),
+            _credit(horizontal, vertical, a[:, 1:] != a[:, :-1], a[1:] != a[:-1]),
+            _credit(horizontal, vertical, None, None))
+    for (total, count), (wt, wc) in zip(got, want):
+        assert total.dtype == np.float32 and count.dtype == np.uint8
+        np.testing.assert_array_equal(total, wt.ravel()[where])
+        np.testing.assert_array_equal(count, wc.ravel()[where])
+
+
+def _dense_edge_check(prob, coarse, image, margin, grow=1):
+    """The first implementation (dense credit maps over the box, float64 labels), as a reference."""
+    from pipeline.refine.edgecheck import _credit, _pair_contrast
+    from tests.helpers import region_means
+
+    before, after = coarse > 0.5, prob > 0.5
+    changed = before != after
+    rows, cols = np.nonzero(changed.any(1))[0], np.nonzero(changed.any(0))[0]
+    pad = grow + 1
+    r0, r1 = max(0, rows[0] - pad), min(prob.shape[0], rows[-1] + pad + 1)
+    c0, c1 = max(0, cols[0] - pad), min(prob.shape[1], cols[-1] + pad + 1)
+    box = (slice(r0, r1), slice(c0, c1))
+    img, b, a = image[box], before[box], after[box]
+    horizontal, vertical = _pair_contrast(img)
+    old = _credit(horizontal, vertical, b[:, 1:] != b[:, :-1], b[1:] != b[:-1])
+    new = _credit(horizontal, vertical, a[:, 1:] != a[:, :-1], a[1:] != a[:-1])
+    every = _credit(horizontal, vertical, None, None)
+    kernel = np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)
+    undone = 0
+    for part in (a & ~b, b & ~a):
+        n, labels = cv2.connectedComponents(part.astype(np.uint8), connectivity=8)
+        if n <= 1:
+            continue
+        region = cv2.dilate(labels.astype(np.float64), kernel).astype(np.int64)
+        inside = labels > 0
+        region[inside] = labels[inside]
+        where = np.flatnonzero(region)
+        old_mean, old_n = region_means(region, where, n, *old)
+        new_mean, new_n = region_means(region, where, n, *new)
+        any_mean, _ = region_means(region, where, n, *every)
+        keep = np.where((old_n > 0) & (new_n > 0), new_mean >= old_mean * (1 + margin),
+                        np.where(new_n > 0, new_mean >= any_mean * (1 + margin),
+                                 old_mean <= any_mean * (1 + margin)))
+        keep[0] = True
+        undo = ~keep[labels] & part
+        if undo.any():
+            sub = prob[box]
+            sub[undo] = coarse[box][undo]
+            undone += int((~keep[1:]).sum())
+    return undone
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_edge_check_equals_the_dense_computation(seed) -> None:
+    """On noisy changes (hundreds of them, some touching the image's border) the edge check undoes
+    the same changes, to the pixel, as the dense first implementation."""
+    rng = np.random.default_rng(seed)
+    h, w, radius = (700, 500, 240) if seed == 3 else (96, 128, 30)  # 700 rows: several strips
+    image = _disc_image(h, w, radius, seed=seed)
+    image = np.clip(image.astype(np.int16) + rng.integers(-40, 40, image.shape), 0, 255).astype(np.uint8)
+    coarse = _disc(h, w, radius).astype(np.float32)
+    prob = np.clip(coarse + rng.normal(0, 0.4, coarse.shape), 0, 1).astype(np.float32)
+    prob[:3] = 1.0
+    got, want = prob.copy(), prob.copy()
+    n_got = edge_check(got, coarse, image, 0.25, grow=1 + seed % 2)
+    n_want = _dense_edge_check(want, coarse, image, 0.25, grow=1 + seed % 2)
+    assert n_got == n_want > 10
+    np.testing.assert_array_equal(got, want)
+
+
 def test_a_line_moved_off_the_edge_is_put_back() -> None:
     image = _disc_image()
     coarse = _disc(radius=30).astype(np.float32)  # on the edge

@@ -68,7 +68,8 @@ def test_stages_measure_each_stage_of_the_path():
     rows = run_stages(640, 480, out=lambda _: None)
     assert [r["stage"] for r in rows] == [
         "decode image (JPEG)", "decode + upsample coarse", "decode truth (PNG)",
-        "refine (strided, 1/8 scale)", "edge check", "trust features", "binary + soft masks",
+        "refine (strided, 1/8 scale)", "edge check", "trust features", "per-change acceptance",
+        "binary + soft masks",
         "metrics (coarse, refined)", "PNG encode (binary, soft)"]
     assert all(r["extra"] >= 0 and r["seconds"] >= 0 for r in rows)
     # decoding a 640x480 image holds at least its 0.9 MB of pixels above what came before

@@ -43,6 +43,108 @@ def test_no_change_no_regions():
         changes_of(coarse, coarse[:3], _scene())
 
 
+def _dense_changes_of(prob, coarse01, image, spread=None, grow=1):
+    """The features computed densely over the changes' bounding box (the first implementation,
+    kept as a reference: whole-box contrast maps, float64 labels and weights)."""
+    import cv2
+
+    from pipeline.metrics import binarize
+    from pipeline.refine.edgecheck import _credit, _pair_contrast
+    from tests.helpers import region_means
+
+    after, before = binarize(prob), binarize(coarse01)
+    changed = after != before
+    rows, cols = np.nonzero(changed.any(1))[0], np.nonzero(changed.any(0))[0]
+    pad = grow + 2
+    box = (slice(max(0, rows[0] - pad), min(prob.shape[0], rows[-1] + pad + 1)),
+           slice(max(0, cols[0] - pad), min(prob.shape[1], cols[-1] + pad + 1)))
+    n, lab = cv2.connectedComponents(changed[box].astype(np.uint8), connectivity=8)
+    b, a, inside = before[box], after[box], lab > 0
+    horizontal, vertical = _pair_contrast(image[box])
+    old = _credit(horizontal, vertical, b[:, 1:] != b[:, :-1], b[1:] != b[:-1])
+    new = _credit(horizontal, vertical, a[:, 1:] != a[:, :-1], a[1:] != a[:-1])
+    every = _credit(horizontal, vertical, None, None)
+    kernel = np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)
+    region = cv2.dilate(lab.astype(np.float64), kernel).astype(np.int64)
+    region[inside] = lab[inside]
+    where = np.flatnonzero(region)
+    old_mean, old_n = region_means(region, where, n, *old)
+    new_mean, new_n = region_means(region, where, n, *new)
+    any_mean, _ = region_means(region, where, n, *every)
+    flat = lab.ravel()
+    size = np.bincount(flat, minlength=n).astype(np.float64)
+    dist = cv2.distanceTransform(inside.astype(np.uint8), cv2.DIST_L2, 5)
+    radius = np.zeros(n)
+    np.maximum.at(radius, flat, dist.ravel())
+    added = np.bincount(flat, weights=(a & inside).ravel().astype(np.float64), minlength=n)
+    s = np.zeros(lab.shape) if spread is None else spread[box].astype(np.float64)
+    spread_in = np.bincount(flat, weights=s.ravel(), minlength=n)
+    ring = (region > 0) & ~inside
+    spread_ring = np.bincount(region[ring], weights=s[ring], minlength=n)
+    n_ring = np.bincount(region[ring], minlength=n)
+    margin = np.bincount(flat, weights=np.abs(2 * prob[box].astype(np.float64) - 1).ravel(), minlength=n)
+    k = slice(1, None)
+    line = np.maximum(old_n[k], new_n[k]) / 2
+    eps = 1.0
+    return lab, box, {
+        "log_size": np.log(size[k]), "radius": radius[k], "log_len": np.log1p(line),
+        "depth": size[k] / np.maximum(1, line), "added": added[k] / size[k],
+        "edge_new_old": np.log((new_mean[k] + eps) / (old_mean[k] + eps)),
+        "edge_new_any": np.log((new_mean[k] + eps) / (any_mean[k] + eps)),
+        "edge_old_any": np.log((old_mean[k] + eps) / (any_mean[k] + eps)),
+        "spread": spread_in[k] / size[k], "spread_ring": spread_ring[k] / np.maximum(1, n_ring[k]),
+        "margin": margin[k] / size[k], "share": size[k] / size[k].sum(),
+    }
+
+
+@pytest.mark.parametrize("case", ["noise", "touching-border", "no-spread", "grow2", "tall"])
+def test_features_equal_the_dense_computation_over_the_box(case):
+    """The lean computation (pixel pairs gathered for the changed pixels and their ring only) gives
+    the same features, bit for bit, as the dense one over the changes' bounding box."""
+    rng = np.random.default_rng(7)
+    h, w = (700, 60) if case == "tall" else (90, 120)  # tall: several strips of rows
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    coarse = np.zeros((h, w), np.float32)
+    coarse[20 : h - 20, 30 : w - 20] = 1
+    prob = np.clip(coarse + rng.normal(0, 0.45, (h, w)).astype(np.float32), 0, 1)
+    if case == "touching-border":
+        prob[0:6, :] = 1  # changes on the image's border: pairs leave the box
+        prob[:, -3:] = 1
+    spread = None if case == "no-spread" else rng.random((h, w)).astype(np.float32) * 0.2
+    grow = 2 if case == "grow2" else 1
+    changes = changes_of(prob, coarse, image, spread, grow)
+    lab, box, dense = _dense_changes_of(prob, coarse, image, spread, grow)
+    assert changes.n == len(dense["log_size"]) > 20
+    np.testing.assert_array_equal(changes.labels[box], lab)
+    assert not changes.labels[~np.isin(np.arange(h), np.arange(h)[box[0]])].any()
+    for name in REGION_FEATURES:
+        np.testing.assert_array_equal(changes.features[name], dense[name], err_msg=name)
+
+
+def test_features_take_a_few_bytes_per_pixel():
+    """A sliver along a long line and a hole far from it (a box of most of the image, few changed
+    pixels): numpy's allocations (tracemalloc) stay near the returned int32 labels, not the dense
+    computation's float64 maps (29 B/px measured here)."""
+    import tracemalloc
+
+    h, w = 600, 800
+    image = np.full((h, w, 3), 50, np.uint8)
+    coarse = np.zeros((h, w), np.float32)
+    coarse[40:560, 40:760] = 1
+    prob = coarse.copy()
+    prob[40:560, 39] = 1
+    prob[300:310, 400:410] = 0
+    spread = np.zeros((h, w), np.float32)
+    tracemalloc.start()
+    try:
+        changes = changes_of(prob, coarse, image, spread)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert changes.n == 2
+    assert peak / (h * w) < 12  # bytes per image pixel (lean: ~9.7; the labels alone are 4)
+
+
 def test_a_sliver_and_a_blob_are_two_changes_with_their_own_features():
     coarse = _band(41, 70)
     refined = _band(40, 70)  # the left line 1 px out, onto the image's edge at column 40

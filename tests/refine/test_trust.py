@@ -110,6 +110,67 @@ def _model(**kw) -> TrustModel:
     return TrustModel(**{**base, **kw})
 
 
+def _dense_trust_features(prob, coarse01, image, spread=None, band=3):
+    """The first implementation of the band's pair contrasts and coarse_detail (whole-box pair maps
+    and one blur of the whole box), as a reference for the gathered / strip-wise one."""
+    import math
+
+    import cv2
+
+    from pipeline.refine.trust import _EPS, DETAIL_SIGMAS, _band_box, _line_pairs
+
+    c_full, r_full = coarse01 > 0.5, prob > 0.5
+    box = _band_box(c_full, r_full, band)
+    c, r = c_full[box], r_full[box]
+    kernel = np.ones((2 * band + 1, 2 * band + 1), np.uint8)
+    lines = np.zeros(c.shape, np.uint8)
+    for m in (c, r):
+        m8 = m.astype(np.uint8)
+        lines |= cv2.dilate(m8, kernel) ^ cv2.erode(m8, kernel)
+    in_band = lines.astype(bool)
+    ch, cv = _line_pairs(c)
+    rh, rv = _line_pairs(r)
+    band_h, band_v = in_band[:, 1:] & in_band[:, :-1], in_band[1:] & in_band[:-1]
+    img = image[box]
+    use_h, use_v = np.nonzero(ch | rh | band_h), np.nonzero(cv | rv | band_v)
+    y, x = use_h
+    con_h = np.sqrt(np.square(img[y, x + 1].astype(np.float32) - img[y, x]).sum(-1))
+    y, x = use_v
+    con_v = np.sqrt(np.square(img[y + 1, x].astype(np.float32) - img[y, x]).sum(-1))
+
+    def mean(sel_h, sel_v):
+        mh, mv = sel_h[use_h], sel_v[use_v]
+        n = int(np.count_nonzero(mh)) + int(np.count_nonzero(mv))
+        return (float(con_h[mh].sum() + con_v[mv].sum()) / n, n) if n else (0.0, 0)
+
+    old, n_old = mean(ch, cv)
+    new, _ = mean(rh, rv)
+    every, _ = mean(band_h, band_v)
+    out = {"coarse_edge": (old + _EPS) / (every + _EPS), "edge_gain": math.log((new + _EPS) / (old + _EPS))}
+    c32 = c.astype(np.float32)
+    for name, sigma in DETAIL_SIGMAS.items():
+        blurred = cv2.GaussianBlur(c32, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE) > 0.5
+        out[name] = int(np.count_nonzero(blurred != c)) / max(1, n_old)
+    return out
+
+
+@pytest.mark.parametrize("h,w", [(120, 90), (2600, 64)])  # the second: three blur strips
+def test_edge_and_detail_features_equal_the_dense_computation(h, w):
+    """The gathered band pairs and the strip-wise blur give the same coarse_edge, edge_gain and
+    coarse_detail* as the whole-box computation, exactly."""
+    rng = np.random.default_rng(h)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:h, :w]
+    coarse = (((yy - h / 2) / (h / 3)) ** 2 + ((xx - w / 2) / (w / 3)) ** 2 <= 1).astype(np.float32)
+    coarse[rng.random((h, w)) > 0.97] = 1  # a detailed (noisy) line and specks
+    prob = np.clip(coarse + rng.normal(0, 0.3, (h, w)), 0, 1).astype(np.float32)
+    got = trust_features(prob, coarse, image)
+    want = _dense_trust_features(prob, coarse, image)
+    assert want["coarse_detail4"] > 0 and want["edge_gain"] != 0
+    for name, value in want.items():
+        assert got[name] == value, name
+
+
 def test_score_is_the_logistic_of_the_standardised_features():
     m = _model()
     z = 0.5 + 2.0 * (2.0 - 1.0) / 0.5 - 1.0 * (1.0 - 2.0) / 1.0
