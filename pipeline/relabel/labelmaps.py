@@ -285,10 +285,13 @@ class LabelMerger:
             raise ValueError(f"LabelMerger.add: prob shape {p.shape} != window shape {(y1 - y0, x1 - x0)}")
         best = self._best[y0:y1, x0:x1]
         labels = self._labels[y0:y1, x0:x1]
-        take = (p >= CLAIM_THRESHOLD) & (p > best)  # strict: a tie keeps the class added first
+        # in place, one window-sized bool and one temporary (a whole-image window at 192 MP: the
+        # background class of a label map)
+        take = p >= CLAIM_THRESHOLD
+        take &= p > best  # strict: a tie keeps the class added first
         if self.ignore is not None:
             take &= labels != self.ignore  # labels are ignore exactly where base is (never added)
-        best[take] = p[take]
+        np.copyto(best, p, where=take)
         labels[take] = cls
 
     def result(self) -> np.ndarray:
@@ -325,7 +328,7 @@ def relabel_classes(
             continue
         window = crop_box(box, height, width, rule)
         coarse = class_coarse(values, cls, height, width, window)
-        prob, info, _ = split_outcome(refine_fn(cls, window, coarse))
+        prob, info = split_outcome(refine_fn(cls, window, coarse))[:2]  # the candidate is not kept
         prob = np.asarray(prob, dtype=np.float32)
         merger.add(cls, window, prob)
         records.append({
@@ -335,4 +338,5 @@ def relabel_classes(
             "refined_pixels": int(np.count_nonzero(prob >= CLAIM_THRESHOLD)),
             **info,
         })
+        del coarse, prob  # before the next class's window
     return merger.result(), records
