@@ -118,7 +118,7 @@ def relabel_instances(
             coarse = coarse_window(parsed, ann_hw, full_hw, window)
             if not (coarse > 128).any():
                 raise AnnotationError(aid, "empty_annotation", "the coarse mask is empty at full resolution")
-            prob, info, _ = split_outcome(refine_fn(window, coarse))  # trust fields, when any
+            prob, info = split_outcome(refine_fn(window, coarse))[:2]  # trust fields (candidate dropped)
             rec.update(info)
             refined = to_binary_u8(prob)
             new = dict(ann)

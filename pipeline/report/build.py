@@ -56,6 +56,17 @@ def rank_samples(rows: list[dict[str, Any]], worst: int, best: int) -> tuple[lis
     return low, high, "change: IoU(coarse, refined), lowest first"
 
 
+def kept_text(row: dict[str, Any]) -> str:
+    """What the acceptance policy wrote for a row: the refined mask, the coarse one, or (``refine.accept:
+    regions``) some of the refined changes (``accepted_share`` of the changed pixels)."""
+    if row.get("accepted") is not False:
+        return "refined kept"
+    share = row.get("accepted_share")
+    if share:
+        return f"{100 * share:.0f}% of the changed pixels kept (see candidates/)"
+    return "coarse kept (see candidates/)"
+
+
 def _pct(v: float | None, sign: bool = False) -> str:
     return "-" if v is None else (f"{100 * v:+.2f}" if sign else f"{100 * v:.2f}")
 
@@ -143,8 +154,7 @@ def build_report(output: str, out: str | None = None, worst: int = 8, best: int 
                  if with_gt else f"IoU(coarse, refined) {_pct(r.get('change_iou'))}, changed "
                  f"{_pct(r.get('changed_fraction'))} % of pixels")
         if r.get("trust_score") is not None:
-            kept = "refined kept" if r.get("accepted") is not False else "coarse kept (see candidates/)"
-            facts += f"; trust {r['trust_score']:.2f}, {kept}"
+            facts += f"; trust {r['trust_score']:.2f}, {kept_text(r)}"
         cards[r["key"]] = (f'<div class="card"><p class="key">{_esc(r["key"])} '
                            f'<span class="size">{r["width"]}x{r["height"]}</span></p>'
                            f'<img class="thumb" src="{thumb_name}" alt="{_esc(r["key"])}">{zoom}'

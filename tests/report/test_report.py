@@ -157,3 +157,14 @@ def test_report_in_a_headless_browser(refined, tmp_path):
     assert r.returncode == 0 and shot.exists(), r.stderr[-2000:]
     img = cv2.imread(str(shot))
     assert img.shape[:2] == (1600, 1200) and img.std() > 10, "the screenshot is blank"
+
+
+def test_the_cards_say_what_the_acceptance_policy_wrote():
+    from pipeline.report.build import kept_text
+
+    assert kept_text({"accepted": True, "accepted_share": 1.0}) == "refined kept"
+    assert kept_text({"accepted": None}) == "refined kept"  # no policy
+    assert kept_text({"accepted": False, "accepted_share": None}) == "coarse kept (see candidates/)"
+    assert kept_text({"accepted": False, "accepted_share": 0.0}) == "coarse kept (see candidates/)"
+    assert kept_text({"accepted": False, "accepted_share": 0.731}) == (
+        "73% of the changed pixels kept (see candidates/)")
