@@ -27,7 +27,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["line_contrast", "line_credits", "region_line_means", "edge_check"]
+__all__ = ["line_contrast", "label_strips", "line_credits", "region_line_means", "edge_check"]
 
 
 _CHUNK_ROWS = 512  # rows of the image converted to float at a time (whole-image floats: 12 B/px)
@@ -81,25 +81,39 @@ def line_contrast(mask: np.ndarray, image: np.ndarray) -> tuple[np.ndarray, np.n
     return _credit(horizontal, vertical, mask[:, 1:] != mask[:, :-1], mask[1:] != mask[:-1])
 
 
-def line_credits(image: np.ndarray, before: np.ndarray, after: np.ndarray, where: np.ndarray,
-                 origin: tuple[int, int], shape: tuple[int, int]):
-    """For the positions ``where`` (flat, in a box of ``shape`` at ``origin`` in the image): per
+_STRIP_ROWS = 256  # rows of a box whose labelled pixels are gathered at a time
+
+
+def label_strips(labels: np.ndarray, origin: tuple[int, int]):
+    """For each strip of rows of ``labels`` ((h, w) labels of a box at ``origin`` in the image; 0: no
+    label) that has labelled pixels: (their labels in flat order (intp), their (rows, cols) in the
+    image). Strip after strip, the pixels come in the order of one pass over the box."""
+    w = labels.shape[1]
+    for s0 in range(0, labels.shape[0], _STRIP_ROWS):
+        part = labels[s0 : s0 + _STRIP_ROWS]
+        where = np.flatnonzero(part)
+        if where.size:
+            yield part.ravel()[where].astype(np.intp), (where // w + s0 + origin[0], where % w + origin[1])
+
+
+def line_credits(image: np.ndarray, before: np.ndarray, after: np.ndarray, at: tuple[np.ndarray, np.ndarray],
+                 box: tuple[int, int, int, int]):
+    """For the pixels ``at`` ((rows, cols) in the image, inside ``box`` = (r0, c0, r1, c1)): per
     pixel the (sum float32, count uint8) of the contrasts of the 4-neighbour pixel pairs touching it
     (pairs inside the box only) that cross the old line (``before``, (H, W) bool), the new one
     (``after``), and of every pair: the values :func:`_credit` gives over the whole box, from the
     same float32 contrasts added in the same order (left, right, up, down pair), gathered for those
     pixels alone."""
-    bh, bw = shape
-    r, c = where // bw, where % bw
-    at = (r + origin[0], c + origin[1])
+    r0, c0, r1, c1 = box
+    r, c = at
     colour = image[at].astype(np.float32)
     b, a = before[at], after[at]
-    m = len(where)
+    m = len(r)
     sums = [np.zeros(m, np.float32) for _ in range(3)]
     counts = [np.zeros(m, np.uint8) for _ in range(3)]
-    for valid, dr, dc in ((c > 0, 0, -1), (c < bw - 1, 0, 1), (r > 0, -1, 0), (r < bh - 1, 1, 0)):
+    for valid, dr, dc in ((c > c0, 0, -1), (c < c1 - 1, 0, 1), (r > r0, -1, 0), (r < r1 - 1, 1, 0)):
         i = np.flatnonzero(valid)
-        q = (at[0][i] + dr, at[1][i] + dc)
+        q = (r[i] + dr, c[i] + dc)
         other = image[q].astype(np.float32)
         diff = other - colour[i] if dr + dc > 0 else colour[i] - other  # as _pair_contrast
         contrast = np.sqrt(np.square(diff).sum(-1))
@@ -109,26 +123,17 @@ def line_credits(image: np.ndarray, before: np.ndarray, after: np.ndarray, where
     return tuple(zip(sums, counts))
 
 
-_CREDIT_ROWS = 256  # rows of a box whose labelled pixels are gathered at a time
-
-
 def region_line_means(image: np.ndarray, before: np.ndarray, after: np.ndarray, region: np.ndarray,
                       n: int, origin: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Per label 0..n-1 of ``region`` ((h, w) labels of a box at ``origin`` in the image; 0: no
     label): the mean contrast (3, n) and the count (3, n) of the pixel pairs touching its pixels
     that cross the old line, the new one, and of every pair (:func:`line_credits`; label 0's
-    entries are not meaningful). Gathered a strip of rows at a time and summed in the order of one
+    entries are not meaningful). Gathered by :func:`label_strips` and summed in the order of one
     pass over the box: the same values as per-label sums of the dense :func:`_credit` maps."""
-    h, w = region.shape
+    box = (origin[0], origin[1], origin[0] + region.shape[0], origin[1] + region.shape[1])
     sums, counts = np.zeros((3, n)), np.zeros((3, n))
-    for s0 in range(0, h, _CREDIT_ROWS):
-        strip = region[s0 : s0 + _CREDIT_ROWS]
-        where = np.flatnonzero(strip)
-        if where.size == 0:
-            continue
-        labels = strip.ravel()[where].astype(np.intp)
-        where += s0 * w
-        for j, (total, count) in enumerate(line_credits(image, before, after, where, origin, (h, w))):
+    for labels, at in label_strips(region, origin):
+        for j, (total, count) in enumerate(line_credits(image, before, after, at, box)):
             np.add.at(sums[j], labels, total.astype(np.float64))
             np.add.at(counts[j], labels, count.astype(np.float64))
     return sums / np.maximum(counts, 1), counts

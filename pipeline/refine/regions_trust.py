@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 
 from pipeline.metrics import binarize
-from pipeline.refine.edgecheck import _grown_labels, region_line_means
+from pipeline.refine.edgecheck import _grown_labels, label_strips, region_line_means
 from pipeline.refine.trust import FEATURES, TrustModel, model_input
 
 __all__ = ["REGION_FEATURES", "Changes", "changes_of", "RegionTrustModel", "load_region_model",
@@ -101,7 +101,7 @@ def changes_of(prob: np.ndarray, coarse01: np.ndarray, image: np.ndarray, spread
     # pass over the box, as np.bincount does): size, added, spread, margin, inscribed radius
     size, added, spread_in, margin, radius = (np.zeros(n) for _ in range(5))
     dist = cv2.distanceTransform((lab > 0).view(np.uint8), cv2.DIST_L2, 5)
-    for strip, at in _strips(lab, (r0, c0)):
+    for strip, at in label_strips(lab, (r0, c0)):
         np.add.at(size, strip, 1.0)
         np.add.at(added, strip, after[at].astype(np.float64))
         if spread is not None:
@@ -118,7 +118,7 @@ def changes_of(prob: np.ndarray, coarse01: np.ndarray, image: np.ndarray, spread
         image, before, after, region, n, (r0, c0))
     spread_ring, n_ring = np.zeros(n), np.zeros(n)
     np.copyto(region, 0, where=lab > 0)  # the rings alone
-    for strip, at in _strips(region, (r0, c0)):
+    for strip, at in label_strips(region, (r0, c0)):
         np.add.at(n_ring, strip, 1.0)
         if spread is not None:
             np.add.at(spread_ring, strip, spread[at].astype(np.float64))
@@ -136,21 +136,6 @@ def changes_of(prob: np.ndarray, coarse01: np.ndarray, image: np.ndarray, spread
         "margin": margin[k] / size[k], "share": size[k] / size[k].sum(),
     }
     return Changes(labels, features)
-
-
-_STRIP_ROWS = 256  # rows of a box whose labelled pixels are gathered at a time
-
-
-def _strips(labels: np.ndarray, origin: tuple[int, int]):
-    """For each strip of rows of the box ``labels`` (at ``origin`` in the image): (the labels of its
-    labelled pixels in flat order (intp), their (rows, cols) in the image)."""
-    w = labels.shape[1]
-    for s0 in range(0, labels.shape[0], _STRIP_ROWS):
-        part = labels[s0 : s0 + _STRIP_ROWS]
-        where = np.flatnonzero(part)
-        if where.size:
-            at = (where // w + s0 + origin[0], where % w + origin[1])
-            yield part.ravel()[where].astype(np.intp), at
 
 
 def _known_region_input(name: str) -> bool:

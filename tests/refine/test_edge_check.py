@@ -51,7 +51,8 @@ def test_line_credits_gathered_equal_the_dense_maps() -> None:
     r0, r1, c0, c1 = 5, 33, 0, 47  # a box touching the image's left side
     box = (slice(r0, r1), slice(c0, c1))
     where = np.flatnonzero(rng.random((r1 - r0, c1 - c0)) > 0.6)
-    got = line_credits(image, before, after, where, (r0, c0), (r1 - r0, c1 - c0))
+    at = (where // (c1 - c0) + r0, where % (c1 - c0) + c0)
+    got = line_credits(image, before, after, at, (r0, c0, r1, c1))
     horizontal, vertical = _pair_contrast(image[box])
     b, a = before[box], after[box]
     want = (_credit(horizontal, vertical, b[:, 1:] != b[:, :-1], b[1:] != b[:-1]),
