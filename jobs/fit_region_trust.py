@@ -6,6 +6,7 @@
         --gate --out trust_regions.json           # how pipeline/weights/trust_regions_v2.json was made
     python -m jobs.fit_region_trust report --data CACHE/test CACHE/test_out1 --model trust_regions.json
 
+The arrays (``refine`` and the per-folder cache) come from :mod:`jobs.region_trust_arrays`.
 ``refine`` refines every sample of a prefix-layout set with ground truth once per coarse kind of
 ``samsr benchmark trust`` (the config's settings, default ``configs/demo.yaml``; the same code path:
 :class:`pipeline.refine.loaded.LoadedRefiner`, the proposal worker, ``refine_detailed``) and saves,
@@ -36,25 +37,21 @@ another. Results: pipeline/weights/TRUST_CARD.md and docs/experiments.md.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import math
 import os
-import pickle
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from jobs.region_trust_arrays import load_sets, refine_set
 from pipeline.bench.trust import TRUST_KINDS, fit_logistic
-from pipeline.metrics import binarize
 from pipeline.refine.regions_trust import (
     REGION_FEATURES,
     THIN_RADIUS,
     Changes,
     RegionTrustModel,
-    changes_of,
     load_region_model,
 )
 
@@ -90,164 +87,6 @@ INTERACTIONS = {
         for i in ("log_coarse_detail", "log_coarse_detail4", "image_logit")
     ),
 }
-
-
-# ---------------------------------------------------------------------------------------------------
-# refine once, save the arrays
-
-
-def refine_set(
-    data: str,
-    out: str,
-    config: str,
-    shuffle: bool,
-    reverse: bool,
-    truth_offset: int = 0,
-    max_side: int | None = None,
-) -> None:
-    import dataclasses
-
-    from pipeline.bench.quality import _shrink, make_coarse
-    from pipeline.bench.trust import move_line
-    from pipeline.config import load_config
-    from pipeline.io import list_samples, load_sample
-    from pipeline.io.keys import safe_key
-    from pipeline.refine.cascade import refine_detailed
-    from pipeline.refine.loaded import LoadedRefiner, refine_options
-    from pipeline.runner.workers import ProposalWorker, proposal_kwargs
-    from pipeline.sam import propose
-
-    cfg = load_config(config, [])
-    refiner = LoadedRefiner(
-        cfg.model.name,
-        cfg.model.checkpoint,
-        refine_options(cfg),
-        "cpu",
-        1,
-        {"policy": "none", "trust_model": None},
-    )
-    options = dataclasses.replace(refiner.options, edge_check=None)  # applied again offline
-    kw = proposal_kwargs(cfg, 1, v1=False)
-    kw["device"] = "cpu"
-    proposer = ProposalWorker(**kw).generator
-    refs = list_samples(data, "prefix", mask_suffix="_gt.png")
-    if shuffle:
-        refs = sorted(refs, key=lambda r: hashlib.sha256(str(r).encode()).hexdigest())
-    if reverse:
-        refs = refs[::-1]
-    os.makedirs(out, exist_ok=True)
-    t_all = time.time()
-    for i, ref in enumerate(refs):
-        s = load_sample(ref, load_gt=False)
-        path = os.path.join(out, safe_key(s.key) + ".npz")
-        if os.path.exists(path):
-            continue
-        image, truth = _shrink(s.image, s.coarse, max_side)
-        truth = move_line(truth, truth_offset)
-        props = propose(proposer, image, s.key, working_size=cfg.sam.working_size, seed=cfg.sam.seed)
-        arrays: dict[str, Any] = {"image": image, "truth": truth, "key": np.array(s.key)}
-        for kind in TRUST_KINDS:
-            coarse = make_coarse(truth, kind, s.key, 0)
-            t0 = time.perf_counter()
-            r = refine_detailed(refiner.model, image, coarse, props.colour_map, options=options, device="cpu")
-            arrays.update(
-                {
-                    f"{kind}_c01": r.coarse01.astype(np.float16),
-                    f"{kind}_pre": r.prob,
-                    f"{kind}_spread": r.spread.astype(np.float16),
-                    f"{kind}_refine_s": np.array(time.perf_counter() - t0),
-                }
-            )
-        np.savez_compressed(path + ".tmp.npz", **arrays)
-        os.replace(path + ".tmp.npz", path)
-        print(f"[{i + 1}/{len(refs)}] {s.key} {time.time() - t_all:.0f}s", flush=True)
-
-
-# ---------------------------------------------------------------------------------------------------
-# per output: final mask, trust features, changes and their labels (cached)
-
-
-def _extract(npz: str, model, margin: float | None) -> tuple[str, dict[str, Any]]:
-    from pipeline.metrics import image_metrics
-    from pipeline.refine.edgecheck import edge_check
-    from pipeline.refine.trust import trust_features
-
-    z = np.load(npz)
-    image, truth = z["image"], z["truth"]
-    t = binarize(truth)
-    per: dict[str, Any] = {"truth": t}
-    for kind in TRUST_KINDS:
-        c01, final = z[f"{kind}_c01"].astype(np.float32), z[f"{kind}_pre"].copy()
-        spread = z[f"{kind}_spread"].astype(np.float32)
-        if margin is not None:
-            edge_check(final, c01, image, margin)
-        t0 = time.perf_counter()
-        feats = trust_features(final, c01, image, spread)
-        t1 = time.perf_counter()
-        ch = changes_of(final, c01, image, spread)
-        t2 = time.perf_counter()
-        flat = ch.labels.ravel()
-        right = np.bincount(
-            flat, weights=(binarize(final) == t).ravel().astype(np.float64), minlength=ch.n + 1
-        )
-        size = np.bincount(flat, minlength=ch.n + 1).astype(np.float64)
-        per[kind] = {
-            "feats": feats,
-            "score": model.score(feats),
-            "n": ch.n,
-            "rf": dict(ch.features),
-            "size": size[1:],
-            "gain_px": 2 * right[1:] - size[1:],
-            "coarse": binarize(c01),
-            "labels": ch.labels.astype(np.int32),
-            "mba_coarse": image_metrics(c01, truth)["mba"],
-            "mba_refined": image_metrics(final, truth)["mba"],
-            "refine_s": float(z[f"{kind}_refine_s"]),
-            "trust_s": t1 - t0,
-            "regions_s": t2 - t1,
-        }
-    return str(z["key"]), per
-
-
-def load_outputs(folder: str, config: str) -> list[dict[str, Any]]:
-    """One dict per (sample, kind) of a ``refine`` folder (refined with ``config``, whose edge check
-    is applied here); extracted once into FOLDER/changes.pkl."""
-    from pipeline.config import load_config
-    from pipeline.refine.trust import load_trust_model
-
-    margin = load_config(config, []).refine.options.get("edge_check")
-
-    cache = os.path.join(folder, "changes.pkl")
-    done: dict[str, Any] = {}
-    if os.path.exists(cache):
-        with open(cache, "rb") as f:
-            done = pickle.load(f)
-    files = sorted(f for f in os.listdir(folder) if f.endswith(".npz") and not f.endswith(".tmp.npz"))
-    model = load_trust_model("shipped")
-    new = False
-    for name in files:
-        if name not in done:
-            done[name] = _extract(os.path.join(folder, name), model, margin)
-            new = True
-    if new:
-        with open(cache + ".tmp", "wb") as f:
-            pickle.dump(done, f)
-        os.replace(cache + ".tmp", cache)
-    outs = []
-    for name in files:
-        key, per = done[name]
-        for kind in TRUST_KINDS:
-            outs.append(
-                {
-                    "key": key,
-                    "photo": key.rsplit("_", 1)[0],
-                    "kind": kind,
-                    "truth": per["truth"],
-                    "npz": os.path.join(folder, name),
-                    **per[kind],
-                }
-            )
-    return outs
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -431,15 +270,6 @@ def format_table(res) -> str:
 GATES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
 #: the (coarser) change thresholds searched together with a gate
 GATE_THRESHOLDS = (0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.96, 0.99, 1.01)
-
-
-def load_sets(folders: Sequence[str], config: str) -> list[dict[str, Any]]:
-    """:func:`load_outputs` of each folder, each output tagged with its set (the folder's name)."""
-    outs = []
-    for folder in folders:
-        name = os.path.basename(os.path.normpath(folder))
-        outs += [{**o, "set": name} for o in load_outputs(folder, config)]
-    return outs
 
 
 def evaluate_sets(outs, accept_of, image_min: float, offsets: bool = False) -> dict[str, dict[str, Any]]:
