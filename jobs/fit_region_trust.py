@@ -2,8 +2,8 @@
 
     python -m jobs.fit_region_trust refine --data B/val --out CACHE/val        # once per set (slow)
     python -m jobs.fit_region_trust refine --data B/val --out CACHE/val_out1 --truth-offset 1
-    python -m jobs.fit_region_trust fit --val CACHE/val CACHE/val_out1 --interactions wide --thick \
-        --gate --out trust_regions.json           # how pipeline/weights/trust_regions_v2.json was made
+    python -m jobs.fit_region_trust fit --val CACHE/val CACHE/val_out1 --interactions convention --thick \
+        --gate --out trust_regions.json           # how pipeline/weights/trust_regions_v3.json was made
     python -m jobs.fit_region_trust report --data CACHE/test CACHE/test_out1 --model trust_regions.json
 
 The arrays (``refine`` and the per-folder cache) come from :mod:`jobs.region_trust_arrays`.
@@ -54,6 +54,7 @@ from pipeline.refine.regions_trust import (
     RegionTrustModel,
     load_region_model,
 )
+from pipeline.refine.trust import model_input
 
 __all__ = ["INTERACTIONS", "accepts", "main"]
 
@@ -72,21 +73,30 @@ IMAGE_INPUTS = (
     "band_uncertainty",
     "area_change",
 )
-#: products of a change's feature with the image's inputs, by name
-INTERACTIONS = {
+#: the inputs added to :data:`REGION_FEATURES` and :data:`IMAGE_INPUTS`, by name: products ``a*b`` of
+#: a change's feature with an image input, and (``convention``) the coarse line's side of the edge
+#: (``coarse_side``, ``coarse_side2``: the annotator's line convention) with its products
+INTERACTIONS: dict[str, tuple[str, ...]] = {
     "none": (),
     "small": (
-        ("radius", "log_coarse_detail"),
-        ("edge_new_old", "log_coarse_detail"),
-        ("log_size", "log_coarse_detail4"),
-        ("margin", "image_logit"),
+        "radius*log_coarse_detail",
+        "edge_new_old*log_coarse_detail",
+        "log_size*log_coarse_detail4",
+        "margin*image_logit",
     ),
     "wide": tuple(
-        (r, i)
+        f"{r}*{i}"
         for r in ("radius", "depth", "log_size", "edge_new_old", "spread", "margin")
         for i in ("log_coarse_detail", "log_coarse_detail4", "image_logit")
     ),
 }
+INTERACTIONS["convention"] = (
+    *INTERACTIONS["wide"],
+    "coarse_side",
+    "coarse_side2",
+    *(f"{r}*coarse_side" for r in ("added", "edge_new_old", "depth", "radius", "margin")),
+    "added*coarse_side2",
+)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -94,16 +104,14 @@ INTERACTIONS = {
 
 
 def _image_inputs(o: dict[str, Any]) -> dict[str, float]:
-    from pipeline.refine.trust import model_input
-
     p = min(max(o["score"], 1e-6), 1 - 1e-6)
     return {
         n: math.log(p / (1 - p)) if n == "image_logit" else model_input(n, o["feats"]) for n in IMAGE_INPUTS
     }
 
 
-def input_names(inter: Sequence[tuple[str, str]]) -> list[str]:
-    return [*REGION_FEATURES, *IMAGE_INPUTS, *(f"{a}*{b}" for a, b in inter)]
+def input_names(inter: Sequence[str]) -> list[str]:
+    return [*REGION_FEATURES, *IMAGE_INPUTS, *inter]
 
 
 def design(outs: Sequence[dict[str, Any]], inter) -> dict[str, np.ndarray]:
@@ -114,8 +122,12 @@ def design(outs: Sequence[dict[str, Any]], inter) -> dict[str, np.ndarray]:
             continue
         m, image = o["n"], _image_inputs(o)
         values = {**o["rf"], **{k: np.full(m, v) for k, v in image.items()}}
+        for name in inter:
+            for part in name.split("*"):
+                if part not in values:  # an image input beyond IMAGE_INPUTS
+                    values[part] = np.full(m, model_input(part, o["feats"]))
         cols = [values[f] for f in (*REGION_FEATURES, *IMAGE_INPUTS)] + [
-            values[a] * values[b] for a, b in inter
+            np.prod([values[part] for part in name.split("*")], axis=0) for name in inter
         ]
         X.append(np.stack(cols, 1))
         y.append(o["gain_px"] > 0)

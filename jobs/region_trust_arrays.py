@@ -140,6 +140,24 @@ def _extract(npz: str, model, margin: float | None) -> tuple[str, dict[str, Any]
     return str(z["key"]), per
 
 
+def _update_features(npz: str, per: dict[str, Any], margin: float | None) -> bool:
+    """Add the trust features a cache written before them lacks (only those: the rest stays as cached);
+    True when anything was added."""
+    from pipeline.refine.edgecheck import edge_check
+    from pipeline.refine.trust import FEATURES, trust_features
+
+    if all(set(FEATURES) <= set(per[kind]["feats"]) for kind in TRUST_KINDS):
+        return False
+    z = np.load(npz)
+    for kind in TRUST_KINDS:
+        c01, final = z[f"{kind}_c01"].astype(np.float32), z[f"{kind}_pre"].copy()
+        if margin is not None:
+            edge_check(final, c01, z["image"], margin)
+        feats = trust_features(final, c01, z["image"], z[f"{kind}_spread"].astype(np.float32))
+        per[kind]["feats"] = {**feats, **per[kind]["feats"]}
+    return True
+
+
 def load_outputs(folder: str, config: str) -> list[dict[str, Any]]:
     """One dict per (sample, kind) of a ``refine`` folder (refined with ``config``, whose edge check
     is applied here); extracted once into FOLDER/changes.pkl."""
@@ -159,6 +177,8 @@ def load_outputs(folder: str, config: str) -> list[dict[str, Any]]:
     for name in files:
         if name not in done:
             done[name] = _extract(os.path.join(folder, name), model, margin)
+            new = True
+        elif _update_features(os.path.join(folder, name), done[name][1], margin):
             new = True
     if new:
         with open(cache + ".tmp", "wb") as f:

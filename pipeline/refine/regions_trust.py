@@ -18,7 +18,9 @@ Its features (no ground truth; :data:`REGION_FEATURES`):
 
 A :class:`RegionTrustModel` (logistic, a JSON file beside the weights with its card) adds inputs of
 the whole output: its trust features by :func:`pipeline.refine.trust.model_input` name (e.g.
-``log_coarse_detail``: the resolution the coarse line was drawn at) and ``image_logit``, the logit of
+``log_coarse_detail``: the resolution the coarse line was drawn at; ``coarse_side``: which side of
+the coarse line the image's edge lies on, i.e. the annotator's line convention, which tells a
+1-px correction from a move of a good line to the edge's centre) and ``image_logit``, the logit of
 the image-level trust score. It estimates the probability that taking the refined values in the
 change makes more of its pixels right; changes scoring at least the model's threshold (one for
 thin changes, one for thick ones) take the refined values, the others keep the coarse ones
@@ -214,9 +216,9 @@ class RegionTrustModel(TrustModel):
 
 
 def shipped_region_model_path() -> str:
-    """The region model shipped beside the demo weights (``pipeline/weights/trust_regions_v2.json``)."""
+    """The region model shipped beside the demo weights (``pipeline/weights/trust_regions_v3.json``)."""
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights",
-                        "trust_regions_v2.json")
+                        "trust_regions_v3.json")
 
 
 def load_region_model(path: str) -> RegionTrustModel:

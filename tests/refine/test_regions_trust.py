@@ -12,6 +12,7 @@ import pytest
 from pipeline.refine import RefineOptions
 from pipeline.refine.regions_trust import (
     REGION_FEATURES,
+    Changes,
     RegionTrustModel,
     accept_regions,
     changes_of,
@@ -287,10 +288,28 @@ def test_decide_regions_takes_the_edge_supported_change_and_undoes_the_island():
 def test_the_shipped_region_model_loads():
     m = load_region_model("shipped")
     assert load_region_model(shipped_region_model_path()) == m
-    # thin changes (a line moved by 1-3 px) are never taken: the line convention cannot be told
-    # apart from a correction (TRUST_CARD.md); thick ones above a threshold, behind the image gate
-    assert m.min_score == 1.01 and 0 < m.min_score_thick < 1 and 0 < m.min_image_score < 1
+    # thin changes (a line moved by 1-3 px) and thick ones each above a threshold, behind the image gate
+    assert 0 < m.min_score < 1 and 0 < m.min_score_thick < 1 and 0 < m.min_image_score < 1
     assert set(REGION_FEATURES) <= set(m.features)
+    assert {"coarse_side", "coarse_side2", "added*coarse_side"} <= set(m.features)
+
+
+def test_the_shipped_region_model_reads_the_line_convention():
+    """A 1-px strip the refiner removes along a good line: the shipped model trusts it less where the
+    image's edge lies inside the coarse line (coarse_side < 0: drawn a pixel outside the object, as
+    people draw) than where it lies outside (the coarse mask is too small there, so the refiner's
+    move is not a convention shift); every other input equal."""
+    m = load_region_model("shipped")
+    n = 1
+    strip = Changes(np.ones((1, 40), np.int32), {
+        "log_size": np.log([40.0]), "radius": np.ones(n), "log_len": np.log1p([40.0]), "depth": np.ones(n),
+        "added": np.zeros(n), "edge_new_old": np.zeros(n), "edge_new_any": np.ones(n),
+        "edge_old_any": np.ones(n), "spread": np.full(n, 0.05), "spread_ring": np.full(n, 0.05),
+        "margin": np.full(n, 0.6), "share": np.full(n, 0.1)})
+    image = {**dict.fromkeys(FEATURES, 0.1), "coarse_edge": 1.0}
+    inside = m.scores(strip, {**image, "coarse_side": -0.6, "coarse_side2": -0.2}, 0.7)[0]
+    outside = m.scores(strip, {**image, "coarse_side": 0.6, "coarse_side2": 0.2}, 0.7)[0]
+    assert inside < 0.5 * outside
 
 
 def test_a_loaded_refiner_with_accept_regions_reports_what_it_kept(random_mnv2, small_case, tmp_path):

@@ -92,6 +92,42 @@ def test_coarse_detail_tells_a_smooth_line_from_a_detailed_one():
     assert trust_features(rough, rough, image)["coarse_detail"] > 0.2
 
 
+def test_coarse_side_tells_where_the_edge_lies_against_the_coarse_line():
+    """The edge at column 40; a coarse mask from column 41 on is drawn a pixel inside the bright
+    object (the edge lies outside its line: > 0), one from column 39 on a pixel outside (< 0, the way
+    people draw), one from 40 on the edge (both sides alike: 0)."""
+    image = _scene(edge=40)
+    side = {c0: trust_features(_band(64, 80, c0, 70), _band(64, 80, c0, 70), image)
+            for c0 in (38, 39, 40, 41)}
+    assert side[41]["coarse_side"] > 0.3 and side[41]["coarse_side2"] > 0.1
+    assert side[39]["coarse_side"] < -0.3 and side[39]["coarse_side2"] < -0.1
+    assert side[39]["coarse_side2"] < side[40]["coarse_side2"] < side[41]["coarse_side2"]
+    assert side[38]["coarse_side2"] < -0.1
+    assert abs(side[40]["coarse_side"]) < 0.1
+    assert side[38]["coarse_side"] == -3.0  # flat ground on the line, the edge 2 px in: clipped
+
+
+@pytest.mark.parametrize("h,w,c0", [(120, 90, 0), (300, 64, 5), (700, 50, 2)])  # strips of 128 rows
+def test_the_line_profile_equals_edge_profile(h, w, c0):
+    """coarse_side's strip-wise profile is :func:`pipeline.train.regions.edge_profile` (whole image)
+    times the image's mean gradient, incl. lines at the image's border (c0: the mask's first
+    column)."""
+    from pipeline.refine.trust import _band_box, _line_profile
+    from pipeline.train.regions import _rgb_gradient, edge_profile
+
+    rng = np.random.default_rng(h)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:h, :w]
+    coarse = (((yy - h / 2) / (h / 2.5)) ** 2 + ((xx - w / 2) / (w / 2.5)) ** 2 <= 1)
+    coarse[:, c0 : c0 + 4] = True
+    coarse[rng.random((h, w)) > 0.98] = True
+    box = _band_box(coarse, coarse, 3)
+    got = _line_profile(image, coarse, box)
+    want = edge_profile(image, np.where(coarse, 255, 0).astype(np.uint8), 3)
+    want = want * max(float(_rgb_gradient(image).astype(np.float64).mean()), 1e-6)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
 def test_empty_and_full_masks_do_not_fail():
     image = _scene()
     empty = np.zeros((64, 80), np.float32)
