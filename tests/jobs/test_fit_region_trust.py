@@ -1,0 +1,40 @@
+"""The offline fit of the per-change trust model (`jobs.fit_region_trust`): its design matrix."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from jobs.fit_region_trust import IMAGE_INPUTS, INTERACTIONS, design, input_names
+from pipeline.refine.regions_trust import REGION_FEATURES, RegionTrustModel
+from pipeline.refine.trust import FEATURES
+
+
+def _output(n: int, side: float, gains: list[float], photo: str) -> dict:
+    rng = np.random.default_rng(n)
+    rf = {name: rng.random(n) for name in REGION_FEATURES}
+    feats = {**{name: 0.2 for name in FEATURES}, "coarse_side": side, "coarse_side2": side / 3}
+    return {"n": n, "rf": rf, "feats": feats, "score": 0.7, "gain_px": np.array(gains), "photo": photo}
+
+
+def test_the_convention_inputs_are_named_model_inputs_and_their_columns_are_products():
+    outs = [_output(3, -0.5, [1.0, -2.0, 0.0], "a"), _output(0, 0.1, [], "b"),
+            _output(2, 0.4, [-1.0, 3.0], "c")]
+    inter = INTERACTIONS["convention"]
+    d = design(outs, inter)
+    names = input_names(inter)
+    assert d["X"].shape == (5, len(names))  # one row per change; the output without changes has none
+    col = {n: d["X"][:, i] for i, n in enumerate(names)}
+    added = np.concatenate([outs[0]["rf"]["added"], outs[2]["rf"]["added"]])
+    side = np.array([-0.5] * 3 + [0.4] * 2)
+    np.testing.assert_allclose(col["coarse_side"], side)
+    np.testing.assert_allclose(col["added*coarse_side"], added * side)
+    np.testing.assert_allclose(col["added*coarse_side2"], added * side / 3)
+    np.testing.assert_allclose(col["image_logit"], math.log(0.7 / 0.3))
+    assert list(d["y"]) == [1, 0, 0, 0, 1] and list(d["photo"]) == ["a"] * 3 + ["c"] * 2
+    # every input is one the pipeline's model can read: a model with these names loads and scores
+    k = len(names)
+    RegionTrustModel(features=tuple(names), mean=(0.0,) * k, scale=(1.0,) * k, coef=(0.1,) * k,
+                     intercept=0.0, min_score=0.9, meta={})
+    assert set(IMAGE_INPUTS) < set(names) and set(INTERACTIONS["wide"]) < set(inter)
