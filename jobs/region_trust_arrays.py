@@ -98,9 +98,19 @@ def refine_set(
 # per output: final mask, trust features, changes and their labels (cached)
 
 
+def _output_arrays(z, kind: str, margin: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(coarse01, the refined probabilities after the edge check as the refiner applies it, the TTA
+    spread) of one coarse kind of a saved sample."""
+    from pipeline.refine.edgecheck import edge_check
+
+    c01, final = z[f"{kind}_c01"].astype(np.float32), z[f"{kind}_pre"].copy()
+    if margin is not None:
+        edge_check(final, c01, z["image"], margin)
+    return c01, final, z[f"{kind}_spread"].astype(np.float32)
+
+
 def _extract(npz: str, model, margin: float | None) -> tuple[str, dict[str, Any]]:
     from pipeline.metrics import image_metrics
-    from pipeline.refine.edgecheck import edge_check
     from pipeline.refine.trust import trust_features
 
     z = np.load(npz)
@@ -108,10 +118,7 @@ def _extract(npz: str, model, margin: float | None) -> tuple[str, dict[str, Any]
     t = binarize(truth)
     per: dict[str, Any] = {"truth": t}
     for kind in TRUST_KINDS:
-        c01, final = z[f"{kind}_c01"].astype(np.float32), z[f"{kind}_pre"].copy()
-        spread = z[f"{kind}_spread"].astype(np.float32)
-        if margin is not None:
-            edge_check(final, c01, image, margin)
+        c01, final, spread = _output_arrays(z, kind, margin)
         t0 = time.perf_counter()
         feats = trust_features(final, c01, image, spread)
         t1 = time.perf_counter()
@@ -143,18 +150,14 @@ def _extract(npz: str, model, margin: float | None) -> tuple[str, dict[str, Any]
 def _update_features(npz: str, per: dict[str, Any], margin: float | None) -> bool:
     """Add the trust features a cache written before them lacks (only those: the rest stays as cached);
     True when anything was added."""
-    from pipeline.refine.edgecheck import edge_check
     from pipeline.refine.trust import FEATURES, trust_features
 
     if all(set(FEATURES) <= set(per[kind]["feats"]) for kind in TRUST_KINDS):
         return False
     z = np.load(npz)
     for kind in TRUST_KINDS:
-        c01, final = z[f"{kind}_c01"].astype(np.float32), z[f"{kind}_pre"].copy()
-        if margin is not None:
-            edge_check(final, c01, z["image"], margin)
-        feats = trust_features(final, c01, z["image"], z[f"{kind}_spread"].astype(np.float32))
-        per[kind]["feats"] = {**feats, **per[kind]["feats"]}
+        c01, final, spread = _output_arrays(z, kind, margin)
+        per[kind]["feats"] = {**trust_features(final, c01, z["image"], spread), **per[kind]["feats"]}
     return True
 
 

@@ -52,6 +52,8 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
+from pipeline.boundary import rgb_gradient, signed_distance
+
 __all__ = ["FEATURES", "model_input", "trust_features", "TrustModel", "load_trust_model",
            "shipped_trust_model_path", "read_model_dict",
            "decide", "Decision", "Outcome", "split_outcome", "TRUST_FIELDS"]
@@ -131,9 +133,10 @@ def _line_profile(image: np.ndarray, c_full: np.ndarray, box: tuple[slice, slice
     """(2 * radius + 1,) the profile p(d) of ``coarse_side`` (module docstring) of the (H, W) bool
     mask ``c_full`` whose line lies inside ``box`` (with ``radius`` + 1 px to spare), 0 where no pixel
     is that far from the line. The values of :func:`pipeline.train.regions.edge_profile` times the
-    image's mean gradient: the Sobel magnitude of a strip of rows (with one row and column of the image
-    around it, so its border is the image's), the signed distances from a distance transform of the
-    strip with ``radius`` + 2 rows above and below (every distance below ``radius`` + 1 is exact)."""
+    image's mean gradient: :func:`pipeline.boundary.rgb_gradient` of a strip of rows (with one row and
+    column of the image around it, so its border is the image's), its
+    :func:`pipeline.boundary.signed_distance` with ``radius`` + 2 rows above and below (every distance
+    below ``radius`` + 1 is exact)."""
     h, w = c_full.shape
     ys, xs = box
     gx0, gx1 = max(0, xs.start - 1), min(w, xs.stop + 1)
@@ -143,21 +146,12 @@ def _line_profile(image: np.ndarray, c_full: np.ndarray, box: tuple[slice, slice
     for s0 in range(ys.start, ys.stop, _PROFILE_ROWS):
         s1 = min(ys.stop, s0 + _PROFILE_ROWS)
         h0, h1 = max(0, s0 - halo), min(h, s1 + halo)
-        m = c_full[h0:h1, xs].astype(np.uint8)
-        inside = cv2.distanceTransform(m, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[s0 - h0 : s1 - h0]
-        outside = cv2.distanceTransform(1 - m, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[s0 - h0 : s1 - h0]
-        dist = np.where(m[s0 - h0 : s1 - h0] > 0, 0.5 - inside, outside - 0.5)
-        del inside, outside, m
+        dist = signed_distance(c_full[h0:h1, xs])[s0 - h0 : s1 - h0]
         near = np.nonzero(np.abs(dist) < radius + 1)
         if near[0].size == 0:
             continue
         g0, g1 = max(0, s0 - 1), min(h, s1 + 1)
-        rgb = image[g0:g1, gx0:gx1].astype(np.float32)
-        gx = cv2.Sobel(rgb, cv2.CV_32F, 1, 0, ksize=3)
-        gy = cv2.Sobel(rgb, cv2.CV_32F, 0, 1, ksize=3)
-        del rgb
-        grad = np.sqrt((gx * gx + gy * gy).reshape(g1 - g0, gx1 - gx0, -1).sum(-1))
-        del gx, gy
+        grad = rgb_gradient(image[g0:g1, gx0:gx1])
         g = grad[near[0] + (s0 - g0), near[1] + (xs.start - gx0)].astype(np.float64)
         s = dist[near]
         wts = np.maximum(0.0, 1.0 - np.abs(s[None, :] - d[:, None])).astype(np.float64)

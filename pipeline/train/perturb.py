@@ -4,7 +4,8 @@
   (polygon re-sampling of the boundary), holes kept.
 - :func:`perturb_until`: random dilations / erosions on random sub-boxes until IoU with the
   ground truth falls below a target (CascadePSP's ``perturb_seg``).
-- :func:`signed_distance`: signed distance to a mask's boundary (0 between the two pixels, negative inside).
+- :func:`signed_distance` (:mod:`pipeline.boundary`): signed distance to a mask's boundary (0 between
+  the two pixels, negative inside).
 - :func:`jitter_boundary`: move a mask's boundary by a smooth random field of about +-1 px, the way a
   person's line wanders around an image edge (applied to training truths: ``p_truth_jitter``).
 - :func:`lowres_degrade`: downsample by 4-16x and upsample bilinearly (a low-resolution annotation).
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+
+from pipeline.boundary import signed_distance
 
 __all__ = [
     "mask_iou",
@@ -95,17 +98,6 @@ def perturb_until(coarse: np.ndarray, gt: np.ndarray, iou_target: float, rng: np
         if mask_iou(seg, gt) < iou_target:
             break
     return seg
-
-
-def signed_distance(mask: np.ndarray) -> np.ndarray:
-    """(H, W) float32 signed Euclidean distance of each pixel centre to the boundary of ``mask``
-    ((H, W), foreground > 128 or bool): the boundary lies half-way between the last pixels inside
-    (-0.5) and the first outside (+0.5); negative inside. ``signed_distance(m) < t`` moves the
-    boundary outward by t pixels (inward for t < 0)."""
-    m = (mask if mask.dtype == bool else mask > 128).astype(np.uint8)
-    inside = cv2.distanceTransform(m, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    outside = cv2.distanceTransform(1 - m, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    return np.where(m > 0, 0.5 - inside, outside - 0.5).astype(np.float32)
 
 
 def jitter_boundary(mask: np.ndarray, rng: np.random.Generator, amplitude: tuple[float, float] = (0.3, 1.2),

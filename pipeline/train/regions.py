@@ -15,6 +15,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from pipeline.boundary import rgb_gradient
 from pipeline.sam.regions import colour_gradient
 from pipeline.train.perturb import mask_iou, signed_distance
 
@@ -211,14 +212,6 @@ def boundary_contrast(image: np.ndarray, mask: np.ndarray) -> float:
     return _contrast(colour_gradient(image), mask)
 
 
-def _rgb_gradient(image: np.ndarray) -> np.ndarray:
-    """(H, W) float32 Sobel magnitude of the RGB values as floats (linear: a symmetric edge gives a
-    symmetric profile)."""
-    rgb = image.astype(np.float32)
-    gx, gy = cv2.Sobel(rgb, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(rgb, cv2.CV_32F, 0, 1, ksize=3)
-    return np.sqrt((gx * gx + gy * gy).reshape(*image.shape[:2], -1).sum(-1))
-
-
 def edge_profile(image: np.ndarray, mask: np.ndarray, radius: int = 3) -> np.ndarray:
     """Mean gradient magnitude (Sobel on the RGB values as floats: linear, so a symmetric edge
     gives a symmetric profile; over its image mean) along the boundary of ``mask`` moved by
@@ -227,7 +220,7 @@ def edge_profile(image: np.ndarray, mask: np.ndarray, radius: int = 3) -> np.nda
     the first outside, s = +0.5) weighs it by max(0, 1 - |s - d|), so a mask whose boundary lies
     on the centre of an edge peaks at d = 0.
     NaN where no pixel is that far from the boundary."""
-    grad = _rgb_gradient(image).astype(np.float64)
+    grad = rgb_gradient(image).astype(np.float64)
     mean = max(float(grad.mean()), 1e-6)
     dist = signed_distance(mask)
     near = np.abs(dist) < radius + 1
@@ -293,7 +286,7 @@ def local_edge_offset(image: np.ndarray, mask: np.ndarray, radius: int = 3, sigm
     or an edge farther than ``radius``) the offset is 0. Returns ((H, W) float32 offsets,
     (H, W) bool clear-edge map), both only meaningful within ``radius`` px of the boundary.
     """
-    grad = _rgb_gradient(image)
+    grad = rgb_gradient(image)
     grad /= max(float(grad.mean()), 1e-6)
     dist = signed_distance(mask)
     near = (np.abs(dist) < radius + 1).astype(np.float32)

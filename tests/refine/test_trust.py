@@ -112,8 +112,9 @@ def test_the_line_profile_equals_edge_profile(h, w, c0):
     """coarse_side's strip-wise profile is :func:`pipeline.train.regions.edge_profile` (whole image)
     times the image's mean gradient, incl. lines at the image's border (c0: the mask's first
     column)."""
+    from pipeline.boundary import rgb_gradient
     from pipeline.refine.trust import _band_box, _line_profile
-    from pipeline.train.regions import _rgb_gradient, edge_profile
+    from pipeline.train.regions import edge_profile
 
     rng = np.random.default_rng(h)
     image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -124,7 +125,7 @@ def test_the_line_profile_equals_edge_profile(h, w, c0):
     box = _band_box(coarse, coarse, 3)
     got = _line_profile(image, coarse, box)
     want = edge_profile(image, np.where(coarse, 255, 0).astype(np.uint8), 3)
-    want = want * max(float(_rgb_gradient(image).astype(np.float64).mean()), 1e-6)
+    want = want * max(float(rgb_gradient(image).astype(np.float64).mean()), 1e-6)
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
