@@ -15,7 +15,9 @@ composites (:mod:`pipeline.train.composites`) in the prefix layout ``NAME_im.jpg
 - ``--demo-dir``: 3 small samples (1600x1200, JPEG q85) from held-out photos;
 - ``OUT/train_regions`` / ``OUT/holdout_regions``: real-edge samples, an unaltered photo with one
   object-sized region found by Felzenszwalb segmentation + colour merging as truth
-  (:mod:`pipeline.train.regions`), 0.64-1.28k px from train photos / 2k-3k px from held-out photos.
+  (:mod:`pipeline.train.regions`), 0.64-1.28k px from train photos / 2k-3k px from held-out photos;
+- ``--full-size-train C R``: only ``OUT/train_full`` / ``OUT/train_regions_full``, C composites and
+  R real-edge samples at 2k-3k px from the train photos (fitting the trust models at full size).
 
 ``OUT/photos.json`` records every photo (package, path, size, sha256, copyright, licence, split)
 and ``OUT/LICENSES.md`` is the same as a table. Photos themselves are never committed.
@@ -40,7 +42,7 @@ from pipeline.train.composites import find_fonts, make_composite
 from pipeline.train.regions import SNAPS, region_masks, snap_region
 
 __all__ = ["PACKAGES", "fetch_packages", "parse_dep5", "collect_photos", "split_photos", "write_sets",
-           "snap_region_folder", "main"]
+           "write_full_size_train", "snap_region_folder", "main"]
 
 PACKAGES = ("mate-backgrounds", "plasma-workspace-wallpapers", "ukui-wallpapers", "lomiri-wallpapers",
             "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04")
@@ -171,6 +173,36 @@ def _write_sample(out_dir: str, key: str, img: np.ndarray, gt: np.ndarray, quali
     cv2.imwrite(os.path.join(out_dir, f"{key}_gt.png"), gt)
 
 
+def _write_composites(pool: list[dict], d: str, name: str, count: int, sides: tuple[int, int], max_side: int,
+                      quality: int, stream: list[int], fonts) -> dict[str, dict[str, str]]:
+    """``count`` composites ``NAME00000``.. of two photos of ``pool`` each, long side in ``sides``,
+    into folder ``d`` (kept where they exist); sample i draws from the seed sequence ``stream + [i]``.
+    Returns key -> its photos."""
+    os.makedirs(d, exist_ok=True)
+    sources: dict[str, dict[str, str]] = {}
+    cache: dict[str, np.ndarray] = {}
+    lo, hi = sides
+    for i in range(count):
+        key = f"{name}{i:05d}"
+        rng = np.random.default_rng([*stream, i])
+        a, b = rng.choice(len(pool), size=2, replace=False)
+        sources[key] = {"foreground": pool[a]["path"], "background": pool[b]["path"]}
+        if os.path.exists(os.path.join(d, f"{key}_gt.png")):
+            continue  # rerun: keep what exists
+        for j in (a, b):
+            if pool[j]["file"] not in cache:
+                cache[pool[j]["file"]] = _load(pool[j]["file"], max_side)
+        fg, bg = cache[pool[a]["file"]], cache[pool[b]["file"]]
+        long = int(rng.integers(lo, hi + 1))
+        short = int(long * rng.uniform(0.6, 0.8))
+        h, w = (short, long) if bg.shape[1] >= bg.shape[0] else (long, short)
+        h, w = min(h, max(bg.shape[0], lo)), min(w, max(bg.shape[1], lo))
+        c = make_composite(rng, fg, bg, h, w, fonts=fonts)
+        _write_sample(d, key, c.image, c.gt, quality)
+    print(f"{name}: {count} composites in {d}", flush=True)
+    return sources
+
+
 def write_sets(photos: list[dict], out: str, train_count: int, holdout_count: int, demo_dir: str | None,
                seed: int) -> None:
     """Write train / holdout composites (and the demo samples) in the prefix layout."""
@@ -180,30 +212,11 @@ def write_sets(photos: list[dict], out: str, train_count: int, holdout_count: in
     if len(train) < 2 or len(hold) < 2:
         raise ValueError(f"need >= 2 photos per split, got train={len(train)} holdout={len(hold)}")
     sources: dict[str, dict[str, str]] = {}
-    jobs = [("train", train, train_count, (512, 1536), 1536, 92),
-            ("holdout", hold, holdout_count, (2048, 4096), 4096, 95)]
-    for name, pool, count, (lo, hi), max_side, q in jobs:
-        d = os.path.join(out, name)
-        os.makedirs(d, exist_ok=True)
-        cache: dict[str, np.ndarray] = {}
-        for i in range(count):
-            key = f"{name}{i:05d}"
-            rng = np.random.default_rng([seed, 0 if name == "train" else 1, i])
-            a, b = rng.choice(len(pool), size=2, replace=False)
-            sources[key] = {"foreground": pool[a]["path"], "background": pool[b]["path"]}
-            if os.path.exists(os.path.join(d, f"{key}_gt.png")):
-                continue  # rerun: keep what exists
-            for j in (a, b):
-                if pool[j]["file"] not in cache:
-                    cache[pool[j]["file"]] = _load(pool[j]["file"], max_side)
-            fg, bg = cache[pool[a]["file"]], cache[pool[b]["file"]]
-            long = int(rng.integers(lo, hi + 1))
-            short = int(long * rng.uniform(0.6, 0.8))
-            h, w = (short, long) if bg.shape[1] >= bg.shape[0] else (long, short)
-            h, w = min(h, max(bg.shape[0], lo)), min(w, max(bg.shape[1], lo))
-            c = make_composite(rng, fg, bg, h, w, fonts=fonts)
-            _write_sample(d, key, c.image, c.gt, q)
-        print(f"{name}: {count} composites in {d}", flush=True)
+    jobs = [("train", train, train_count, (512, 1536), 1536, 92, 0),
+            ("holdout", hold, holdout_count, (2048, 4096), 4096, 95, 1)]
+    for name, pool, count, sides, max_side, q, stream in jobs:
+        sources.update(_write_composites(pool, os.path.join(out, name), name, count, sides, max_side, q,
+                                         [seed, stream], fonts))
     if demo_dir:
         os.makedirs(demo_dir, exist_ok=True)
         credits: list[str] = []
@@ -229,6 +242,49 @@ def write_sets(photos: list[dict], out: str, train_count: int, holdout_count: in
         json.dump(sources, f, indent=1)
 
 
+def _write_regions(pool: list[dict], d: str, name: str, count: int, sides: tuple[int, int], quality: int,
+                   per: int, stream: list[int], snap: str, fill_weak: bool) -> dict[str, str]:
+    """``count`` real-edge samples ``NAME00000``.. into folder ``d`` (kept where they exist): photo j
+    of ``pool`` (in turn) at a long side in ``sides`` drawn from the seed sequence ``stream + [j]``,
+    ``per`` regions of it. Returns key -> its photo."""
+    os.makedirs(d, exist_ok=True)
+    sources: dict[str, str] = {}
+    i, j = 0, 0
+    lo, hi = sides
+    while i < count:
+        rng = np.random.default_rng([*stream, j])
+        photo = pool[j % len(pool)]
+        j += 1
+        keys = [f"{name}{k:05d}" for k in range(i, min(i + per, count))]
+        if all(os.path.exists(os.path.join(d, f"{k}_gt.png")) for k in keys):
+            i += len(keys)  # rerun: keep what exists
+            continue
+        img = _load(photo["file"], int(rng.integers(lo, hi + 1)))
+        for key, gt in zip(keys, region_masks(img, rng, len(keys), snap=snap, fill_weak=fill_weak)):
+            sources[key] = photo["path"]
+            _write_sample(d, key, img, gt, quality)
+            i += 1
+    print(f"{name}: {count} real-edge region samples in {d}", flush=True)
+    return sources
+
+
+def write_full_size_train(photos: list[dict], out: str, composites: int, regions: int, seed: int,
+                          snap: str = "local", fill_weak: bool = False) -> None:
+    """A training split at the held-out sets' sizes, for what is fitted at full size (the trust
+    models): ``OUT/train_full`` (composites, long side 2k-3k px) and ``OUT/train_regions_full``
+    (real-edge samples, one region per photo at a long side drawn in 2k-3k px, a smaller photo at its
+    own size), from the train photos only, on their own seed streams (5, 6), beside
+    ``OUT/composites_full.json`` / ``OUT/regions_full.json``."""
+    train = [p for p in photos if p["split"] == "train"]
+    c = _write_composites(train, os.path.join(out, "train_full"), "train_full", composites, (2048, 3072),
+                          3072, 92, [seed, 5], find_fonts())
+    r = _write_regions(train, os.path.join(out, "train_regions_full"), "train_regions_full", regions,
+                       (2048, 3072), 92, 1, [seed, 6], snap, fill_weak)
+    for name, sources in (("composites_full.json", c), ("regions_full.json", r)):
+        with open(os.path.join(out, name), "w") as f:
+            json.dump(sources, f, indent=1)
+
+
 def write_region_sets(photos: list[dict], out: str, train_count: int, holdout_count: int, seed: int,
                       per_image: int = 4, snap: str = "local", fill_weak: bool = False) -> None:
     """Write real-edge samples (:mod:`pipeline.train.regions`): an unaltered photo and one
@@ -237,27 +293,12 @@ def write_region_sets(photos: list[dict], out: str, train_count: int, holdout_co
     region per held-out photo at 2k-3k px. ``snap``: how the truth is moved onto the photo's edges;
     ``fill_weak``: also fill holes with weak boundaries (:func:`pipeline.train.regions.region_masks`)."""
     sources: dict[str, str] = {}
-    jobs = [("train_regions", "train", train_count, (640, 1280), 92, per_image),
-            ("holdout_regions", "holdout", holdout_count, (2048, 3072), 95, 1)]
-    for name, split, count, (lo, hi), q, per in jobs:
+    jobs = [("train_regions", "train", train_count, (640, 1280), 92, per_image, 3),
+            ("holdout_regions", "holdout", holdout_count, (2048, 3072), 95, 1, 4)]
+    for name, split, count, sides, q, per, stream in jobs:
         pool = [p for p in photos if p["split"] == split]
-        d = os.path.join(out, name)
-        os.makedirs(d, exist_ok=True)
-        i, j = 0, 0
-        while i < count:
-            rng = np.random.default_rng([seed, 3 if split == "train" else 4, j])
-            photo = pool[j % len(pool)]
-            j += 1
-            keys = [f"{name}{k:05d}" for k in range(i, min(i + per, count))]
-            if all(os.path.exists(os.path.join(d, f"{k}_gt.png")) for k in keys):
-                i += len(keys)  # rerun: keep what exists
-                continue
-            img = _load(photo["file"], int(rng.integers(lo, hi + 1)))
-            for key, gt in zip(keys, region_masks(img, rng, len(keys), snap=snap, fill_weak=fill_weak)):
-                sources[key] = photo["path"]
-                _write_sample(d, key, img, gt, q)
-                i += 1
-        print(f"{name}: {count} real-edge region samples in {d}", flush=True)
+        sources.update(_write_regions(pool, os.path.join(out, name), name, count, sides, q, per,
+                                      [seed, stream], snap, fill_weak))
     with open(os.path.join(out, "regions.json"), "w") as f:
         json.dump(sources, f, indent=1)
 
@@ -333,6 +374,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--fill-weak-holes", action="store_true",
                     help="also fill a region's holes whose own boundary is weak (texture patches the merge "
                     "skipped); off by default (model card: measured, no evidence for or against it)")
+    ap.add_argument("--full-size-train", nargs=2, type=int, metavar=("COMPOSITES", "REGIONS"), default=None,
+                    help="only write a train split at the held-out sizes (2k-3k px) into OUT/train_full and "
+                    "OUT/train_regions_full (for fitting the trust models at full size), and exit")
     ap.add_argument("--snap-folder", nargs=2, metavar=("SRC", "DST"), default=None,
                     help="only snap the real-edge samples of SRC to the image edges into DST, and exit")
     args = ap.parse_args(argv)
@@ -343,6 +387,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     split_photos(photos, args.holdout_fraction, args.seed)
     os.makedirs(args.out, exist_ok=True)
     _write_licences(photos, args.out)
+    if args.full_size_train:
+        write_full_size_train(photos, args.out, *args.full_size_train, args.seed, snap=args.snap,
+                              fill_weak=args.fill_weak_holes)
+        return 0
     print(f"{len(photos)} photos: {sum(p['split'] == 'train' for p in photos)} train, "
           f"{sum(p['split'] == 'holdout' for p in photos)} held out", flush=True)
     write_sets(photos, args.out, args.train_count, args.holdout_count, args.demo_dir, args.seed)

@@ -20,7 +20,7 @@ from pipeline.bench.trust import TRUST_KINDS
 from pipeline.metrics import binarize
 from pipeline.refine.regions_trust import changes_of
 
-__all__ = ["refine_set", "load_outputs", "load_sets"]
+__all__ = ["refine_set", "photo_of", "load_outputs", "load_sets"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -161,6 +161,13 @@ def _update_features(npz: str, per: dict[str, Any], margin: float | None) -> boo
     return True
 
 
+def photo_of(key: str) -> str:
+    """The photo a sample key comes from, for folds by photo: ``<photo>_<n>`` (BSDS500 regions,
+    ``bsds_val_101085_1``) -> ``<photo>``; any other key (``train_full00021``) is its own photo."""
+    head, _, tail = key.rpartition("_")
+    return head if head and tail.isdigit() else key
+
+
 def load_outputs(folder: str, config: str) -> list[dict[str, Any]]:
     """One dict per (sample, kind) of a ``refine`` folder (refined with ``config``, whose edge check
     is applied here); extracted once into FOLDER/changes.pkl."""
@@ -194,7 +201,7 @@ def load_outputs(folder: str, config: str) -> list[dict[str, Any]]:
             outs.append(
                 {
                     "key": key,
-                    "photo": key.rsplit("_", 1)[0],
+                    "photo": photo_of(key),
                     "kind": kind,
                     "truth": per["truth"],
                     "npz": os.path.join(folder, name),

@@ -38,3 +38,13 @@ def test_the_convention_inputs_are_named_model_inputs_and_their_columns_are_prod
     RegionTrustModel(features=tuple(names), mean=(0.0,) * k, scale=(1.0,) * k, coef=(0.1,) * k,
                      intercept=0.0, min_score=0.9, meta={})
     assert set(IMAGE_INPUTS) < set(names) and set(INTERACTIONS["wide"]) < set(inter)
+
+
+def test_folds_group_a_photos_regions_and_keep_other_samples_apart():
+    from jobs.region_trust_arrays import photo_of
+
+    assert photo_of("bsds_val_101085_1") == photo_of("bsds_val_101085_0") == "bsds_val_101085"
+    # composites and one-region samples: each key its own photo (not all of "train_full..." one fold)
+    assert photo_of("train_full00021") == "train_full00021"
+    assert photo_of("train_regions_full00003") == "train_regions_full00003"
+    assert photo_of("holdout00004") == "holdout00004"
