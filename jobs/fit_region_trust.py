@@ -56,7 +56,7 @@ from pipeline.refine.regions_trust import (
 )
 from pipeline.refine.trust import model_input
 
-__all__ = ["INTERACTIONS", "accepts", "main"]
+__all__ = ["INTERACTIONS", "fit_model", "accepts", "main"]
 
 GAIN_KINDS = ("lowres16", "blocky8", "perturbed")
 #: the thresholds searched (1.01: never)
@@ -307,6 +307,59 @@ def format_sets(res) -> str:
     return "\n".join(f"{name}:\n{format_table(r)}" for name, r in res.items())
 
 
+def fit_model(outs: Sequence[dict[str, Any]], inter: Sequence[str], image_min: float, *, l2: float = 1.0,
+              thick: bool = True, gate: bool = True, max_worse: float = 5.0, tolerance: float = 0.0,
+              fitted_on: Sequence[str] = (), config: str = "") -> tuple[RegionTrustModel, dict] | None:
+    """Fit the model on the changes of ``outs`` and choose its thresholds out of fold (module
+    docstring); (the model refitted on every change, the out-of-fold outcome per set) or None when no
+    thresholds meet the rules."""
+    d = design(outs, inter)
+    oof = out_of_fold(d, l2)
+    by_out: dict[int, list[int]] = {}
+    for row, i in enumerate(d["out"]):
+        by_out.setdefault(int(i), []).append(row)
+    best = None
+    gates, grid = (GATES, GATE_THRESHOLDS) if gate else ((0.0,), THRESHOLDS)
+    for g, thin, thick_t in itertools.product(gates, grid, grid if thick else [None]):
+        thick_t = thin if thick_t is None else thick_t
+
+        def accept_of(i, thin=thin, thick_t=thick_t, g=g):
+            if i not in by_out or outs[i]["score"] < g:
+                return np.zeros(outs[i]["n"], bool)
+            return oof[by_out[i]] >= thresholds(outs[i], thin, thick_t)
+
+        res = evaluate_sets(outs, accept_of, image_min)
+        if meets_sets(res, max_worse, tolerance) and (best is None or objective_sets(res) > best[3]):
+            best = (g, thin, thick_t, objective_sets(res), res)
+    if best is None:
+        return None
+    g, t, t_thick, _, res = best
+    mean, scale, b = fit_logistic(d["X"], d["y"], d["w"], l2)
+    model = RegionTrustModel(
+        features=tuple(input_names(inter)),
+        mean=tuple(map(float, mean)),
+        scale=tuple(map(float, scale)),
+        coef=tuple(map(float, b[1:])),
+        intercept=float(b[0]),
+        min_score=t,
+        min_score_thick=t_thick,
+        min_image_score=g,
+        meta={
+            "fitted_on": list(fitted_on),
+            "regions": len({o["key"] for o in outs}),
+            "changes": int(len(d["y"])),
+            "config": config,
+            "target": "taking the refined values makes more of the change's pixels right",
+            "weights": "|pixels right - pixels wrong| + 0.5",
+            "l2": l2,
+            "min_score_rule": f"the most gain kept on {'/'.join(GAIN_KINDS)} with "
+            f"<= {max_worse:g}% of images worse and mean mBA >= coarse - "
+            f"{tolerance:g} on every kind of every set, out of fold (4 folds by photo)",
+        },
+    )
+    return model, res
+
+
 def accepts(model: RegionTrustModel, o: dict[str, Any]) -> np.ndarray:
     """(n,) bool: the changes of output ``o`` a region model accepts (its gate included)."""
     return model.accepts(Changes(o["labels"], o["rf"]), o["feats"], o["score"])
@@ -361,68 +414,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd == "fit":
         outs = load_sets(args.val, args.config)
         inter = INTERACTIONS[args.interactions]
-        d = design(outs, inter)
-        oof = out_of_fold(d, args.l2)
-        by_out: dict[int, list[int]] = {}
-        for row, i in enumerate(d["out"]):
-            by_out.setdefault(int(i), []).append(row)
-        best = None
-        gates, grid = (GATES, GATE_THRESHOLDS) if args.gate else ((0.0,), THRESHOLDS)
-        for gate, thin, thick in itertools.product(gates, grid, grid if args.thick else [None]):
-            thick = thin if thick is None else thick
-
-            def accept_of(i, thin=thin, thick=thick, gate=gate):
-                if i not in by_out or outs[i]["score"] < gate:
-                    return np.zeros(outs[i]["n"], bool)
-                return oof[by_out[i]] >= thresholds(outs[i], thin, thick)
-
-            res = evaluate_sets(outs, accept_of, image_min)
-            if meets_sets(res, args.max_worse, args.mba_tolerance) and (
-                best is None or objective_sets(res) > best[3]
-            ):
-                best = (gate, thin, thick, objective_sets(res), res)
-        print(
-            f"{len({o['key'] for o in outs})} regions in {len(args.val)} set(s), {len(d['y'])} changes; "
-            f"interactions {args.interactions}, l2 {args.l2:g}"
-        )
+        print(f"{len({o['key'] for o in outs})} regions in {len(args.val)} set(s); interactions "
+              f"{args.interactions}, l2 {args.l2:g}")
         print("image-level policy alone:")
         print(format_sets(evaluate_sets(outs, None, image_min)))
-        if best is None:
+        fitted = fit_model(outs, inter, image_min, l2=args.l2, thick=args.thick, gate=args.gate,
+                           max_worse=args.max_worse, tolerance=args.mba_tolerance,
+                           fitted_on=[os.path.basename(os.path.normpath(v)) for v in args.val],
+                           config=args.config)
+        if fitted is None:
             print(
                 f"no min_score meets <= {args.max_worse:g}% worse and mean mBA >= coarse - "
                 f"{args.mba_tolerance:g} on every kind"
             )
             return 1
-        gate, t, t_thick, obj, res = best
+        model, res = fitted
         print(
-            f"regions, out of fold: image gate {gate:.2f}, min_score {t:.2f}, thick {t_thick:.2f} "
-            f"(mean gain kept on {', '.join(GAIN_KINDS)}: {obj:.1f}%)"
+            f"regions, out of fold: image gate {model.min_image_score:.2f}, min_score {model.min_score:.2f}, "
+            f"thick {model.min_score_thick:.2f} (mean gain kept on {', '.join(GAIN_KINDS)}: "
+            f"{objective_sets(res):.1f}%)"
         )
         print(format_sets(res))
         if args.out:
-            mean, scale, b = fit_logistic(d["X"], d["y"], d["w"], args.l2)
-            model = RegionTrustModel(
-                features=tuple(input_names(inter)),
-                mean=tuple(map(float, mean)),
-                scale=tuple(map(float, scale)),
-                coef=tuple(map(float, b[1:])),
-                intercept=float(b[0]),
-                min_score=t,
-                min_score_thick=t_thick,
-                min_image_score=gate,
-                meta={
-                    "fitted_on": [os.path.basename(os.path.normpath(v)) for v in args.val],
-                    "regions": len({o["key"] for o in outs}),
-                    "changes": int(len(d["y"])),
-                    "config": args.config,
-                    "target": "taking the refined values makes more of the change's pixels right",
-                    "weights": "|pixels right - pixels wrong| + 0.5",
-                    "l2": args.l2,
-                    "min_score_rule": f"the most gain kept on {'/'.join(GAIN_KINDS)} with "
-                    f"<= {args.max_worse:g}% of images worse and mean mBA >= coarse - "
-                    f"{args.mba_tolerance:g} on every kind of every set, out of fold (4 folds by photo)",
-                },
-            )
             model.save(args.out)
             print(
                 f"-> {args.out}; coefficients: "
