@@ -246,24 +246,38 @@ def _write_regions(pool: list[dict], d: str, name: str, count: int, sides: tuple
                    per: int, stream: list[int], snap: str, fill_weak: bool) -> dict[str, str]:
     """``count`` real-edge samples ``NAME00000``.. into folder ``d`` (kept where they exist): photo j
     of ``pool`` (in turn) at a long side in ``sides`` drawn from the seed sequence ``stream + [j]``,
-    ``per`` regions of it. Returns key -> its photo."""
+    ``per`` regions of it (a photo without a region that passes :func:`region_masks`'s checks gives
+    none: the next photo goes on with the same keys). ``d/draws.json`` records each key's j, so that a
+    rerun after a sample was deleted redraws it from its own photo and seed (sets written without
+    it: the next j). Returns key -> its photo."""
     os.makedirs(d, exist_ok=True)
+    draws_path = os.path.join(d, "draws.json")
+    draws: dict[str, int] = {}
+    if os.path.exists(draws_path):
+        with open(draws_path) as f:
+            draws = json.load(f)
     sources: dict[str, str] = {}
     i, j = 0, 0
     lo, hi = sides
     while i < count:
-        rng = np.random.default_rng([*stream, j])
-        photo = pool[j % len(pool)]
-        j += 1
         keys = [f"{name}{k:05d}" for k in range(i, min(i + per, count))]
+        j = draws.get(keys[0], j)
+        photo = pool[j % len(pool)]
         if all(os.path.exists(os.path.join(d, f"{k}_gt.png")) for k in keys):
-            i += len(keys)  # rerun: keep what exists
+            sources.update({k: photo["path"] for k in keys if k in draws})
+            i, j = i + len(keys), j + 1  # rerun: keep what exists
             continue
+        rng = np.random.default_rng([*stream, j])
         img = _load(photo["file"], int(rng.integers(lo, hi + 1)))
         for key, gt in zip(keys, region_masks(img, rng, len(keys), snap=snap, fill_weak=fill_weak)):
             sources[key] = photo["path"]
+            draws[key] = j
             _write_sample(d, key, img, gt, quality)
             i += 1
+        j += 1
+        with open(draws_path + ".tmp", "w") as f:
+            json.dump(draws, f, indent=0)
+        os.replace(draws_path + ".tmp", draws_path)
     print(f"{name}: {count} real-edge region samples in {d}", flush=True)
     return sources
 

@@ -21,7 +21,8 @@ from pipeline.train.perturb import mask_iou, signed_distance
 
 __all__ = ["segment_labels", "segment_graph", "grow_region", "region_masks", "boundary_contrast",
            "largest_piece", "fill_weak_holes", "snap_region", "signed_distance", "edge_profile",
-           "edge_offset", "snap_to_edge", "local_edge_offset", "snap_locally", "SNAPS"]
+           "edge_offset", "stronger_edge_nearby", "snap_to_edge", "local_edge_offset", "snap_locally",
+           "SNAPS"]
 
 
 def segment_labels(image: np.ndarray, scale: float, sigma: float = 0.8, min_size: int = 64) -> np.ndarray:
@@ -121,6 +122,8 @@ def fill_weak_holes(mask: np.ndarray, grad: np.ndarray, min_contrast: float) -> 
 
 MIN_CONTRAST = 2.5
 MAX_EDGE_OFFSET = 0.5
+#: px: how far from a snapped boundary :func:`stronger_edge_nearby` looks for a stronger edge
+FAR_EDGE_RADIUS = 6
 MAX_OVERLAP = 0.9
 
 
@@ -141,7 +144,9 @@ def region_masks(image: np.ndarray, rng: np.random.Generator, count: int = 1,
     edges (:func:`boundary_contrast` < ``min_contrast``: a cut through texture or a smooth
     gradient, whose "truth" no refiner could find), is redrawn (``tries`` seeds each).
     With ``max_edge_offset`` (default 0.5 px) each region is snapped to the image's edges and
-    redrawn when its boundary is still farther than that from the edge centre on average; None
+    redrawn when its boundary is still farther than that from the edge centre on average, or when
+    a stronger edge runs 3-6 px beside it (:func:`stronger_edge_nearby`: snapped onto a weak edge
+    next to the object's real one); None
     keeps Felzenszwalb's boundary as is (after snapping, the largest component is kept and small
     holes filled again). A region whose IoU with one already returned exceeds 0.9 is redrawn (two
     seeds can grow the same region). ``snap``: ``local`` (default, :func:`snap_locally`: each
@@ -177,7 +182,7 @@ def region_masks(image: np.ndarray, rng: np.random.Generator, count: int = 1,
                 continue
             if max_edge_offset is not None:
                 m, left = snap_region(image, m, snap)
-                if not abs(left) <= max_edge_offset:
+                if not abs(left) <= max_edge_offset or stronger_edge_nearby(image, m):
                     continue
             if any(mask_iou(m, o) > MAX_OVERLAP for o in out):
                 continue  # another seed grew (nearly) the same region: one copy is enough
@@ -230,6 +235,16 @@ def edge_profile(image: np.ndarray, mask: np.ndarray, radius: int = 3) -> np.nda
         w = np.maximum(0.0, 1.0 - np.abs(dist - d))
         out.append(float((w * g).sum() / w.sum() / mean) if w.sum() > 0 else np.nan)
     return np.asarray(out, dtype=np.float64)
+
+
+def stronger_edge_nearby(image: np.ndarray, mask: np.ndarray, radius: int = FAR_EDGE_RADIUS) -> bool:
+    """True when the image's edge along the boundary of ``mask`` moved by some 3 <= |d| <= ``radius``
+    px is stronger than along the boundary itself (:func:`edge_profile`): the boundary sits on a weak
+    edge beside the strong one (a shading band next to a sharp object edge), and is no truth."""
+    p = edge_profile(image, mask, radius)
+    far = np.r_[p[: radius - 2], p[radius + 3:]]
+    far = far[np.isfinite(far)]
+    return bool(far.size) and bool(far.max() > p[radius])
 
 
 def edge_offset(image: np.ndarray, mask: np.ndarray, radius: int = 3) -> float:

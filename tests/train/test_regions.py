@@ -21,6 +21,7 @@ from pipeline.train.regions import (
     snap_locally,
     snap_region,
     snap_to_edge,
+    stronger_edge_nearby,
 )
 
 
@@ -143,6 +144,23 @@ def test_edge_offset_finds_where_the_edge_lies_relative_to_the_mask():
     p = edge_profile(image, _disc(40.0), radius=3)
     assert p.shape == (7,) and int(np.argmax(p)) == 3 and p[3] > 3 * p[0]
     assert np.isnan(edge_offset(image, np.zeros((128, 128), np.uint8)))
+
+
+def test_a_boundary_on_a_weak_edge_beside_a_strong_one_is_no_truth():
+    # a faint step at column 30 (the boundary of ``left``) and a sharp one 5 px out, at column 35
+    img = np.zeros((64, 64, 3), np.float32)
+    img[:, :30], img[:, 30:35], img[:, 35:] = (100, 100, 100), (110, 110, 110), (240, 60, 60)
+    img = img.astype(np.uint8)
+    left = np.zeros((64, 64), np.uint8)
+    left[:, :30] = 255
+    assert stronger_edge_nearby(img, left)  # the object's real edge runs 5 px beside it
+    on = np.zeros((64, 64), np.uint8)
+    on[:, :35] = 255
+    assert not stronger_edge_nearby(img, on)  # on the strong edge: the faint one is 5 px inside
+    image = _blurred_disc(40.0)
+    assert not stronger_edge_nearby(image, _disc(40.0))
+    assert stronger_edge_nearby(image, _disc(35.0))  # 5 px inside a disc's only edge
+    assert not stronger_edge_nearby(image, np.zeros((128, 128), np.uint8))  # no boundary
 
 
 def test_signed_distance_moves_the_boundary_by_whole_pixels():
