@@ -187,7 +187,10 @@ def evaluate(outs, accept_of, image_min: float, offsets: bool = False) -> dict[s
                 acc = np.ones(o["n"], bool)
             else:
                 acc = np.zeros(o["n"], bool) if accept_of is None else accept_of(i)
-            take = np.concatenate([[False], acc])[o["labels"]]
+
+            def take(acc=acc, o=o):  # the changed pixels taken: an index over the whole image, when needed
+                return np.concatenate([[False], acc])[o["labels"]]
+
             if not acc.any():
                 v = o["mba_coarse"]
             elif acc.all():
@@ -196,7 +199,7 @@ def evaluate(outs, accept_of, image_min: float, offsets: bool = False) -> dict[s
                 memo = o.setdefault("_mba", {})
                 k = np.packbits(acc).tobytes()
                 if k not in memo:
-                    memo[k] = mba(o["coarse"] ^ take, o["truth"])
+                    memo[k] = mba(o["coarse"] ^ take(), o["truth"])
                 v = memo[k]
             c.append(o["mba_coarse"])
             r.append(o["mba_refined"])
@@ -213,7 +216,7 @@ def evaluate(outs, accept_of, image_min: float, offsets: bool = False) -> dict[s
                     [
                         _edge_offset(image, u8(o["coarse"])),
                         _edge_offset(image, u8(o["coarse"] ^ (o["labels"] > 0))),
-                        _edge_offset(image, u8(o["coarse"] ^ take)),
+                        _edge_offset(image, u8(o["coarse"] ^ take())),
                         _edge_offset(image, u8(o["truth"])),
                         o["trust_s"] + o["regions_s"],
                         o["refine_s"],
