@@ -15,9 +15,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pipeline.boundary import rgb_gradient
+from pipeline.boundary import rgb_gradient, signed_distance
 from pipeline.sam.regions import colour_gradient
-from pipeline.train.perturb import mask_iou, signed_distance
+from pipeline.train.perturb import mask_iou
 
 __all__ = ["segment_labels", "segment_graph", "grow_region", "region_masks", "boundary_contrast",
            "largest_piece", "fill_weak_holes", "snap_region", "signed_distance", "edge_profile",
