@@ -242,6 +242,10 @@ def write_sets(photos: list[dict], out: str, train_count: int, holdout_count: in
         json.dump(sources, f, indent=1)
 
 
+#: _write_regions gives up after this many draws of every photo of its pool in a row without a region
+MAX_REGION_MISSES = 3
+
+
 def _write_regions(pool: list[dict], d: str, name: str, count: int, sides: tuple[int, int], quality: int,
                    per: int, stream: list[int], snap: str, fill_weak: bool) -> dict[str, str]:
     """``count`` real-edge samples ``NAME00000``.. into folder ``d`` (kept where they exist): photo j
@@ -257,7 +261,7 @@ def _write_regions(pool: list[dict], d: str, name: str, count: int, sides: tuple
         with open(draws_path) as f:
             draws = json.load(f)
     sources: dict[str, str] = {}
-    i, j = 0, 0
+    i, j, misses = 0, 0, 0
     lo, hi = sides
     while i < count:
         keys = [f"{name}{k:05d}" for k in range(i, min(i + per, count))]
@@ -269,11 +273,17 @@ def _write_regions(pool: list[dict], d: str, name: str, count: int, sides: tuple
             continue
         rng = np.random.default_rng([*stream, j])
         img = _load(photo["file"], int(rng.integers(lo, hi + 1)))
-        for key, gt in zip(keys, region_masks(img, rng, len(keys), snap=snap, fill_weak=fill_weak)):
+        found = region_masks(img, rng, len(keys), snap=snap, fill_weak=fill_weak)
+        for key, gt in zip(keys, found):
             sources[key] = photo["path"]
             draws[key] = j
             _write_sample(d, key, img, gt, quality)
             i += 1
+        misses = 0 if found else misses + 1
+        if misses >= MAX_REGION_MISSES * len(pool):
+            raise ValueError(f"{name}: no region of the last {misses} draws ({len(pool)} photos, "
+                             f"each {MAX_REGION_MISSES} times) passes region_masks' checks; "
+                             f"{i} of {count} written")
         j += 1
         with open(draws_path + ".tmp", "w") as f:
             json.dump(draws, f, indent=0)

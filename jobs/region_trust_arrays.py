@@ -8,6 +8,7 @@ are in :mod:`jobs.fit_region_trust`.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import time
@@ -20,7 +21,12 @@ from pipeline.bench.trust import TRUST_KINDS
 from pipeline.metrics import binarize
 from pipeline.refine.regions_trust import changes_of
 
-__all__ = ["refine_set", "photo_of", "load_outputs", "load_sets"]
+__all__ = ["refine_set", "photo_of", "sample_sources", "load_outputs", "load_sets"]
+
+#: the key -> source maps :mod:`jobs.make_demo_data` writes beside its sets
+SOURCE_MAPS = ("composites.json", "regions.json", "composites_full.json", "regions_full.json")
+#: FOLDER/SOURCES of a refine folder: key -> the photo its truth's edges come from (folds by photo)
+SOURCES = "sources.json"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -67,6 +73,11 @@ def refine_set(
     if reverse:
         refs = refs[::-1]
     os.makedirs(out, exist_ok=True)
+    sources = sample_sources(data)
+    keys = {r.key for r in refs}
+    if sources.keys() & keys:
+        with open(os.path.join(out, SOURCES), "w") as f:
+            json.dump({k: v for k, v in sorted(sources.items()) if k in keys}, f, indent=0)
     t_all = time.time()
     for i, ref in enumerate(refs):
         s = load_sample(ref, load_gt=False)
@@ -161,11 +172,30 @@ def _update_features(npz: str, per: dict[str, Any], margin: float | None) -> boo
     return True
 
 
-def photo_of(key: str) -> str:
-    """The photo a sample key comes from, for folds by photo: ``<photo>_<n>`` (BSDS500 regions,
-    ``bsds_val_101085_1``) -> ``<photo>``; any other key (``train_full00021``) is its own photo."""
+def photo_of(key: str, sources: dict[str, str] | None = None) -> str:
+    """The photo a sample key comes from, for folds by photo: the one ``sources`` names
+    (:func:`sample_sources`); else ``<photo>_<n>`` (BSDS500 regions, ``bsds_val_101085_1``) ->
+    ``<photo>``; any other key (``train_full00021``) is its own photo."""
+    if sources and key in sources:
+        return sources[key]
     head, _, tail = key.rpartition("_")
     return head if head and tail.isdigit() else key
+
+
+def sample_sources(data: str) -> dict[str, str]:
+    """key -> the photo whose edges its truth follows, from the maps :mod:`jobs.make_demo_data`
+    writes beside the folder ``data`` (:data:`SOURCE_MAPS`; a composite's is its foreground photo, a
+    real-edge sample's its photo: a set larger than its photo pool draws some photos twice); {} when
+    there are none."""
+    root = os.path.dirname(os.path.normpath(data))
+    out: dict[str, str] = {}
+    for name in SOURCE_MAPS:
+        path = os.path.join(root, name)
+        if os.path.exists(path):
+            with open(path) as f:
+                for key, v in json.load(f).items():
+                    out[key] = v["foreground"] if isinstance(v, dict) else v
+    return out
 
 
 def load_outputs(folder: str, config: str) -> list[dict[str, Any]]:
@@ -194,6 +224,10 @@ def load_outputs(folder: str, config: str) -> list[dict[str, Any]]:
         with open(cache + ".tmp", "wb") as f:
             pickle.dump(done, f)
         os.replace(cache + ".tmp", cache)
+    sources: dict[str, str] = {}
+    if os.path.exists(os.path.join(folder, SOURCES)):
+        with open(os.path.join(folder, SOURCES)) as f:
+            sources = json.load(f)
     outs = []
     for name in files:
         key, per = done[name]
@@ -201,7 +235,7 @@ def load_outputs(folder: str, config: str) -> list[dict[str, Any]]:
             outs.append(
                 {
                     "key": key,
-                    "photo": photo_of(key),
+                    "photo": photo_of(key, sources),
                     "kind": kind,
                     "truth": per["truth"],
                     "npz": os.path.join(folder, name),

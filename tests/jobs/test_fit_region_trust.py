@@ -48,3 +48,23 @@ def test_folds_group_a_photos_regions_and_keep_other_samples_apart():
     assert photo_of("train_full00021") == "train_full00021"
     assert photo_of("train_regions_full00003") == "train_regions_full00003"
     assert photo_of("holdout00004") == "holdout00004"
+
+
+def test_folds_follow_the_source_maps_beside_a_set_where_a_photo_is_drawn_twice(tmp_path):
+    import json
+
+    from jobs.region_trust_arrays import photo_of, sample_sources
+
+    (tmp_path / "set").mkdir()
+    regions = {"r00000": "a.jpg", "r00071": "a.jpg", "r00001": "b.jpg"}
+    (tmp_path / "regions_full.json").write_text(json.dumps(regions))
+    (tmp_path / "composites_full.json").write_text(
+        json.dumps({"c00000": {"foreground": "b.jpg", "background": "a.jpg"}})
+    )
+    (tmp_path / "photos.json").write_text("[]")  # not a source map
+    sources = sample_sources(str(tmp_path / "set") + "/")
+    assert sources == {"r00000": "a.jpg", "r00071": "a.jpg", "r00001": "b.jpg", "c00000": "b.jpg"}
+    assert photo_of("r00071", sources) == photo_of("r00000", sources) != photo_of("r00001", sources)
+    assert photo_of("c00000", sources) == "b.jpg"  # a composite's truth follows its foreground's edges
+    assert photo_of("bsds_val_101085_1", sources) == "bsds_val_101085"
+    assert sample_sources(str(tmp_path / "set" / "sub")) == {}

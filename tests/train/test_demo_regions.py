@@ -40,3 +40,15 @@ def test_each_key_keeps_its_photo_and_seed_and_a_deleted_sample_comes_back_the_s
         os.remove(os.path.join(d, f"r00002{suffix}"))  # drawn from j = 3, not 2
     assert _write_regions(pool, d, "r", 3, **kw) == sources
     assert _files(d) == before  # the same photo, seed and region, byte for byte
+
+
+def test_a_pool_without_any_region_stops_with_an_error_instead_of_drawing_forever(tmp_path):
+    import pytest
+
+    from jobs.make_demo_data import MAX_REGION_MISSES
+
+    pool = _photos(tmp_path)[1:2]  # the flat photo only
+    kw = dict(sides=(100, 240), quality=92, per=1, stream=[0, 6], snap="local", fill_weak=False)
+    error = rf"r: no region of the last {MAX_REGION_MISSES} draws .*0 of 2 written"
+    with pytest.raises(ValueError, match=error):
+        _write_regions(pool, str(tmp_path / "regions"), "r", 2, **kw)
