@@ -37,6 +37,7 @@ another. Results: pipeline/weights/TRUST_CARD.md and docs/experiments.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import math
 import os
@@ -241,13 +242,18 @@ def evaluate(outs, accept_of, image_min: float, offsets: bool = False) -> dict[s
     return res
 
 
-def meets(res, max_worse: float, tolerance: float = 0.0) -> bool:
+def meets(res, max_worse: float, tolerance: float = 0.0, floor=None) -> bool:
     """At most ``max_worse`` percent of images worse and the mean mBA at most ``tolerance`` points below
-    the coarse one, on every kind."""
-    return all(
-        v["worse_policy"] <= max_worse and v["mba_policy"] >= v["mba_coarse"] - tolerance - 1e-9
-        for v in res.values()
-    )
+    the coarse one, on every kind; with ``floor`` (another policy's outcome on the same outputs), a
+    kind that policy already breaks the rules on may stay as it is there, no worse."""
+    ok = []
+    for kind, v in res.items():
+        worse, least = max_worse, -tolerance
+        if floor is not None:
+            worse = max(worse, floor[kind]["worse_policy"])
+            least = min(least, floor[kind]["mba_policy"] - floor[kind]["mba_coarse"])
+        ok.append(v["worse_policy"] <= worse + 1e-9 and v["mba_policy"] - v["mba_coarse"] >= least - 1e-9)
+    return all(ok)
 
 
 def objective(res) -> float:
@@ -298,8 +304,9 @@ def evaluate_sets(outs, accept_of, image_min: float, offsets: bool = False) -> d
     return res
 
 
-def meets_sets(res, max_worse: float, tolerance: float = 0.0) -> bool:
-    return all(meets(r, max_worse, tolerance) for r in res.values())
+def meets_sets(res, max_worse: float, tolerance: float = 0.0, floor=None) -> bool:
+    return all(meets(r, max_worse, tolerance, None if floor is None else floor[name])
+               for name, r in res.items())
 
 
 def objective_sets(res) -> float:
@@ -312,12 +319,17 @@ def format_sets(res) -> str:
 
 def fit_model(outs: Sequence[dict[str, Any]], inter: Sequence[str], image_min: float, *, l2: float = 1.0,
               thick: bool = True, gate: bool = True, max_worse: float = 5.0, tolerance: float = 0.0,
-              fitted_on: Sequence[str] = (), config: str = "") -> tuple[RegionTrustModel, dict] | None:
+              fitted_on: Sequence[str] = (), config: str = "", base: RegionTrustModel | None = None
+              ) -> tuple[RegionTrustModel, dict] | None:
     """Fit the model on the changes of ``outs`` and choose its thresholds out of fold (module
     docstring); (the model refitted on every change, the out-of-fold outcome per set) or None when no
-    thresholds meet the rules."""
+    thresholds meet the rules. With ``base`` (a model that was not fitted on ``outs``) the thresholds
+    are chosen for the policy that takes a change when either model takes it (``base``'s large-image
+    model: :class:`RegionTrustModel`)."""
     d = design(outs, inter)
     oof = out_of_fold(d, l2)
+    taken = [accepts(base, o) if base is not None else np.zeros(o["n"], bool) for o in outs]
+    floor = None if base is None else evaluate_sets(outs, lambda i: taken[i], image_min)
     by_out: dict[int, list[int]] = {}
     for row, i in enumerate(d["out"]):
         by_out.setdefault(int(i), []).append(row)
@@ -328,11 +340,11 @@ def fit_model(outs: Sequence[dict[str, Any]], inter: Sequence[str], image_min: f
 
         def accept_of(i, thin=thin, thick_t=thick_t, g=g):
             if i not in by_out or outs[i]["score"] < g:
-                return np.zeros(outs[i]["n"], bool)
-            return oof[by_out[i]] >= thresholds(outs[i], thin, thick_t)
+                return taken[i]
+            return taken[i] | (oof[by_out[i]] >= thresholds(outs[i], thin, thick_t))
 
         res = evaluate_sets(outs, accept_of, image_min)
-        if meets_sets(res, max_worse, tolerance) and (best is None or objective_sets(res) > best[3]):
+        if meets_sets(res, max_worse, tolerance, floor) and (best is None or objective_sets(res) > best[3]):
             best = (g, thin, thick_t, objective_sets(res), res)
     if best is None:
         return None
@@ -357,7 +369,9 @@ def fit_model(outs: Sequence[dict[str, Any]], inter: Sequence[str], image_min: f
             "l2": l2,
             "min_score_rule": f"the most gain kept on {'/'.join(GAIN_KINDS)} with "
             f"<= {max_worse:g}% of images worse and mean mBA >= coarse - "
-            f"{tolerance:g} on every kind of every set, out of fold (4 folds by photo)",
+            f"{tolerance:g} on every kind of every set, out of fold (4 folds by photo)"
+            + ("" if base is None else ", together with the base model (either takes a change; where the "
+               "base alone breaks a rule, no worse than the base)"),
         },
     )
     return model, res
@@ -393,6 +407,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     f.add_argument("--gate", action="store_true",
                    help="also choose a lowest image-level score below which no change is taken")
     f.add_argument("--max-worse", type=float, default=5.0, help="percent of images worse allowed per kind")
+    f.add_argument("--base", default=None,
+                   help="a region model JSON (or 'shipped') the fit adds to: the thresholds are chosen for "
+                   "'either model takes a change', and --out is the base with the fit as its large-image "
+                   "model (needs --large-from-side)")
+    f.add_argument("--large-from-side", type=int, default=None,
+                   help="with --base: the long side (px) from which the fitted model joins the base")
     f.add_argument(
         "--mba-tolerance",
         type=float,
@@ -415,6 +435,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     image_min = load_trust_model("shipped").min_score
     if args.cmd == "fit":
+        if (args.base is None) != (args.large_from_side is None):
+            ap.error("--base and --large-from-side go together")
+        base = None if args.base is None else load_region_model(args.base)
+        if base is not None and base.large is not None:
+            ap.error(f"--base {args.base} already has a large-image model")
         outs = load_sets(args.val, args.config)
         inter = INTERACTIONS[args.interactions]
         print(f"{len({o['key'] for o in outs})} regions in {len(args.val)} set(s); interactions "
@@ -424,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fitted = fit_model(outs, inter, image_min, l2=args.l2, thick=args.thick, gate=args.gate,
                            max_worse=args.max_worse, tolerance=args.mba_tolerance,
                            fitted_on=[os.path.basename(os.path.normpath(v)) for v in args.val],
-                           config=args.config)
+                           config=args.config, base=base)
         if fitted is None:
             print(
                 f"no min_score meets <= {args.max_worse:g}% worse and mean mBA >= coarse - "
@@ -439,10 +464,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(format_sets(res))
         if args.out:
-            model.save(args.out)
+            saved = model if base is None else dataclasses.replace(
+                base, large=model, large_from_side=args.large_from_side)
+            saved.save(args.out)
             print(
-                f"-> {args.out}; coefficients: "
-                + ", ".join(f"{n} {c:+.2f}" for n, c in zip(model.features, model.coef))
+                f"-> {args.out}{'' if base is None else ' (the base, with this model for large images)'}; "
+                "coefficients: " + ", ".join(f"{n} {c:+.2f}" for n, c in zip(model.features, model.coef))
             )
         return 0
     outs = load_sets(args.data, args.config)
@@ -450,9 +477,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{len({o['key'] for o in outs})} regions of {', '.join(args.data)}")
     print(f"image-level policy (shipped, min_score {image_min:.3f}):")
     print(format_sets(evaluate_sets(outs, None, image_min)))
+    large = model.large
     print(
         f"regions ({args.model}, image gate {model.min_image_score:.2f}, "
-        f"min_score {model.min_score:.2f}, thick {model.min_score_thick:.2f}):"
+        f"min_score {model.min_score:.2f}, thick {model.min_score_thick:.2f}"
+        + ("" if large is None else f"; from a long side of {model.large_from_side} px also the large-image "
+           f"model's: gate {large.min_image_score:.2f}, min_score {large.min_score:.2f}, thick "
+           f"{large.min_score_thick:.2f}")
+        + "):"
     )
     print(format_sets(evaluate_sets(outs, lambda i: accepts(model, outs[i]), image_min, offsets=True)))
     return 0

@@ -157,10 +157,16 @@ class RegionTrustModel(TrustModel):
     A thin change (inscribed radius <= :data:`THIN_RADIUS` px: a line moved by 1-3 px) takes the
     refined values when it scores at least ``min_score``, a thicker one (a blob added or removed)
     at least ``min_score_thick`` (the two fail differently: a line shift on a good mask, a
-    semantic disagreement with the annotator)."""
+    semantic disagreement with the annotator).
+
+    ``large``: a second region model for large images, fitted at their size; on an output whose long
+    side is at least ``large_from_side`` px a change is taken when either model takes it (each with
+    its own thresholds and gate)."""
 
     min_score_thick: float = 0.5
     min_image_score: float = 0.0
+    large: RegionTrustModel | None = None
+    large_from_side: int = 0
 
     _MAX_MIN_SCORE: ClassVar[float] = 1.01  # 1.01: thin changes are never taken
 
@@ -171,6 +177,9 @@ class RegionTrustModel(TrustModel):
                              "[0, 1.01] (1.01: never)")
         if not 0.0 <= self.min_image_score <= 1.0:
             raise ValueError(f"region trust model: min_image_score {self.min_image_score} must be in [0, 1]")
+        if self.large is not None and (self.large_from_side < 1 or self.large.large is not None):
+            raise ValueError(f"region trust model: large_from_side {self.large_from_side} must be >= 1 "
+                             "with a large model, which has no large model of its own")
 
     def accepts(self, changes: Changes, image_features: Mapping[str, float], image_score: float
                 ) -> np.ndarray:
@@ -178,18 +187,29 @@ class RegionTrustModel(TrustModel):
         score is below ``min_image_score`` (the gate: an output the image model doubts keeps its
         coarse mask whole)."""
         if image_score < self.min_image_score:
-            return np.zeros(changes.n, bool)
-        s = self.scores(changes, image_features, image_score)
-        return s >= np.where(changes.features["radius"] <= THIN_RADIUS, self.min_score, self.min_score_thick)
+            out = np.zeros(changes.n, bool)
+        else:
+            s = self.scores(changes, image_features, image_score)
+            thin = changes.features["radius"] <= THIN_RADIUS
+            out = s >= np.where(thin, self.min_score, self.min_score_thick)
+        if self.large is not None and max(changes.labels.shape) >= self.large_from_side:
+            out |= self.large.accepts(changes, image_features, image_score)
+        return out
 
     def to_dict(self) -> dict[str, object]:
-        return {**super().to_dict(), "min_score_thick": self.min_score_thick,
-                "min_image_score": self.min_image_score}
+        d = {**super().to_dict(), "min_score_thick": self.min_score_thick,
+             "min_image_score": self.min_image_score}
+        if self.large is not None:
+            d.update({"large_from_side": self.large_from_side, "large": self.large.to_dict()})
+        return d
 
     @classmethod
     def _fields_of(cls, d: Mapping[str, object]) -> dict[str, object]:
+        large = d.get("large")
         return {**super()._fields_of(d), "min_score_thick": float(d["min_score_thick"]),
-                "min_image_score": float(d.get("min_image_score", 0.0))}
+                "min_image_score": float(d.get("min_image_score", 0.0)),
+                "large": None if large is None else cls(**cls._fields_of(large)),
+                "large_from_side": int(d.get("large_from_side", 0))}
 
     def _check_inputs(self) -> None:
         unknown = [f for f in self.features if not _known_region_input(f)]

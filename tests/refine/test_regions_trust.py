@@ -249,6 +249,31 @@ def test_below_the_image_gate_no_change_is_taken(tmp_path):
         dataclasses.replace(flat, min_image_score=1.5)
 
 
+def test_a_large_image_model_adds_the_changes_it_takes_from_its_side_on(tmp_path):
+    coarse = _band(41, 70)
+    refined = _band(40, 70)
+    refined[20:30, 72:78] = 1  # a 1 px sliver and a 10 x 6 island
+    changes = changes_of(refined, coarse, _scene())
+    thin = changes.features["radius"] <= 1.5
+    side = max(coarse.shape)
+    image = dict.fromkeys(FEATURES, 0.0)
+    flat = _model(features=("radius",), mean=(0.0,), scale=(1.0,), coef=(0.0,), intercept=0.0)  # 0.5
+    thin_only = dataclasses.replace(flat, min_score_thick=1.01, min_image_score=0.3)
+    thick_only = dataclasses.replace(flat, min_score=1.01, min_score_thick=0.4)
+    both = dataclasses.replace(thin_only, large=thick_only, large_from_side=side)
+    assert both.accepts(changes, image, 0.5).all()  # either model's changes
+    smaller = dataclasses.replace(both, large_from_side=side + 1)
+    assert np.array_equal(smaller.accepts(changes, image, 0.5), thin)
+    assert np.array_equal(both.accepts(changes, image, 0.2), ~thin)  # each model with its own gate
+    both.save(str(tmp_path / "both.json"))
+    loaded = load_region_model(str(tmp_path / "both.json"))
+    assert loaded == both and loaded.large == thick_only and loaded.large_from_side == side
+    assert load_region_model("shipped").large is None or load_region_model("shipped").large_from_side > 1024
+    for bad in (dict(large=thick_only, large_from_side=0), dict(large=both, large_from_side=side)):
+        with pytest.raises(ValueError, match="large_from_side"):
+            dataclasses.replace(flat, **bad)
+
+
 def test_accept_regions_keeps_the_accepted_changes_only():
     coarse = _band(41, 70)
     refined = _band(40, 70) * 0.9
