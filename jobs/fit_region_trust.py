@@ -3,7 +3,10 @@
     python -m jobs.fit_region_trust refine --data B/val --out CACHE/val        # once per set (slow)
     python -m jobs.fit_region_trust refine --data B/val --out CACHE/val_out1 --truth-offset 1
     python -m jobs.fit_region_trust fit --val CACHE/val CACHE/val_out1 --interactions convention --thick \
-        --gate --out trust_regions.json           # how pipeline/weights/trust_regions_v3.json was made
+        --gate --out v3.json                      # the model of pipeline/weights/trust_regions_v4.json
+    python -m jobs.fit_region_trust fit --val CACHE/train_full_out0 CACHE/train_regions_full_out1 \
+        --interactions convention --thick --gate --base v3.json --large-from-side 1536 \
+        --out trust_regions_v4.json               # ... and its large-image model (full-size train split)
     python -m jobs.fit_region_trust report --data CACHE/test CACHE/test_out1 --model trust_regions.json
 
 The arrays (``refine`` and the per-folder cache) come from :mod:`jobs.region_trust_arrays`.

@@ -152,7 +152,7 @@ class RefineConfig:
     # (each change from the coarse mask judged on its own by region_model: pipeline.refine.regions_trust)
     accept: Literal["none", "score", "regions"] = "none"
     min_score: float | None = _f(None, _unit)  # None: the trust model's own min_score
-    # the per-change model of accept: regions ("shipped": pipeline/weights/trust_regions_v3.json)
+    # the per-change model of accept: regions ("shipped": pipeline/weights/trust_regions_v4.json)
     region_model: str = "shipped"
 
 

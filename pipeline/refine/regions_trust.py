@@ -236,9 +236,9 @@ class RegionTrustModel(TrustModel):
 
 
 def shipped_region_model_path() -> str:
-    """The region model shipped beside the demo weights (``pipeline/weights/trust_regions_v3.json``)."""
+    """The region model shipped beside the demo weights (``pipeline/weights/trust_regions_v4.json``)."""
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights",
-                        "trust_regions_v3.json")
+                        "trust_regions_v4.json")
 
 
 def load_region_model(path: str) -> RegionTrustModel:
