@@ -411,7 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="also choose a lowest image-level score below which no change is taken")
     f.add_argument("--max-worse", type=float, default=5.0, help="percent of images worse allowed per kind")
     f.add_argument("--base", default=None,
-                   help="a region model JSON (or 'shipped') the fit adds to: the thresholds are chosen for "
+                   help="a region model JSON without a large-image model, which the fit adds to (the "
+                   "shipped file has one: take v3 from git history): the thresholds are chosen for "
                    "'either model takes a change', and --out is the base with the fit as its large-image "
                    "model (needs --large-from-side)")
     f.add_argument("--large-from-side", type=int, default=None,

@@ -47,6 +47,10 @@ __all__ = ["PACKAGES", "fetch_packages", "parse_dep5", "collect_photos", "split_
 PACKAGES = ("mate-backgrounds", "plasma-workspace-wallpapers", "ukui-wallpapers", "lomiri-wallpapers",
             "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04")
 _EXTS = (".jpg", ".jpeg", ".png", ".webp")
+#: key -> source photo(s) maps written beside the sets (composites: {foreground, background}; regions: path)
+COMPOSITES_JSON, REGIONS_JSON = "composites.json", "regions.json"
+COMPOSITES_FULL_JSON, REGIONS_FULL_JSON = "composites_full.json", "regions_full.json"
+SOURCE_MAPS = (COMPOSITES_JSON, REGIONS_JSON, COMPOSITES_FULL_JSON, REGIONS_FULL_JSON)
 Image.MAX_IMAGE_PIXELS = 60_000_000
 
 
@@ -238,7 +242,7 @@ def write_sets(photos: list[dict], out: str, train_count: int, holdout_count: in
                     "held-out photos (never used for training) from Debian wallpaper packages:\n\n"
                     + "\n".join(credits) + "\n")
         print(f"demo: 3 samples in {demo_dir}", flush=True)
-    with open(os.path.join(out, "composites.json"), "w") as f:
+    with open(os.path.join(out, COMPOSITES_JSON), "w") as f:
         json.dump(sources, f, indent=1)
 
 
@@ -304,7 +308,7 @@ def write_full_size_train(photos: list[dict], out: str, composites: int, regions
                           3072, 92, [seed, 5], find_fonts())
     r = _write_regions(train, os.path.join(out, "train_regions_full"), "train_regions_full", regions,
                        (2048, 3072), 92, 1, [seed, 6], snap, fill_weak)
-    for name, sources in (("composites_full.json", c), ("regions_full.json", r)):
+    for name, sources in ((COMPOSITES_FULL_JSON, c), (REGIONS_FULL_JSON, r)):
         with open(os.path.join(out, name), "w") as f:
             json.dump(sources, f, indent=1)
 
@@ -323,7 +327,7 @@ def write_region_sets(photos: list[dict], out: str, train_count: int, holdout_co
         pool = [p for p in photos if p["split"] == split]
         sources.update(_write_regions(pool, os.path.join(out, name), name, count, sides, q, per,
                                       [seed, stream], snap, fill_weak))
-    with open(os.path.join(out, "regions.json"), "w") as f:
+    with open(os.path.join(out, REGIONS_JSON), "w") as f:
         json.dump(sources, f, indent=1)
 
 

@@ -23,8 +23,6 @@ from pipeline.refine.regions_trust import changes_of
 
 __all__ = ["refine_set", "photo_of", "sample_sources", "load_outputs", "load_sets"]
 
-#: the key -> source maps :mod:`jobs.make_demo_data` writes beside its sets
-SOURCE_MAPS = ("composites.json", "regions.json", "composites_full.json", "regions_full.json")
 #: FOLDER/SOURCES of a refine folder: key -> the photo its truth's edges come from (folds by photo)
 SOURCES = "sources.json"
 
@@ -184,9 +182,11 @@ def photo_of(key: str, sources: dict[str, str] | None = None) -> str:
 
 def sample_sources(data: str) -> dict[str, str]:
     """key -> the photo whose edges its truth follows, from the maps :mod:`jobs.make_demo_data`
-    writes beside the folder ``data`` (:data:`SOURCE_MAPS`; a composite's is its foreground photo, a
+    writes beside the folder ``data`` (its ``SOURCE_MAPS``; a composite's is its foreground photo, a
     real-edge sample's its photo: a set larger than its photo pool draws some photos twice); {} when
     there are none."""
+    from jobs.make_demo_data import SOURCE_MAPS
+
     root = os.path.dirname(os.path.normpath(data))
     out: dict[str, str] = {}
     for name in SOURCE_MAPS:
