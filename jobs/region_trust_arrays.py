@@ -43,7 +43,7 @@ def refine_set(
     import dataclasses
 
     from pipeline.bench.quality import _shrink, make_coarse
-    from pipeline.bench.trust import move_line
+    from pipeline.boundary import move_line
     from pipeline.config import load_config
     from pipeline.io import list_samples, load_sample
     from pipeline.io.keys import safe_key

@@ -2,7 +2,8 @@
 training data (real-edge regions, coarse-mask synthesis). Pure numpy / OpenCV.
 
 - :func:`signed_distance`: each pixel's signed Euclidean distance to a mask's boundary;
-- :func:`rgb_gradient`: the Sobel gradient magnitude of an RGB image, linear in the colour values.
+- :func:`rgb_gradient`: the Sobel gradient magnitude of an RGB image, linear in the colour values;
+- :func:`move_line`: a mask with its line moved by whole pixels (another annotation convention).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["signed_distance", "rgb_gradient"]
+__all__ = ["signed_distance", "rgb_gradient", "move_line"]
 
 
 def signed_distance(mask: np.ndarray) -> np.ndarray:
@@ -30,3 +31,15 @@ def rgb_gradient(image: np.ndarray) -> np.ndarray:
     rgb = image.astype(np.float32)
     gx, gy = cv2.Sobel(rgb, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(rgb, cv2.CV_32F, 0, 1, ksize=3)
     return np.sqrt((gx * gx + gy * gy).reshape(*image.shape[:2], -1).sum(-1))
+
+
+def move_line(mask: np.ndarray, px: int) -> np.ndarray:
+    """``mask`` ((H, W) uint8) with its line moved ``px`` pixels outward (> 0: dilated, < 0: eroded,
+    by a 3x3 cross per pixel): the same object drawn with another line convention (people draw
+    about a pixel outside the image's edge). Used on truths by the benchmarks (``--truth-offset``)
+    and by training (``optim.p_truth_offset``)."""
+    if px == 0:
+        return mask
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    op = cv2.dilate if px > 0 else cv2.erode
+    return op(mask, cross, iterations=abs(px))

@@ -40,9 +40,10 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.boundary import move_line
 from pipeline.refine.trust import FEATURES, TrustModel, model_input
 
-__all__ = ["spearman", "roc_auc", "fit_trust_model", "choose_min_score", "move_line", "evaluate",
+__all__ = ["spearman", "roc_auc", "fit_trust_model", "choose_min_score", "evaluate",
            "summarise", "format_table", "main"]
 
 TRUST_KINDS = ("lowres8", "lowres16", "blocky8", "perturbed", "identity")
@@ -164,18 +165,6 @@ def _edge_offset(image: np.ndarray, mask: np.ndarray) -> float:
     from pipeline.train.regions import edge_offset
 
     return float(edge_offset(image, binary_mask(mask)))
-
-
-def move_line(truth: np.ndarray, px: int) -> np.ndarray:
-    """The truth with its line moved ``px`` pixels outward (> 0: dilated, < 0: eroded, by a 3x3
-    cross per pixel): another annotation convention of the same object."""
-    import cv2
-
-    if px == 0:
-        return truth
-    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
-    op = cv2.dilate if px > 0 else cv2.erode
-    return op(truth, cross, iterations=abs(px))
 
 
 def evaluate(refiner, refs: Sequence[Any], kinds: Sequence[str] = TRUST_KINDS, *, proposer=None,

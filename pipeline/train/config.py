@@ -92,6 +92,8 @@ class OptimConfig:
     p_truth_jitter: float = _f(0.0, _unit)  # truths given a hand-drawn-like +-1 px boundary (jitter_boundary)
     truth_jitter_kinds: list[str] = field(  # the coarse kinds whose truths p_truth_jitter may move
         default_factory=lambda: ["identity", "annotation", "perturbed"], metadata={"check": _jitter_kinds})
+    p_truth_offset: float = _f(0.0, _unit)  # truths whose line is moved truth_offset px outward (move_line)
+    truth_offset: int = _f(1, _positive)  # whole pixels outward (people draw ~1 px outside the edge)
     weight_decay: float = _f(1e-4, _non_negative)
     dropout: float | None = _f(0.0, _unit)  # fusion dropout; null: the model's own (0.5 in CRM)
     time_budget_min: float | None = _f(None, _positive)  # train about this long (steps shrink to fit)
@@ -191,6 +193,8 @@ def loop_config(cfg: TrainJobConfig):
         p_identity=o.p_identity,
         p_truth_jitter=o.p_truth_jitter,
         truth_jitter_kinds=tuple(o.truth_jitter_kinds),
+        p_truth_offset=o.p_truth_offset,
+        truth_offset=o.truth_offset,
         weight_decay=o.weight_decay,
         input_scale_range=(o.input_scale_min, 1.0),
         p_input_scale=o.p_input_scale,

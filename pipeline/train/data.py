@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pipeline.boundary import move_line
 from pipeline.train.composites import find_fonts, make_composite
 from pipeline.train.perturb import COARSE_KINDS, augment_crop, coarse_kind, jitter_boundary, synth_coarse
 
@@ -149,13 +150,18 @@ class CropDataset(Dataset):
     the share of crops whose truth gets a hand-drawn-like boundary (:func:`jitter_boundary`)
     before the coarse mask is made from it (0: no extra random draw, items as before), among the
     crops whose coarse kind (:func:`coarse_kind`) is in ``truth_jitter_kinds``.
+    ``p_truth_offset``: the share of crops whose truth has its line moved ``truth_offset`` whole
+    pixels outward (:func:`pipeline.boundary.move_line`; people draw about a pixel outside the
+    image's edge), before any jitter and before the coarse mask is made from it, so the coarse mask
+    carries the same convention (0: no extra random draw).
     """
 
     def __init__(self, source: Any, crop: int = 224, seed: int = 0, length: int | None = None,
                  iou_range: tuple[float, float] = (0.75, 1.0), p_lowres: float = 0.3,
                  p_annotation: float = 0.35, p_identity: float = 0.1,
                  jitter: float = 0.2, p_grey: float = 0.1, sam_lookup: Any = None,
-                 p_truth_jitter: float = 0.0, truth_jitter_kinds: tuple[str, ...] = COARSE_KINDS) -> None:
+                 p_truth_jitter: float = 0.0, truth_jitter_kinds: tuple[str, ...] = COARSE_KINDS,
+                 p_truth_offset: float = 0.0, truth_offset: int = 1) -> None:
         self.source, self.crop, self.seed = source, crop, seed
         self.length = length or len(source)
         self.iou_range, self.p_lowres, self.jitter, self.p_grey = iou_range, p_lowres, jitter, p_grey
@@ -165,6 +171,7 @@ class CropDataset(Dataset):
             raise ValueError(f"truth_jitter_kinds: unknown kind(s) {sorted(unknown)}; "
                              f"known: {list(COARSE_KINDS)}")
         self.p_truth_jitter, self.truth_jitter_kinds = p_truth_jitter, tuple(truth_jitter_kinds)
+        self.p_truth_offset, self.truth_offset = p_truth_offset, int(truth_offset)
         self.sam_lookup = sam_lookup
         self.epoch = 0
 
@@ -184,6 +191,8 @@ class CropDataset(Dataset):
         im, g, ex = augment_crop(image, gt, rng, self.crop, self.jitter, self.p_grey, extra)
         g = np.where(g > 128, 255, 0).astype(np.uint8)
         u = None
+        if self.p_truth_offset > 0 and rng.random() < self.p_truth_offset:
+            g = move_line(g, self.truth_offset)  # the truth drawn with another line convention
         if self.p_truth_jitter > 0:  # the coarse kind is drawn first, to jitter only the chosen kinds
             u = float(rng.random())
             kind = coarse_kind(u, self.p_identity, self.p_annotation)

@@ -75,6 +75,12 @@ TRAIN_FLAGS: dict[str, list[Flag]] = {
         Flag("--truth-jitter-kinds", "optim.truth_jitter_kinds", kind="str_list",
              help=("comma list of the coarse kinds whose truths may be jittered: identity, annotation, "
                    "perturbed (default all) [optim.truth_jitter_kinds]")),
+        Flag("--p-truth-offset", "optim.p_truth_offset", kind="float",
+             help=("share of training truths whose line is moved --truth-offset whole pixels outward before "
+                   "the coarse mask is made from them (people draw about a pixel outside the image's edge; "
+                   "pipeline.boundary.move_line) [optim.p_truth_offset]")),
+        Flag("--truth-offset", "optim.truth_offset", kind="int",
+             help="pixels outward for --p-truth-offset (default 1) [optim.truth_offset]"),
         Flag("--weight-decay", "optim.weight_decay", kind="float",
              help="Adam weight decay [optim.weight_decay]"),
         Flag("--dropout", "optim.dropout", negative_is_none=True, kind="float",

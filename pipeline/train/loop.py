@@ -60,6 +60,8 @@ class TrainConfig:
     p_identity: float = 0.1
     p_truth_jitter: float = 0.0  # share of truths given a hand-drawn-like +-1 px boundary (jitter_boundary)
     truth_jitter_kinds: tuple[str, ...] = COARSE_KINDS  # the coarse kinds whose truths may be jittered
+    p_truth_offset: float = 0.0  # share of truths whose line is moved truth_offset px outward (move_line)
+    truth_offset: int = 1
     log_every: int = 10
     ckpt_every: int = 100
     keep_checkpoints: int = 3
@@ -267,6 +269,7 @@ def train_loop(config: dict[str, Any]) -> None:
                           length=len(config["source"]) * cfg.epoch_repeats,
                           p_lowres=cfg.p_lowres, p_annotation=cfg.p_annotation, p_identity=cfg.p_identity,
                           p_truth_jitter=cfg.p_truth_jitter, truth_jitter_kinds=cfg.truth_jitter_kinds,
+                          p_truth_offset=cfg.p_truth_offset, truth_offset=cfg.truth_offset,
                           sam_lookup=config.get("sam_lookup"))
     per_epoch = max(1, len(dataset) // (cfg.batch_size * world))
     t0, seen0 = time.time(), step

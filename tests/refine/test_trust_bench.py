@@ -140,7 +140,7 @@ def test_benchmark_trust_end_to_end_with_the_shipped_files(tmp_path, capsys):
 
 
 def test_move_line_moves_the_line_by_whole_pixels():
-    from pipeline.bench.trust import move_line
+    from pipeline.boundary import move_line
 
     truth = np.zeros((20, 20), np.uint8)
     truth[5:15, 5:15] = 255

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jobs.make_demo_data import _licence_for, parse_dep5
+from pipeline.boundary import move_line
 from pipeline.train.data import CompositeSource, ConcatSource, CropDataset, LayoutSource, image_key
 
 DEP5 = """Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
@@ -114,6 +115,20 @@ def test_layout_source_and_crops(tmp_path: Path, photos: list[str]) -> None:
     assert not np.array_equal(ident[1]["gt"].numpy(), a["gt"].numpy())  # same crop, jittered truth
     with pytest.raises(ValueError, match="truth_jitter_kinds"):
         CropDataset(both, truth_jitter_kinds=("ident",))
+    # p_truth_offset: the truth drawn 1 px outward (a 3x3 cross dilation of the same crop's truth),
+    # and the coarse mask made from it: an identity crop's coarse mask is that moved truth
+    moved = CropDataset(both, crop=64, seed=3, p_identity=1.0, p_truth_offset=1.0)
+    for i in range(4):
+        m, p = moved[i], CropDataset(both, crop=64, seed=3, p_identity=1.0)[i]
+        np.testing.assert_array_equal(m["image"].numpy(), p["image"].numpy())  # same crop
+        g = (p["gt"].numpy()[0] * 255).astype(np.uint8)
+        np.testing.assert_array_equal(m["gt"].numpy()[0] * 255, move_line(g, 1).astype(np.float32))
+    m = moved[1]
+    grown = m["gt"].numpy()[0] > 0.5
+    assert grown.sum() > (CropDataset(both, crop=64, seed=3, p_identity=1.0)[1]["gt"].numpy() > 0.5).sum()
+    assert ((m["coarse"].numpy()[0] > 0.5) == grown).mean() > 0.97  # identity: the moved truth, or nearly
+    unmoved = CropDataset(both, crop=64, seed=3, p_truth_offset=0.0)[1]  # 0: no extra draw, items as before
+    assert all(np.array_equal(unmoved[k].numpy(), a[k].numpy()) for k in ("image", "coarse", "gt"))
     (data / "extra_im.png").write_bytes((data / f"{key}_im.png").read_bytes())
     (data / "extra_seg.png").write_bytes((data / f"{key}_seg.png").read_bytes())
     with pytest.raises(ValueError, match="no ground truth"):

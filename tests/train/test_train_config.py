@@ -36,7 +36,8 @@ def test_flags_set_and_file_combine(tmp_path):
     cfg = _cfg(["--config", str(path), "--data", "a", "--data", "b", "--steps", "5", "--lr-milestones", "2,4",
                 "--dropout", "-1", "--no-ray", "--pretrained-backbone", "--set", "optim.lr=0.002",
                 "--set", "sam.proposals=regions", "--time-budget", "1.5",
-                "--truth-jitter-kinds", "identity, annotation"])
+                "--truth-jitter-kinds", "identity, annotation",
+                "--p-truth-offset", "0.5", "--truth-offset", "2"])
     assert cfg.data.uris == ["a", "b"] and cfg.optim.steps == 5 and cfg.optim.lr_milestones == [2, 4]
     assert cfg.optim.lr == 0.002 and cfg.optim.dropout is None and cfg.run.ray is False
     assert cfg.run.checkpoint_dir == "from-file" and cfg.model.pretrained_backbone is True
@@ -45,6 +46,7 @@ def test_flags_set_and_file_combine(tmp_path):
     assert loop.lr_milestones == (2, 4) and loop.time_budget_s == 90.0 and loop.dropout is None
     assert loop.loss_weights.grad == 5.0 and loop.input_scale_range == (0.125, 1.0)
     assert loop.truth_jitter_kinds == ("identity", "annotation")
+    assert loop.p_truth_offset == 0.5 and loop.truth_offset == 2
     plain = _cfg(["--checkpoint-dir", "c"])  # no file: the dataclass defaults (= configs/train.yaml)
     assert plain.data.uris == [] and plain.run.ray is True and plain.model.fresh_init is True
 
@@ -61,6 +63,8 @@ def test_flags_set_and_file_combine(tmp_path):
         (["--checkpoint-dir", "c", "--set", "optim.p_identity=1.5"], "optim.p_identity"),
         (["--checkpoint-dir", "c", "--truth-jitter-kinds", "identity,lowres"], "optim.truth_jitter_kinds"),
         (["--checkpoint-dir", "c", "--set", "training.x=1"], "training: unknown key"),
+        (["--checkpoint-dir", "c", "--p-truth-offset", "2"], "optim.p_truth_offset"),
+        (["--checkpoint-dir", "c", "--truth-offset", "0"], "optim.truth_offset"),
         (["--checkpoint-dir", "c", "--data", "d", "--model", "nope"], "model.name"),
         (["--checkpoint-dir", "c"], "data.uris: no training data"),
     ],
