@@ -1,5 +1,6 @@
-"""Two measures of a mask's line against its image, shared by the trust features (inference) and the
-training data (real-edge regions, coarse-mask synthesis). Pure numpy / OpenCV.
+"""A mask's line against its image: two measures shared by the trust features (inference) and the
+training data (real-edge regions, coarse-mask synthesis), and one way to redraw the line with
+another convention (benchmarks' ``--truth-offset``, training's ``p_truth_offset``). Pure numpy / OpenCV.
 
 - :func:`signed_distance`: each pixel's signed Euclidean distance to a mask's boundary;
 - :func:`rgb_gradient`: the Sobel gradient magnitude of an RGB image, linear in the colour values;
